@@ -1,0 +1,1 @@
+"""Active point selection: strategies, the simulated oracle and the annotation loop."""

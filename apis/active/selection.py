@@ -1,0 +1,229 @@
+"""Model-agnostic point selection: pick the most informative candidate pixel of each instance (SPEC §2).
+
+Any model can drive it: sample its K mask probability maps of an instance at the instance's candidate
+pixels (the GT box's pixel grid, :func:`apis.data.coords.box_pixel_range`), wrap them in a
+:class:`PredictionSet` and call :func:`select_point` with a metric from :mod:`apis.active.strategies`.
+
+Coordinates: ``origin = (xs, ys)`` is the integer pixel index of the grid's top-left candidate, so
+``probs[:, i, j]`` is the prediction at image pixel ``(x, y) = (xs + j, ys + i)``. Selected points and
+``asked`` pixels are integer pixel indices ``(x, y)`` in the original image (x = column, y = row).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from apis.active.strategies import PointMetric
+
+TIE_TOLERANCE = 1e-12
+"""Scores (computed in float64) within this absolute distance of the maximum count as tied maxima."""
+
+
+@dataclass
+class PredictionSet:
+    """The K predictions of one GT instance, sampled on its candidate grid.
+
+    * ``ann_id``: the COCO annotation id of the instance.
+    * ``origin``: ``(xs, ys)``, integer pixel index of the top-left candidate pixel.
+    * ``probs``: ``[K, h, w]`` float in [0, 1]; ``probs[:, i, j]`` belongs to pixel ``(xs + j, ys + i)``.
+      K may be 0 (the model predicted nothing for the instance).
+    * ``boxes`` ``[K, 4]`` (xyxy, continuous image coordinates) and ``scores`` ``[K]``: the predicted box
+      and confidence of each member; both may be empty (length 0) when the source does not provide them.
+    """
+
+    ann_id: int
+    origin: tuple[int, int]
+    probs: Tensor
+    boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4))
+    scores: Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    def __post_init__(self) -> None:
+        where = f"prediction set of annotation {self.ann_id}"
+        if self.probs.ndim != 3 or self.probs.shape[1] < 1 or self.probs.shape[2] < 1:
+            raise ValueError(f"{where}: probs must be [K, h, w] with h, w >= 1, "
+                             f"got {tuple(self.probs.shape)}")
+        if len(self.origin) != 2 or any(int(v) != v or v < 0 for v in self.origin):
+            raise ValueError(f"{where}: origin must be two non-negative integer pixel indices, "
+                             f"got {self.origin}")
+        self.origin = (int(self.origin[0]), int(self.origin[1]))
+        if self.k and not bool(((self.probs >= 0) & (self.probs <= 1)).all()):
+            raise ValueError(f"{where}: probs must lie in [0, 1] (no NaN)")
+        if tuple(self.boxes.shape) not in {(0, 4), (self.k, 4)}:
+            raise ValueError(f"{where}: boxes must be [K={self.k}, 4] or empty, "
+                             f"got {tuple(self.boxes.shape)}")
+        if tuple(self.scores.shape) not in {(0,), (self.k,)}:
+            raise ValueError(f"{where}: scores must be [K={self.k}] or empty, got {tuple(self.scores.shape)}")
+
+    @property
+    def k(self) -> int:
+        """Number of members of the set."""
+        return int(self.probs.shape[0])
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(h, w)`` of the candidate grid."""
+        return int(self.probs.shape[1]), int(self.probs.shape[2])
+
+    @property
+    def grid_range(self) -> tuple[int, int, int, int]:
+        """Half-open pixel ranges ``(xs, ys, xe, ye)``, comparable with ``box_pixel_range``."""
+        h, w = self.grid_shape
+        xs, ys = self.origin
+        return xs, ys, xs + w, ys + h
+
+
+@dataclass(frozen=True)
+class SelectedPoint:
+    """The pixel chosen for one instance.
+
+    ``x``, ``y``: integer pixel indices in the original image. ``score``: the metric's selection score
+    there (higher = chosen first; NaN for the empty-set fallback). ``uncertainty``: the metric's reported
+    value there (e.g. the entropy for both "entropy" and "least-entropy"; NaN for the empty-set fallback).
+    ``k``: size of the prediction set. ``fallback``: the rule used instead of the metric, if any
+    (``"empty-set"``: K == 0, uniform random candidate; ``"single-prediction-entropy"``: variance with
+    K == 1). ``metric``: the metric's name. ``prob_mean``: ``p̄`` at the point (NaN when K == 0).
+    """
+
+    ann_id: int
+    x: int
+    y: int
+    score: float
+    uncertainty: float
+    k: int
+    fallback: str | None
+    metric: str
+    prob_mean: float
+
+
+def crop_to_grid(mask: Tensor | np.ndarray, pred: PredictionSet) -> Tensor:
+    """Cut a full-image mask ``[H, W]`` to the candidate grid of ``pred``: ``[h, w]`` float64 in {0, 1}."""
+    mask = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask)
+    xs, ys, xe, ye = pred.grid_range
+    if mask.ndim != 2 or mask.shape[0] < ye or mask.shape[1] < xe:
+        raise ValueError(f"annotation {pred.ann_id}: GT mask of shape {tuple(mask.shape)} does not contain "
+                         f"the candidate grid x in [{xs}, {xe}), y in [{ys}, {ye})")
+    return mask[ys:ye, xs:xe].to(torch.float64)
+
+
+def _available_candidates(pred: PredictionSet, asked: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Boolean ``[h, w]``: grid pixels not asked yet. Asked pixels outside the grid are irrelevant."""
+    xs, ys, xe, ye = pred.grid_range
+    available = np.ones(pred.grid_shape, dtype=bool)
+    for x, y in asked:
+        if xs <= x < xe and ys <= y < ye:
+            available[y - ys, x - xs] = False
+    return available
+
+
+def select_point(pred: PredictionSet, metric: PointMetric, rng: np.random.Generator,
+                 asked: Set[tuple[int, int]] = frozenset(), gt: Tensor | None = None) -> SelectedPoint | None:
+    """The most informative not-yet-asked candidate of one instance.
+
+    Args:
+        pred: the instance's prediction set.
+        metric: scores the candidates; the argmax is chosen.
+        rng: the run's seeded generator. Exactly one draw is made per call (the index among the tied
+            maxima, or among all candidates for the empty-set fallback), so the random stream does not
+            depend on the scores and a seed fixes every choice.
+        asked: pixels ``(x, y)`` already queried for this instance; they are never chosen again.
+        gt: the instance's GT mask on the candidate grid, ``[h, w]`` in {0, 1}; required when
+            ``metric.needs_gt`` (see :func:`crop_to_grid`).
+
+    Ties: every candidate whose score is within ``TIE_TOLERANCE`` of the maximum is a maximum; one of them
+    is chosen uniformly at random. K == 0 with a metric that uses predictions: a uniformly random
+    candidate, ``fallback="empty-set"``.
+
+    Returns:
+        The selected point, or ``None`` when every pixel of the grid was asked already.
+    """
+    available = _available_candidates(pred, asked)
+    if not available.any():
+        return None
+    probs = pred.probs.detach().to(torch.float64)
+    gt64 = None
+    if gt is not None:
+        gt64 = torch.as_tensor(gt, device=probs.device).detach().to(torch.float64)
+        if tuple(gt64.shape) != pred.grid_shape:
+            raise ValueError(f"annotation {pred.ann_id}: gt shape {tuple(gt64.shape)} "
+                             f"!= grid {pred.grid_shape}")
+    if metric.needs_gt and gt64 is None:
+        raise ValueError(f"metric {metric.name!r} needs the GT mask of annotation {pred.ann_id} (gt=None)")
+
+    empty = pred.k == 0 and metric.uses_predictions
+    scores = torch.zeros(pred.grid_shape, dtype=torch.float64) if empty else metric.score(probs, gt64)
+    scores = scores.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if scores.shape != pred.grid_shape or np.isnan(scores).any():
+        raise ValueError(f"metric {metric.name!r} on annotation {pred.ann_id}: scores must be a NaN-free "
+                         f"{pred.grid_shape} map, got shape {scores.shape}")
+
+    candidates = np.flatnonzero(available)
+    candidate_scores = scores.reshape(-1)[candidates]
+    tied = candidates[candidate_scores >= candidate_scores.max() - TIE_TOLERANCE]
+    flat = int(tied[rng.integers(len(tied))])
+    i, j = divmod(flat, pred.grid_shape[1])
+
+    if empty:
+        score = uncertainty = prob_mean = math.nan
+    else:
+        score = float(scores[i, j])
+        uncertainty = float(metric.value(probs, gt64)[i, j])
+        prob_mean = float(probs[:, i, j].mean()) if pred.k else math.nan
+    return SelectedPoint(ann_id=pred.ann_id, x=pred.origin[0] + j, y=pred.origin[1] + i, score=score,
+                         uncertainty=uncertainty, k=pred.k,
+                         fallback="empty-set" if empty else metric.fallback(pred.k),
+                         metric=metric.name, prob_mean=prob_mean)
+
+
+def select_points(preds: Iterable[PredictionSet], metric: PointMetric, rng: np.random.Generator,
+                  asked: Mapping[int, Set[tuple[int, int]]] | None = None,
+                  gt_masks: Mapping[int, Tensor | np.ndarray] | None = None) -> list[SelectedPoint]:
+    """:func:`select_point` for many instances, in the given order (deterministic for a seeded ``rng``).
+
+    ``asked`` maps an annotation id to its already-queried pixels (missing id: none). ``gt_masks`` maps an
+    annotation id to its **full-image** GT mask ``[H, W]``; each is cut to the instance's grid. Instances
+    whose every candidate was asked already are left out of the result.
+    """
+    asked = asked or {}
+    selected: list[SelectedPoint] = []
+    seen: set[int] = set()
+    for pred in preds:
+        if pred.ann_id in seen:
+            raise ValueError(f"annotation {pred.ann_id} has more than one prediction set; combine them first")
+        seen.add(pred.ann_id)
+        gt = None
+        if gt_masks is not None and pred.ann_id in gt_masks:
+            gt = crop_to_grid(gt_masks[pred.ann_id], pred)
+        point = select_point(pred, metric, rng, asked.get(pred.ann_id, frozenset()), gt)
+        if point is not None:
+            selected.append(point)
+    return selected
+
+
+def combine_sets(*sets: PredictionSet) -> PredictionSet:
+    """Concatenate prediction sets of the same instance along K (the "models" and "scales" sets).
+
+    All sets must share ``ann_id``, ``origin`` and grid shape. Boxes and scores are concatenated when every
+    set provides them for all of its members, and left empty otherwise.
+    """
+    if not sets:
+        raise ValueError("combine_sets needs at least one prediction set")
+    first = sets[0]
+    for other in sets[1:]:
+        identity, other_identity = (first.ann_id, first.origin, first.grid_shape), (
+            other.ann_id, other.origin, other.grid_shape)
+        if other_identity != identity:
+            raise ValueError(f"combine_sets: sets differ in (ann_id, origin, grid shape): "
+                             f"{identity} vs {other_identity}")
+    # Empty sets add nothing; leaving them out also avoids mixing devices with their placeholder tensors.
+    members = [s for s in sets if s.k] or [first]
+    probs = torch.cat([s.probs for s in members], dim=0)
+    complete = all(len(s.boxes) == s.k and len(s.scores) == s.k for s in members)
+    boxes = torch.cat([s.boxes for s in members]) if complete else torch.zeros(0, 4)
+    scores = torch.cat([s.scores for s in members]) if complete else torch.zeros(0)
+    return PredictionSet(ann_id=first.ann_id, origin=first.origin, probs=probs, boxes=boxes, scores=scores)

@@ -1,0 +1,116 @@
+"""The ``apis`` command line. Each subcommand parses its arguments and calls the Python API.
+
+Imports of the heavy modules happen inside the handlers, so ``apis --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> None:
+    from apis.data.synth import make_synthetic_dataset
+
+    summary = make_synthetic_dataset(args.out, num_images=args.images, size=args.size, seed=args.seed,
+                                     val_fraction=args.val_fraction, overwrite=args.overwrite)
+    print(summary.format())
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from apis.evaluation.coco_eval import evaluate, format_metrics
+    from apis.utils.io import atomic_write_json
+
+    if args.checkpoint:
+        from apis.config import load_config
+        from apis.engine.inference import evaluate_checkpoint
+
+        if not args.config:
+            raise SystemExit("apis eval --checkpoint needs --config (the config the model was trained with)")
+        cfg = load_config(args.config, args.overrides)
+        metrics = evaluate_checkpoint(args.checkpoint, cfg, gt_json=args.gt or cfg.data.val_json,
+                                      results_path=args.results)
+    else:
+        if not (args.gt and args.results):
+            raise SystemExit("apis eval needs --gt and --results (or --checkpoint and --config)")
+        metrics = evaluate(args.gt, args.results, iou_types=tuple(args.iou_types), backend=args.backend)
+    print(format_metrics(metrics))
+    if args.out:
+        atomic_write_json(args.out, metrics, indent=2)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from apis.config import load_config
+    from apis.engine.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    final = train(cfg)
+    print(f"final checkpoint: {final}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from apis.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apis", description="Active pointly-supervised instance segmentation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the built-in synthetic COCO dataset")
+    synth.add_argument("out", type=Path)
+    synth.add_argument("--images", type=int, default=200)
+    synth.add_argument("--size", type=int, default=128)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--val-fraction", type=float, default=0.25)
+    synth.add_argument("--overwrite", action="store_true")
+    synth.set_defaults(handler=_cmd_data_synth)
+
+    ev = sub.add_parser("eval", help="COCO mask/box AP of a results json or of a checkpoint")
+    ev.add_argument("--gt", help="COCO ground-truth json (default for --checkpoint: data.val_json)")
+    ev.add_argument("--results", help="COCO results json (written there when evaluating a checkpoint)")
+    ev.add_argument("--checkpoint", help="evaluate this model checkpoint instead of a results file")
+    ev.add_argument("--config", help="config of the checkpoint's model")
+    ev.add_argument("--backend", choices=("faster", "pycocotools"), default="faster")
+    ev.add_argument("--iou-types", nargs="+", choices=("segm", "bbox"), default=["segm", "bbox"])
+    ev.add_argument("--out", help="write the metrics as json here")
+    ev.add_argument("overrides", nargs="*", help="config key=value overrides (with --config)")
+    ev.set_defaults(handler=_cmd_eval)
+
+    tr = sub.add_parser("train", help="train CondInst from a config")
+    tr.add_argument("config")
+    tr.add_argument("overrides", nargs="*", help="key=value, e.g. solver.max_iter=100")
+    tr.set_defaults(handler=_cmd_train)
+    demo = sub.add_parser("demo", help="built-in data -> random vs entropy for 3 steps -> report")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test)")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from apis.config import ConfigError
+    from apis.data.coco import DatasetError
+
+    try:
+        args.handler(args)
+    except (ConfigError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
+
+

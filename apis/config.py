@@ -1,0 +1,301 @@
+"""Typed configuration: dataclasses per role, loaded from YAML with ``key=value`` overrides.
+
+A config file mirrors :class:`ExperimentConfig`; every key is checked against the dataclass
+fields, so a typo fails before any work starts with the full key and the allowed names::
+
+    cfg = load_config("configs/condinst_r18_cpu_dsb.yaml", ["solver.max_iter=200", "model.depth=18"])
+
+Values in overrides are parsed as YAML (``a=[1,2]``, ``b=true``, ``c=0.5``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    """CondInst architecture (SPEC §3)."""
+
+    depth: int = 50  # ResNet depth: 18, 34, 50 or 101
+    backbone_weights: str = "none"  # "none", "imagenet" (torchvision's, must be cached locally) or a file path
+    norm: str = "frozen_bn"  # backbone norm: "frozen_bn" or "bn"
+    num_classes: int = 80
+    fpn_channels: int = 256
+    head_convs: int = 4  # convs in each FCOS tower
+    mask_branch_channels: int = 128
+    mask_channels: int = 8  # output channels of the mask branch
+    dynamic_channels: int = 8  # channels of the dynamic mask head
+    dynamic_layers: int = 3
+    mask_out_stride: int = 4
+    centre_sampling_radius: float = 1.5
+    size_ranges: list[float] = field(default_factory=lambda: [0, 64, 128, 256, 512, float("inf")])
+    max_proposals: int = 500  # mask-head training instances per batch (-1: all)
+    score_threshold: float = 0.05
+    pre_nms_top_k: int = 1000
+    nms_threshold: float = 0.6
+    detections_per_image: int = 100
+    mask_threshold: float = 0.5
+
+
+@dataclass
+class LossConfig:
+    """Weights of the losses; a mask loss with weight 0 is off (SPEC §3)."""
+
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    points: float = 1.0  # PointSup BCE at labelled points
+    full: float = 0.0  # Dice against GT masks (fully supervised)
+    box: float = 0.0  # BoxInst projection + pairwise terms
+    pairwise_weight: float = 1.0
+    pairwise_dilation: int = 2
+    pairwise_colour_threshold: float = 0.3
+    pairwise_warmup_iters: int = 10000
+    points_per_iter: int = -1  # point augmentation: random subset of each instance's points (-1: all)
+
+
+@dataclass
+class DataConfig:
+    """Where the data lives and how images are resized."""
+
+    train_json: str = ""
+    val_json: str = ""
+    image_root: str = ""  # folder of the images; "" -> <json dir>/../images
+    train_points: str = ""  # PointSup json with point_coords/point_labels for the "points" loss
+    random_points_per_instance: int = 0  # >0: draw N points per box, labelled from GT masks (simulated oracle)
+    max_train_images: int = 0  # >0: use only the first N training images (CPU-sized runs)
+    max_val_images: int = 0
+    min_size_train: list[int] = field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
+    min_size_test: int = 800
+    max_size: int = 1333
+    hflip_prob: float = 0.5
+    num_workers: int = 2
+
+
+@dataclass
+class SolverConfig:
+    """SGD schedule (SPEC §3: batch 16, lr 0.01, 90k iterations, decay at 60k/80k)."""
+
+    batch_size: int = 16
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iter: int = 90000
+    steps: list[int] = field(default_factory=lambda: [60000, 80000])
+    gamma: float = 0.1
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    clip_grad_norm: float = 0.0  # 0: off
+    amp: bool = True  # only takes effect on CUDA
+    checkpoint_period: int = 5000
+    log_period: int = 20
+
+
+@dataclass
+class SelectionConfig:
+    """How a step picks the point of each instance (SPEC §2)."""
+
+    metric: str = "entropy"
+    sets: list[str] = field(default_factory=lambda: ["anchors"])  # anchors, models, scales
+    ensemble_seeds: list[int] = field(default_factory=lambda: [1, 2])  # extra models for the "models" set
+    scales: list[int] = field(default_factory=lambda: [640, 800, 960])
+    flips: bool = False
+
+
+@dataclass
+class OracleConfig:
+    """The simulated annotator (SPEC §1 costs)."""
+
+    point_cost_s: float = 0.9
+    mask_cost_s: float = 79.2
+    box_cost_s: float = 7.0
+    flip_prob: float = 0.0
+    unsure_rate: float = 0.0
+
+
+@dataclass
+class LoopConfig:
+    """The active-learning loop (SPEC §1)."""
+
+    steps: int = 3
+    finetune_iters: int = 30000
+    finetune_lr: float = 0.01
+    finetune_steps: list[int] = field(default_factory=lambda: [10000, 20000])
+    points_loss_m0: float = 0.1  # weight of the point loss for M0 (authors' code)
+    points_loss_finetune: float = 1.0
+    initial_run: str = ""  # another run dir with the same seed/data/M0 config: reuse its P0 and M0
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one run needs. ``output_dir`` holds checkpoints, metrics and the ledger."""
+
+    name: str = "experiment"
+    output_dir: str = "runs/experiment"
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a dataclass field type, converting int->float and str->inf."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _build(annotation, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}' has value {value!r} not of type {annotation}")
+    if annotation is float:
+        if isinstance(value, str) and value.lower() in ("inf", ".inf", "infinity"):
+            return float("inf")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif annotation is type(None) and value is None:
+        return None
+    raise ConfigError(f"config key '{key}' expects {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'; allowed keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _set_nested(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["a.b=1", "c=[1,2]"]`` -> nested dict, values parsed as YAML."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. solver.max_iter=100)")
+        key, raw = item.split("=", 1)
+        _set_nested(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return tree
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_from_dict(values: dict) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a nested dict."""
+    return _build(ExperimentConfig, values)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (``_base_: other.yaml`` chains are resolved relative to it) and apply overrides."""
+    values: dict = {}
+    if path is not None:
+        values = _read_yaml_with_base(Path(path))
+    values = _merge(values, parse_overrides(overrides or []))
+    cfg = config_from_dict(values)
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml_with_base(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = values.pop("_base_", None)
+    if base is not None:
+        values = _merge(_read_yaml_with_base(path.parent / base), values)
+    return values
+
+
+def _check_choice(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {', '.join(map(str, allowed))}")
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Value checks that types alone cannot express. Raises :class:`ConfigError`."""
+    _check_choice("model.depth", cfg.model.depth, (18, 34, 50, 101))
+    _check_choice("model.norm", cfg.model.norm, ("frozen_bn", "bn"))
+    for name in cfg.selection.sets:
+        _check_choice("selection.sets", name, ("anchors", "models", "scales"))
+    if not cfg.selection.sets:
+        raise ConfigError("config key 'selection.sets' must name at least one of: anchors, models, scales")
+    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"config key 'device' is {cfg.device!r}; allowed values: auto, cpu, cuda, cuda:N")
+    if cfg.loss.points < 0 or cfg.loss.full < 0 or cfg.loss.box < 0:
+        raise ConfigError("config keys 'loss.points', 'loss.full', 'loss.box' must be >= 0")
+    if cfg.solver.batch_size < 1:
+        raise ConfigError("config key 'solver.batch_size' must be >= 1")
+    if list(cfg.solver.steps) != sorted(cfg.solver.steps):
+        raise ConfigError("config key 'solver.steps' must be increasing")
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    """Plain nested dict (for YAML dumps and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from apis.utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

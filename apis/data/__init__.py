@@ -1,0 +1,1 @@
+"""Datasets, point annotations, the answer ledger and the built-in synthetic data."""

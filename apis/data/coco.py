@@ -1,0 +1,294 @@
+"""COCO instance json + image folder, validated up front.
+
+Every check runs when the dataset is loaded, before any training or annotation work, and a
+failure names the file and the image or annotation id. Boxes are kept as ``xyxy`` in continuous
+pixel coordinates (see :mod:`apis.data.coords`). Crowd annotations are kept apart
+(:attr:`ImageRecord.crowd`): they are ignore regions for evaluation and are never trained on or
+queried.
+
+GT masks are not part of the records. They are decoded lazily through :meth:`CocoDataset.masks`,
+which must be asked with a purpose, so that a point-supervised run cannot read a mask by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+MASK_PURPOSES = ("oracle", "evaluation", "full-supervision")
+
+
+class DatasetError(ValueError):
+    """The dataset is malformed; the message names the file and the offending id."""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One annotation. ``bbox_xyxy`` is continuous pixel coordinates, clipped to the image."""
+
+    ann_id: int
+    image_id: int
+    category_id: int
+    label: int  # contiguous class index 0..C-1
+    bbox_xyxy: tuple[float, float, float, float]
+    iscrowd: bool
+    area: float
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: int
+    file_name: str
+    path: Path
+    width: int
+    height: int
+    instances: tuple[InstanceRecord, ...]  # non-crowd: trained on and queried
+    crowd: tuple[InstanceRecord, ...]  # ignore regions for evaluation only
+
+
+class GroundTruthMasks:
+    """Lazy decoder of GT masks (RLE or polygons) with a small LRU cache."""
+
+    def __init__(self, dataset: CocoDataset, purpose: str, cache_size: int = 256):
+        self._dataset = dataset
+        self.purpose = purpose
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+
+    def mask(self, ann_id: int) -> np.ndarray:
+        """``bool[H, W]`` full-image mask of annotation ``ann_id``."""
+        cached = self._cache.get(ann_id)
+        if cached is not None:
+            self._cache.move_to_end(ann_id)
+            return cached
+        mask = self._dataset._decode_mask(ann_id)
+        self._cache[ann_id] = mask
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return mask
+
+
+class CocoDataset:
+    """A validated COCO instance dataset. Build it with :func:`load_coco`."""
+
+    def __init__(self, json_path: Path, image_root: Path, images: list[ImageRecord],
+                 categories: list[dict], segmentations: dict[int, object]):
+        self.json_path = json_path
+        self.image_root = image_root
+        self.images = images
+        self.categories = categories
+        self.category_ids = [c["id"] for c in categories]  # label -> COCO category id
+        self._segmentations = segmentations
+        self._images_by_id = {im.image_id: im for im in images}
+        self._instances_by_id = {
+            inst.ann_id: inst for im in images for inst in (*im.instances, *im.crowd)
+        }
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    @property
+    def has_masks(self) -> bool:
+        return bool(self._segmentations)
+
+    def image(self, image_id: int) -> ImageRecord:
+        try:
+            return self._images_by_id[image_id]
+        except KeyError:
+            raise DatasetError(f"{self.json_path}: no image with id {image_id}") from None
+
+    def instance(self, ann_id: int) -> InstanceRecord:
+        try:
+            return self._instances_by_id[ann_id]
+        except KeyError:
+            raise DatasetError(f"{self.json_path}: no annotation with id {ann_id}") from None
+
+    def instances(self):
+        """All non-crowd instances, image by image."""
+        for im in self.images:
+            yield from im.instances
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        """``uint8[H, W, 3]`` RGB pixels of one image."""
+        record = self.image(image_id)
+        with Image.open(record.path) as img:
+            return np.asarray(img.convert("RGB"))
+
+    def masks(self, purpose: str) -> GroundTruthMasks:
+        """GT masks, for one of :data:`MASK_PURPOSES` only; refuses a dataset without masks."""
+        if purpose not in MASK_PURPOSES:
+            raise ValueError(f"masks may be read only for {', '.join(MASK_PURPOSES)}; got {purpose!r}")
+        if not self.has_masks:
+            raise DatasetError(
+                f"{self.json_path}: annotations have no 'segmentation', but the {purpose} needs GT masks"
+            )
+        return GroundTruthMasks(self, purpose)
+
+    def subset(self, max_images: int) -> CocoDataset:
+        """The first ``max_images`` images (all when ``max_images <= 0``)."""
+        if max_images <= 0 or max_images >= len(self.images):
+            return self
+        images = self.images[:max_images]
+        keep = {inst.ann_id for im in images for inst in (*im.instances, *im.crowd)}
+        segs = {k: v for k, v in self._segmentations.items() if k in keep}
+        return CocoDataset(self.json_path, self.image_root, images, self.categories, segs)
+
+    def _decode_mask(self, ann_id: int) -> np.ndarray:
+        from pycocotools import mask as mask_utils
+
+        inst = self.instance(ann_id)
+        image = self.image(inst.image_id)
+        seg = self._segmentations.get(ann_id)
+        if seg is None:
+            raise DatasetError(f"{self.json_path}: annotation {ann_id} has no segmentation")
+        h, w = image.height, image.width
+        if isinstance(seg, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+            rle = mask_utils.frPyObjects(seg, h, w)
+        elif isinstance(seg, dict):
+            rle = dict(seg)
+            if isinstance(rle["counts"], str):
+                rle["counts"] = rle["counts"].encode("ascii")
+        else:
+            raise DatasetError(f"{self.json_path}: annotation {ann_id} has an unreadable segmentation")
+        mask = mask_utils.decode(rle)
+        if mask.shape != (h, w):
+            raise DatasetError(
+                f"{self.json_path}: annotation {ann_id} mask is {mask.shape[1]}x{mask.shape[0]}, "
+                f"image {image.image_id} is {w}x{h}"
+            )
+        return mask.astype(bool)
+
+
+def _read_json(json_path: Path) -> dict:
+    if not json_path.is_file():
+        raise DatasetError(f"{json_path}: file not found")
+    try:
+        data = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{json_path}: invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"{json_path}: top level must be an object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{json_path}: missing list '{key}'")
+    return data
+
+
+def _unique_ids(items: list, kind: str, json_path: Path) -> dict[int, dict]:
+    by_id: dict[int, dict] = {}
+    for item in items:
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(item_id, int):
+            raise DatasetError(f"{json_path}: a {kind} entry has no integer 'id': {str(item)[:120]}")
+        if item_id in by_id:
+            raise DatasetError(f"{json_path}: duplicate {kind} id {item_id}")
+        by_id[item_id] = item
+    return by_id
+
+
+def _check_image_file(json_path: Path, image: dict, path: Path) -> None:
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except FileNotFoundError:
+        raise DatasetError(f"{json_path}: image {image['id']}: file {path} is missing") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DatasetError(f"{json_path}: image {image['id']}: file {path} is unreadable: {exc}") from exc
+    if (width, height) != (image["width"], image["height"]):
+        raise DatasetError(
+            f"{json_path}: image {image['id']}: json says {image['width']}x{image['height']} "
+            f"but {path} is {width}x{height}"
+        )
+
+
+def _clip_box(json_path: Path, ann: dict, width: int, height: int) -> tuple[float, float, float, float]:
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        raise DatasetError(f"{json_path}: annotation {ann['id']}: bbox must be [x, y, w, h], got {bbox!r}")
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+        raise DatasetError(f"{json_path}: annotation {ann['id']}: bbox has width or height <= 0: {bbox}")
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+        if x1 <= x0 or y1 <= y0:
+            raise DatasetError(
+                f"{json_path}: annotation {ann['id']}: bbox {bbox} lies outside image {ann['image_id']} "
+                f"({width}x{height})"
+            )
+        logger.warning("%s: annotation %d: bbox %s extends outside image %d (%dx%d); clipped",
+                       json_path, ann["id"], bbox, ann["image_id"], width, height)
+    return x0, y0, x1, y1
+
+
+def load_coco(json_path: str | Path, image_root: str | Path | None = None,
+              check_images: bool = True) -> CocoDataset:
+    """Load and validate a COCO instance json.
+
+    ``image_root`` defaults to ``<json dir>/../images`` (the layout of the built-in datasets) when
+    that folder exists, else the json's folder. ``check_images`` opens every image header to
+    check it exists and matches the json's size (fast: pixels are not decoded).
+    """
+    json_path = Path(json_path)
+    data = _read_json(json_path)
+    if image_root is None or str(image_root) == "":
+        sibling = json_path.parent.parent / "images"
+        image_root = sibling if sibling.is_dir() else json_path.parent
+    image_root = Path(image_root)
+
+    images_by_id = _unique_ids(data["images"], "image", json_path)
+    categories_by_id = _unique_ids(data["categories"], "category", json_path)
+    anns_by_id = _unique_ids(data["annotations"], "annotation", json_path)
+    categories = sorted(categories_by_id.values(), key=lambda c: c["id"])
+    label_of = {c["id"]: i for i, c in enumerate(categories)}
+
+    for image in images_by_id.values():
+        for key, kind in (("file_name", str), ("width", int), ("height", int)):
+            if not isinstance(image.get(key), kind):
+                raise DatasetError(f"{json_path}: image {image['id']}: missing or invalid '{key}'")
+        if check_images:
+            _check_image_file(json_path, image, image_root / image["file_name"])
+
+    per_image: dict[int, list[InstanceRecord]] = {i: [] for i in images_by_id}
+    segmentations: dict[int, object] = {}
+    for ann in anns_by_id.values():
+        image = images_by_id.get(ann.get("image_id"))
+        if image is None:
+            raise DatasetError(f"{json_path}: annotation {ann['id']}: unknown image_id {ann.get('image_id')!r}")
+        if ann.get("category_id") not in label_of:
+            raise DatasetError(
+                f"{json_path}: annotation {ann['id']}: unknown category_id {ann.get('category_id')!r}"
+            )
+        box = _clip_box(json_path, ann, image["width"], image["height"])
+        per_image[image["id"]].append(InstanceRecord(
+            ann_id=ann["id"], image_id=image["id"], category_id=ann["category_id"],
+            label=label_of[ann["category_id"]], bbox_xyxy=box, iscrowd=bool(ann.get("iscrowd", 0)),
+            area=float(ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))),
+        ))
+        if ann.get("segmentation"):
+            segmentations[ann["id"]] = ann["segmentation"]
+
+    records = []
+    for image_id in sorted(images_by_id):
+        image = images_by_id[image_id]
+        instances = sorted(per_image[image_id], key=lambda r: r.ann_id)
+        records.append(ImageRecord(
+            image_id=image_id, file_name=image["file_name"], path=image_root / image["file_name"],
+            width=image["width"], height=image["height"],
+            instances=tuple(r for r in instances if not r.iscrowd),
+            crowd=tuple(r for r in instances if r.iscrowd),
+        ))
+    return CocoDataset(json_path, image_root, records, categories, segmentations)

@@ -1,0 +1,1 @@
+"""COCO-style evaluation (mask and box AP) and results files."""

@@ -1,0 +1,1 @@
+"""CondInst: backbone, FPN, FCOS head, dynamic mask head, losses and inference."""

@@ -1,0 +1,126 @@
+"""COCO loading: every bad input fails before any work, with a message naming file and id."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from apis.data.coco import DatasetError, load_coco
+
+
+def _write_dataset(root, mutate=None, image_size=(40, 30)):
+    """A 2-image dataset (one RLE, one polygon, one crowd annotation); ``mutate(data)`` breaks it."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    w, h = image_size
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(root / "images" / name)
+    mask = np.zeros((h, w), np.uint8, order="F")
+    mask[5:15, 10:20] = 1
+    rle = mask_utils.encode(mask)
+    rle["counts"] = rle["counts"].decode("ascii")
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": w, "height": h},
+                   {"id": 2, "file_name": "b.png", "width": w, "height": h}],
+        "categories": [{"id": 3, "name": "cell"}, {"id": 7, "name": "dot"}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 3, "bbox": [10, 5, 10, 10], "segmentation": rle,
+             "area": 100, "iscrowd": 0},
+            {"id": 11, "image_id": 2, "category_id": 7, "bbox": [2, 2, 4, 4],
+             "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]], "area": 16, "iscrowd": 0},
+            {"id": 12, "image_id": 2, "category_id": 3, "bbox": [20, 10, 5, 5], "segmentation": rle,
+             "area": 25, "iscrowd": 1},
+        ],
+    }
+    if mutate:
+        mutate(data)
+    path = root / "annotations" / "train.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_loads_records_labels_and_crowd(tmp_path):
+    ds = load_coco(_write_dataset(tmp_path))
+    assert len(ds) == 2 and ds.num_classes == 2 and ds.category_ids == [3, 7]
+    first = ds.image(1).instances[0]
+    assert first.bbox_xyxy == (10.0, 5.0, 20.0, 15.0) and first.label == 0
+    assert ds.image(2).instances[0].label == 1
+    assert [c.ann_id for c in ds.image(2).crowd] == [12]
+    assert [i.ann_id for i in ds.instances()] == [10, 11]  # crowd is never a training instance
+
+
+def test_masks_decode_lazily_rle_and_polygon(tmp_path):
+    ds = load_coco(_write_dataset(tmp_path))
+    masks = ds.masks("oracle")
+    rle_mask = masks.mask(10)
+    assert rle_mask.dtype == bool and rle_mask.shape == (30, 40) and rle_mask.sum() == 100
+    assert rle_mask[5:15, 10:20].all()
+    assert masks.mask(11)[3, 3] and not masks.mask(11)[10, 10]
+
+
+def test_masks_need_a_purpose_and_segmentations(tmp_path):
+    ds = load_coco(_write_dataset(tmp_path))
+    with pytest.raises(ValueError, match="masks may be read only for"):
+        ds.masks("training")
+
+    def drop(d):
+        for a in d["annotations"]:
+            a.pop("segmentation")
+
+    no_masks = load_coco(_write_dataset(tmp_path / "nomask", drop))
+    with pytest.raises(DatasetError, match="no 'segmentation'.*evaluation needs GT masks"):
+        no_masks.masks("evaluation")
+
+
+def _set(path, value):
+    def mutate(d):
+        node = d
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return mutate
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_set(["annotations", 0, "image_id"], 99), "annotation 10: unknown image_id 99"),
+    (_set(["annotations", 0, "category_id"], 5), "annotation 10: unknown category_id 5"),
+    (_set(["annotations", 1, "id"], 10), "duplicate annotation id 10"),
+    (_set(["images", 1, "id"], 1), "duplicate image id 1"),
+    (_set(["annotations", 0, "bbox"], [10, 5, 0, 10]), "annotation 10: bbox has width or height <= 0"),
+    (_set(["annotations", 0, "bbox"], [10, 5, 10, -3]), "annotation 10: bbox has width or height <= 0"),
+    (_set(["annotations", 0, "bbox"], [100, 100, 5, 5]), "annotation 10: bbox .* lies outside image 1"),
+    (_set(["images", 0, "file_name"], "missing.png"), "image 1: file .*missing.png is missing"),
+    (_set(["images", 0, "width"], 41), "image 1: json says 41x30 but .*a.png is 40x30"),
+])
+def test_bad_input_is_named(tmp_path, mutate, message):
+    path = _write_dataset(tmp_path, mutate)
+    with pytest.raises(DatasetError, match=message) as info:
+        load_coco(path)
+    assert str(path) in str(info.value)
+
+
+def test_invalid_json_and_unreadable_image(tmp_path):
+    path = _write_dataset(tmp_path)
+    (tmp_path / "images" / "b.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="image 2: file .*b.png is unreadable"):
+        load_coco(path)
+    path.write_text("{ not json")
+    with pytest.raises(DatasetError, match=f"{path}: invalid JSON"):
+        load_coco(path)
+
+
+def test_box_partly_outside_is_clipped_with_warning(tmp_path, caplog):
+    path = _write_dataset(tmp_path, _set(["annotations", 0, "bbox"], [30, 20, 20, 20]))
+    with caplog.at_level(logging.WARNING):
+        ds = load_coco(path)
+    assert ds.instance(10).bbox_xyxy == (30.0, 20.0, 40.0, 30.0)
+    assert "annotation 10" in caplog.text and "clipped" in caplog.text
+
+
+def test_subset_keeps_first_images(tmp_path):
+    ds = load_coco(_write_dataset(tmp_path)).subset(1)
+    assert [im.image_id for im in ds.images] == [1]
+    assert ds.masks("evaluation").mask(10).sum() == 100
