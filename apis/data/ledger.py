@@ -1,0 +1,271 @@
+"""The answer ledger: every point ever asked, kept in an SQLite database.
+
+Each annotator answer (annotation id, pixel ``(x, y)``, label 1 / 0 / -1 "unsure", step, how the
+point was chosen, who answered, when, and its cost in seconds) is one row of ``answers``. The
+candidate boxes of the instances live in ``instances`` so that an answer can be checked before it
+is stored. ``P(s)``, the point set of step ``s``, is every answer with ``step <= s``.
+
+Durability: the database runs in WAL mode with ``synchronous=FULL`` and each :meth:`PointLedger.record`
+call is one transaction, so a crash (even SIGKILL) loses at most the batch being written, never part
+of one. Each :class:`PointLedger` owns its connection; open one per thread or process.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from apis.data.coords import point_in_box
+from apis.data.points import POINT_LABELS, InstancePoints, write_pointsup
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    ann_id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL,
+    x0 REAL NOT NULL,
+    y0 REAL NOT NULL,
+    x1 REAL NOT NULL,
+    y1 REAL NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS answers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ann_id INTEGER NOT NULL REFERENCES instances (ann_id),
+    image_id INTEGER NOT NULL,
+    x INTEGER NOT NULL,
+    y INTEGER NOT NULL,
+    label INTEGER NOT NULL CHECK (label IN (1, 0, -1)),
+    step INTEGER NOT NULL CHECK (step >= 0),
+    chosen_by TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    answered_at TEXT NOT NULL,
+    cost_s REAL NOT NULL CHECK (cost_s >= 0),
+    UNIQUE (ann_id, x, y)
+);
+CREATE INDEX IF NOT EXISTS answers_by_step ON answers (step);
+"""
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC, e.g. ``2024-05-01T12:00:00.123456+00:00``."""
+    return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One annotator answer: is pixel ``(x, y)`` (integer indices) on instance ``ann_id``?
+
+    ``label``: 1 on the object, 0 background, -1 unsure. ``chosen_by``: how the point was picked
+    ("p0-random", "random", "entropy", ...); ``annotator``: "simulated-oracle" or a person's name.
+    Integer-like numpy scalars are accepted and stored as Python ints.
+    """
+
+    ann_id: int
+    image_id: int
+    x: int
+    y: int
+    label: int
+    step: int
+    chosen_by: str
+    annotator: str
+    cost_s: float
+    answered_at: str = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        where = f"answer for annotation {self.ann_id} at point ({self.x}, {self.y})"
+        try:
+            for name in ("ann_id", "image_id", "x", "y", "label", "step"):
+                object.__setattr__(self, name, operator.index(getattr(self, name)))
+            object.__setattr__(self, "cost_s", float(self.cost_s))
+        except TypeError as error:
+            raise ValueError(f"{where}: {error}") from None
+        if self.label not in POINT_LABELS:
+            raise ValueError(f"{where}: label {self.label} is not one of {POINT_LABELS}")
+        if self.step < 0:
+            raise ValueError(f"{where}: step {self.step} is negative")
+        if not (math.isfinite(self.cost_s) and self.cost_s >= 0):
+            raise ValueError(f"{where}: cost_s {self.cost_s} is not a non-negative number")
+        for name in ("chosen_by", "annotator"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{where}: {name} must be a non-empty string")
+        try:
+            answered_at = datetime.fromisoformat(self.answered_at)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: answered_at {self.answered_at!r} is not an ISO-8601 time") from None
+        if answered_at.utcoffset() is None or answered_at.utcoffset().total_seconds() != 0:
+            raise ValueError(f"{where}: answered_at {self.answered_at!r} is not in UTC")
+
+
+# The answers table has one column per Answer field, so rows map to Answers in field order.
+_ANSWER_COLUMNS = ", ".join(f.name for f in fields(Answer))
+
+
+class PointLedger:
+    """An SQLite file holding the instances' boxes and every answer; see the module docstring."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; record() and register_instances() open
+        # their own with BEGIN IMMEDIATE so validation and writing see the same database state.
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            versions = [row[0] for row in self._conn.execute("SELECT version FROM schema_version")]
+            if not versions:
+                self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif versions != [SCHEMA_VERSION]:
+                raise ValueError(f"{self.path}: ledger schema version {versions}, expected {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` when the block raises."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def register_instances(self, rows: Iterable[tuple[int, int, Sequence[float], int, int]]) -> int:
+        """Store ``(ann_id, image_id, bbox_xyxy, width, height)`` rows; returns how many were new.
+
+        Registering an instance again with the same values is a no-op; with different values it is
+        a ValueError naming the annotation id (nothing from the call is stored).
+        """
+        new = 0
+        with self._transaction():
+            for ann_id, image_id, bbox_xyxy, width, height in rows:
+                row = (operator.index(ann_id), operator.index(image_id), *(float(v) for v in bbox_xyxy),
+                       operator.index(width), operator.index(height))
+                if len(row) != 8:
+                    raise ValueError(f"{self.path}: instance {ann_id}: bbox_xyxy must have 4 numbers, "
+                                     f"got {bbox_xyxy}")
+                if row[6] <= 0 or row[7] <= 0:
+                    raise ValueError(f"{self.path}: instance {ann_id}: image size {width}x{height} is not positive")
+                stored = self._conn.execute(
+                    "SELECT ann_id, image_id, x0, y0, x1, y1, width, height FROM instances WHERE ann_id = ?",
+                    (row[0],)).fetchone()
+                if stored is None:
+                    self._conn.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                    new += 1
+                elif stored != row:
+                    raise ValueError(f"{self.path}: instance {ann_id} is already registered as {stored}, "
+                                     f"not {row}")
+        return new
+
+    def record(self, answers: Sequence[Answer]) -> int:
+        """Store a batch of answers in one transaction; returns how many were new.
+
+        Every answer is checked first: its annotation must be registered, with the same image id,
+        and its point must be a candidate of the instance's box. Any failure raises ValueError naming
+        the annotation and the point, and nothing of the batch is stored. An ``(ann_id, x, y)``
+        already stored (or repeated within the batch) is skipped: the first answer is kept.
+        """
+        with self._transaction():
+            for answer in answers:
+                self._check(answer)
+            cursor = self._conn.executemany(
+                f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (ann_id, x, y) DO NOTHING",
+                [astuple(answer) for answer in answers])
+            return max(cursor.rowcount, 0)
+
+    def _check(self, answer: Answer) -> None:
+        where = f"{self.path}: answer for annotation {answer.ann_id} at point ({answer.x}, {answer.y})"
+        instance = self._conn.execute(
+            "SELECT image_id, x0, y0, x1, y1, width, height FROM instances WHERE ann_id = ?",
+            (answer.ann_id,)).fetchone()
+        if instance is None:
+            raise ValueError(f"{where}: annotation {answer.ann_id} is not registered")
+        image_id, x0, y0, x1, y1, width, height = instance
+        if answer.image_id != image_id:
+            raise ValueError(f"{where}: image id {answer.image_id}, but the annotation is on image {image_id}")
+        if not point_in_box(answer.x, answer.y, x0, y0, x1, y1, width, height):
+            raise ValueError(f"{where}: the point is not a candidate of box ({x0}, {y0}, {x1}, {y1}) "
+                             f"in the {width}x{height} image")
+
+    def answers(self, max_step: int | None = None) -> list[Answer]:
+        """Stored answers with ``step <= max_step`` (all when None), in the order they were stored."""
+        rows = self._conn.execute(
+            f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE ? IS NULL OR step <= ? ORDER BY id",
+            (max_step, max_step))
+        return [Answer(*row) for row in rows]
+
+    def points(self, max_step: int | None = None, include_unsure: bool = False) -> dict[int, InstancePoints]:
+        """``P(max_step)`` keyed by annotation id, points in the order they were stored.
+
+        Unsure (-1) answers are left out unless ``include_unsure``; instances left with no point are absent.
+        """
+        grouped: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}
+        rows = self._conn.execute(
+            "SELECT ann_id, x, y, label FROM answers WHERE (? IS NULL OR step <= ?) AND (? OR label != -1) "
+            "ORDER BY id", (max_step, max_step, include_unsure))
+        for ann_id, x, y, label in rows:
+            coords, labels = grouped.setdefault(ann_id, ([], []))
+            coords.append((x, y))
+            labels.append(label)
+        return {ann_id: InstancePoints(np.array(coords, dtype=np.int64), np.array(labels, dtype=np.int64))
+                for ann_id, (coords, labels) in grouped.items()}
+
+    def asked(self, ann_id: int | None = None) -> dict[int, set[tuple[int, int]]]:
+        """Pixels ``(x, y)`` already asked per annotation id (unsure answers included), to exclude them
+        from the candidates; only ``ann_id``'s entry when given. Instances never asked are absent."""
+        rows = self._conn.execute("SELECT ann_id, x, y FROM answers WHERE ? IS NULL OR ann_id = ?",
+                                  (ann_id, ann_id))
+        asked: dict[int, set[tuple[int, int]]] = {}
+        for row_ann_id, x, y in rows:
+            asked.setdefault(row_ann_id, set()).add((x, y))
+        return asked
+
+    def last_step(self) -> int | None:
+        """The highest step with a stored answer, None when the ledger has no answers."""
+        return self._conn.execute("SELECT MAX(step) FROM answers").fetchone()[0]
+
+    def total_cost_s(self, max_step: int | None = None) -> float:
+        """Annotation seconds spent on answers with ``step <= max_step`` (all when None)."""
+        return float(self._conn.execute(
+            "SELECT COALESCE(SUM(cost_s), 0.0) FROM answers WHERE ? IS NULL OR step <= ?",
+            (max_step, max_step)).fetchone()[0])
+
+    def export_pointsup(self, coco_json: str | Path | dict, out_path: str | Path, step: int) -> int:
+        """Write ``P(step)`` as a points-only PointSup json (masks dropped); returns the annotations written.
+
+        ValueError when no answer was recorded at ``step``, which is most likely a wrong step number.
+        """
+        has_step = self._conn.execute("SELECT 1 FROM answers WHERE step = ? LIMIT 1", (step,)).fetchone()
+        if has_step is None:
+            raise ValueError(f"{self.path}: no answers at step {step} (last step: {self.last_step()})")
+        return write_pointsup(coco_json, self.points(max_step=step), out_path, drop_masks=True)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> PointLedger:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
