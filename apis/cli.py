@@ -50,10 +50,42 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"final checkpoint: {final}")
 
 
+def _cmd_run(args: argparse.Namespace) -> None:
+    from apis.active.loop import run_active_loop
+    from apis.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    for row in run_active_loop(cfg):
+        print(f"P{row['step']}: mask AP {row['mask_AP']:.2f}  ({row['points_per_instance']:.2f} points/instance)")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from apis.active.compare import compare_runs
+
+    out = args.out or Path(args.runs[0]).parent
+    print(compare_runs(args.runs, out))
+    print(f"wrote {Path(out) / 'curves.png'} and {Path(out) / 'comparison.md'}")
+
+
+def _cmd_export_points(args: argparse.Namespace) -> None:
+    from apis.config import load_config
+    from apis.data.ledger import PointLedger
+
+    run_dir = Path(args.run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    with PointLedger(run_dir / "ledger.sqlite") as ledger:
+        step = ledger.last_step() if args.step is None else args.step
+        if step is None:
+            raise SystemExit(f"{run_dir}: the ledger holds no answers yet")
+        out = args.out or run_dir / f"points_step{step:03d}.json"
+        count = ledger.export_pointsup(cfg.data.train_json, out, step)
+    print(f"wrote {out}: points of {count} annotations known at step {step}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from apis.demo import run_demo
 
-    run_demo(args.out, quick=args.quick)
+    run_demo(args.out, quick=args.quick, steps=args.steps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,9 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config")
     tr.add_argument("overrides", nargs="*", help="key=value, e.g. solver.max_iter=100")
     tr.set_defaults(handler=_cmd_train)
+    run = sub.add_parser("run", help="run or resume the active-learning loop")
+    run.add_argument("config")
+    run.add_argument("overrides", nargs="*", help="key=value, e.g. selection.metric=random loop.steps=3")
+    run.set_defaults(handler=_cmd_run)
+
+    cmp = sub.add_parser("compare", help="curves.png and a markdown table over finished runs")
+    cmp.add_argument("runs", nargs="+", help="run directories")
+    cmp.add_argument("--out", type=Path, help="output folder (default: the first run's parent)")
+    cmp.set_defaults(handler=_cmd_compare)
+
+    exp = sub.add_parser("export-points", help="points known at a step as a detectron2 PointSup json")
+    exp.add_argument("run_dir")
+    exp.add_argument("--step", type=int, help="default: the last step with answers")
+    exp.add_argument("--out", type=Path, help="default: RUN_DIR/points_stepNNN.json")
+    exp.set_defaults(handler=_cmd_export_points)
+
     demo = sub.add_parser("demo", help="built-in data -> random vs entropy for 3 steps -> report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--quick", action="store_true", help="a much shorter schedule (smoke test)")
+    demo.add_argument("--steps", type=int, default=3)
     demo.set_defaults(handler=_cmd_demo)
     return parser
 

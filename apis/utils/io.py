@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,5 +30,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by ``None`` (strict JSON has no such numbers)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(value) for value in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent))
+    """Write ``obj`` as strict JSON: undefined metrics (NaN) become ``null``."""
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=indent, allow_nan=False))
