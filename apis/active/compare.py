@@ -1,0 +1,125 @@
+"""Compare finished runs: ``curves.png`` (mask AP per step and per annotation hour) and a markdown table.
+
+Runs with the same strategy label (metric + prediction sets) are grouped; with several seeds the
+curves show mean ± std and the table ``mean ± std (n)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from apis.utils.io import atomic_write_text
+
+TABLE_COLUMNS = (
+    ("mask_AP", "mask AP", "{:.2f}"),
+    ("mask_AP50", "AP50", "{:.2f}"),
+    ("misclassified_share", "new points misclassified", "{:.1%}"),
+    ("boundary_distance_px", "distance to boundary (px)", "{:.2f}"),
+    ("annotation_seconds", "annotation h", "{:.2f}"),
+)
+
+
+def read_run(run_dir: str | Path) -> list[dict]:
+    """The per-step metrics of one run (``metrics.jsonl``), in step order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics; has the run finished a step?")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def run_label(rows: list[dict]) -> str:
+    first = rows[0]
+    return f"{first['strategy']} ({'+'.join(first.get('sets', ['anchors']))})"
+
+
+def group_runs(run_dirs: list[str | Path]) -> dict[str, list[list[dict]]]:
+    """Runs grouped by strategy label, in the order first seen."""
+    groups: dict[str, list[list[dict]]] = defaultdict(list)
+    for run_dir in run_dirs:
+        rows = read_run(run_dir)
+        groups[run_label(rows)].append(rows)
+    return dict(groups)
+
+
+def _stat(runs: list[list[dict]], step: int, key: str) -> tuple[float, float, int]:
+    values = [r[key] for rows in runs for r in rows
+              if r["step"] == step and r.get(key) is not None and not _isnan(r.get(key))]
+    if key == "annotation_seconds":
+        values = [v / 3600 for v in values]
+    if not values:
+        return math.nan, math.nan, 0
+    return float(np.mean(values)), float(np.std(values)), len(values)
+
+
+def _isnan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def markdown_table(groups: dict[str, list[list[dict]]]) -> str:
+    """One row per (strategy, step): mean ± std over seeds (n seeds)."""
+    header = "| strategy | step | " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+    for label, runs in groups.items():
+        steps = sorted({r["step"] for rows in runs for r in rows})
+        for step in steps:
+            cells = []
+            for key, _, fmt in TABLE_COLUMNS:
+                mean, std, n = _stat(runs, step, key)
+                if n == 0:
+                    cells.append("–")
+                elif n == 1:
+                    cells.append(fmt.format(mean))
+                else:
+                    cells.append(f"{fmt.format(mean)} ± {fmt.format(std)} ({n})")
+            lines.append(f"| {label} | P{step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(groups: dict[str, list[list[dict]]], out_path: str | Path) -> None:
+    """Mask AP against step and against annotation hours, one line (mean ± std band) per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_hours) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, runs in groups.items():
+        steps = sorted({r["step"] for rows in runs for r in rows})
+        ap = np.array([_stat(runs, s, "mask_AP")[:2] for s in steps])
+        hours = np.array([_stat(runs, s, "annotation_seconds")[0] for s in steps])
+        for axis, xs in ((by_step, np.array(steps)), (by_hours, hours)):
+            (line,) = axis.plot(xs, ap[:, 0], marker="o", label=f"{label} (n={len(runs)})")
+            if len(runs) > 1:
+                axis.fill_between(xs, ap[:, 0] - ap[:, 1], ap[:, 0] + ap[:, 1], color=line.get_color(), alpha=0.2)
+    by_step.set_xlabel("step (points per instance - 1)")
+    by_step.set_xticks(sorted({r["step"] for runs in groups.values() for rows in runs for r in rows}))
+    by_hours.set_xlabel("annotation hours (boxes + points)")
+    for axis in (by_step, by_hours):
+        axis.set_ylabel("val mask AP")
+        axis.grid(alpha=0.3)
+    by_step.legend(fontsize=8)
+    fig.suptitle("APIS: mask AP per annotation step")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out_path)
+
+
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
+    """Write ``curves.png`` and ``comparison.md`` into ``out_dir``; returns the markdown table."""
+    groups = group_runs(run_dirs)
+    out_dir = Path(out_dir)
+    plot_curves(groups, out_dir / "curves.png")
+    table = markdown_table(groups)
+    atomic_write_text(out_dir / "comparison.md",
+                      "# APIS run comparison\n\n![curves](curves.png)\n\n" + table)
+    return table

@@ -1,0 +1,41 @@
+"""Run comparison: mean ± std over seeds per strategy and step, and the curves image."""
+
+import json
+
+import pytest
+
+from apis.active.compare import compare_runs, group_runs, markdown_table
+
+
+def _run(tmp_path, name, strategy, aps, seed=0):
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    rows = [{"step": s, "strategy": strategy, "sets": ["anchors"], "seed": seed, "mask_AP": ap, "mask_AP50": ap + 10,
+             "misclassified_share": None if s == 0 else 0.25, "boundary_distance_px": None if s == 0 else 2.0,
+             "annotation_seconds": 3600.0 * (s + 1)} for s, ap in enumerate(aps)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return run_dir
+
+
+def test_table_aggregates_seeds(tmp_path):
+    runs = [_run(tmp_path, "e0", "entropy", [10.0, 14.0]), _run(tmp_path, "e1", "entropy", [10.0, 16.0], seed=1),
+            _run(tmp_path, "r0", "random", [10.0, 12.0])]
+    groups = group_runs(runs)
+    assert list(groups) == ["entropy (anchors)", "random (anchors)"]
+    table = markdown_table(groups)
+    assert "| entropy (anchors) | P1 | 15.00 ± 1.00 (2) |" in table  # mean and population std of 14, 16
+    assert "| random (anchors) | P1 | 12.00 |" in table
+    assert "| entropy (anchors) | P0 | 10.00 ± 0.00 (2) | 20.00 ± 0.00 (2) | – | – | 1.00 ± 0.00 (2) |" in table
+
+
+def test_compare_writes_png_and_markdown(tmp_path):
+    runs = [_run(tmp_path, "e0", "entropy", [10.0, 14.0]), _run(tmp_path, "r0", "random", [10.0, 12.0])]
+    table = compare_runs(runs, tmp_path / "out")
+    assert (tmp_path / "out" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert table in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_missing_metrics_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty/metrics.jsonl"):
+        compare_runs([tmp_path / "empty"], tmp_path)
