@@ -72,6 +72,8 @@ class DataConfig:
     train_json: str = ""
     val_json: str = ""
     image_root: str = ""  # folder of the images; "" -> <json dir>/../images
+    # Folder of the val_json images ("" -> as image_root); added for COCO, whose splits live in train2017/, val2017/.
+    val_image_root: str = ""
     train_points: str = ""  # PointSup json with point_coords/point_labels for the "points" loss
     random_points_per_instance: int = 0  # >0: draw N points per box, labelled from GT masks (simulated oracle)
     max_train_images: int = 0  # >0: use only the first N training images (CPU-sized runs)

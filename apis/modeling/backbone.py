@@ -1,0 +1,104 @@
+"""ResNet + FPN (P3-P7) backbone from torchvision parts.
+
+The FPN reads C3-C5 (strides 8, 16, 32) and adds P6/P7 from P5 with ``LastLevelP6P7``, as in FCOS and
+CondInst. ImageNet weights are read only from local files: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
+
+FPN_STRIDES = (8, 16, 32, 64, 128)
+
+_RESNETS = {
+    18: (torchvision.models.resnet18, torchvision.models.ResNet18_Weights, (128, 256, 512)),
+    34: (torchvision.models.resnet34, torchvision.models.ResNet34_Weights, (128, 256, 512)),
+    50: (torchvision.models.resnet50, torchvision.models.ResNet50_Weights, (512, 1024, 2048)),
+    101: (torchvision.models.resnet101, torchvision.models.ResNet101_Weights, (512, 1024, 2048)),
+}
+
+
+class ResNetFPN(nn.Module):
+    """``forward(images [B, 3, H, W] normalised) -> [P3, P4, P5, P6, P7]``, each ``[B, fpn_channels, h, w]``.
+
+    Level ``l`` has stride ``FPN_STRIDES[l]``; for ``H`` divisible by 32, P3-P5 are exactly ``H / stride``.
+    """
+
+    def __init__(self, resnet: torchvision.models.ResNet, stage_channels: tuple[int, int, int],
+                 fpn_channels: int):
+        super().__init__()
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
+        self.fpn = FeaturePyramidNetwork(list(stage_channels), fpn_channels,
+                                         extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels))
+        self.strides = FPN_STRIDES
+        self.out_channels = fpn_channels
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        c2 = self.layer1(self.stem(images))
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        pyramid = self.fpn(OrderedDict([("c3", c3), ("c4", c4), ("c5", c5)]))
+        return list(pyramid.values())
+
+
+def build_backbone(depth: int, norm: str, weights: str, fpn_channels: int) -> ResNetFPN:
+    """ResNet-``depth`` with ``norm`` ("frozen_bn" or "bn") and ``weights`` ("none", "imagenet" or a file).
+
+    With loaded weights the stem and the first stage are frozen (detectron2's ``FREEZE_AT=2``); trained
+    from scratch ("none") every layer learns, because frozen random filters would be useless.
+    """
+    if depth not in _RESNETS:
+        raise ValueError(f"model.depth must be one of {sorted(_RESNETS)}, got {depth}")
+    norm_layers = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d}
+    if norm not in norm_layers:
+        raise ValueError(f"model.norm must be one of {sorted(norm_layers)}, got {norm!r}")
+    constructor, weight_enum, stage_channels = _RESNETS[depth]
+    resnet = constructor(weights=None, norm_layer=norm_layers[norm])
+    if weights != "none":
+        path = _imagenet_file(depth, weight_enum) if weights == "imagenet" else Path(weights)
+        _load_resnet_weights(resnet, path)
+        for module in (resnet.conv1, resnet.bn1, resnet.layer1):
+            module.requires_grad_(False)
+    return ResNetFPN(resnet, stage_channels, fpn_channels)
+
+
+def _imagenet_file(depth: int, weight_enum) -> Path:
+    """The torchvision ImageNet checkpoint of this depth in the local torch hub cache, or a clear error."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    names = [Path(member.url).name for member in weight_enum]
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"model.backbone_weights='imagenet' needs torchvision's ResNet-{depth} checkpoint on disk "
+        f"(APIS never downloads weights). Place one of {names} in {folder}, "
+        f"or set model.backbone_weights to the path of a torchvision ResNet-{depth} state dict.")
+
+
+def _load_resnet_weights(resnet: torchvision.models.ResNet, path: Path) -> None:
+    """Load a torchvision-layout ResNet state dict (the classifier ``fc.*`` is ignored)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"model.backbone_weights: no such file {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"model.backbone_weights: {path} does not hold a state dict")
+    def relevant(key: str) -> bool:  # BN step counters differ between checkpoints and carry no weights
+        return not key.startswith("fc.") and not key.endswith("num_batches_tracked")
+
+    state = {key: value for key, value in state.items() if relevant(key)}
+    expected = {key for key in resnet.state_dict() if relevant(key)}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"model.backbone_weights: {path} is not a torchvision ResNet state dict of this depth "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    resnet.load_state_dict(state, strict=False)

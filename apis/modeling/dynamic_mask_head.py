@@ -1,0 +1,122 @@
+"""CondInst's dynamic mask head: a tiny per-instance MLP of 1x1 convs whose weights come from the controller.
+
+Map convention: cell ``i`` of a map with stride ``s`` covers image pixels ``[s*i, s*i + s)``; its centre is
+``s*i + s/2`` in continuous image coordinates (pixel ``(x, y)`` has centre ``(x+.5, y+.5)``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+RELATIVE_COORDINATES = 2  # (x, y) offsets fed to the first layer next to the mask features
+
+
+def layer_shapes(in_channels: int, channels: int, num_layers: int) -> list[tuple[int, int]]:
+    """``(out, in)`` of each 1x1 conv: the first reads mask features + relative coordinates, the last emits 1."""
+    shapes = []
+    width = in_channels + RELATIVE_COORDINATES
+    for layer in range(num_layers):
+        out = 1 if layer == num_layers - 1 else channels
+        shapes.append((out, width))
+        width = out
+    return shapes
+
+
+def num_dynamic_params(in_channels: int, channels: int, num_layers: int) -> int:
+    """Parameters the controller emits per instance (169 for 8 in, 8 channels, 3 layers)."""
+    return sum(out * width + out for out, width in layer_shapes(in_channels, channels, num_layers))
+
+
+def sizes_of_interest(size_ranges: list[float]) -> list[float]:
+    """Per-level normaliser of relative coordinates: the upper size edge, twice the last finite one for
+    the open-ended top level (AdelaiDet: [64, 128, 256, 512] -> [64, 128, 256, 512, 1024])."""
+    upper = list(size_ranges[1:])
+    return [edge if math.isfinite(edge) else 2 * size_ranges[i] for i, edge in enumerate(upper)]
+
+
+class DynamicMaskHead(nn.Module):
+    """Runs every instance's own mask MLP over the shared mask features.
+
+    The first layer reads the mask features and the location's offset to each map cell,
+    ``(instance_location - cell_centre) / size_of_interest[level]``. Instances are batched with
+    ``bmm`` (no Python loop over instances). Output: logits at ``out_stride``, upsampled bilinearly.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_layers: int, sizes_of_interest: list[float],
+                 feature_stride: int, out_stride: int):
+        super().__init__()
+        if feature_stride % out_stride:
+            raise ValueError(f"model.mask_out_stride={out_stride} must divide the mask branch stride {feature_stride}")
+        self.shapes = layer_shapes(in_channels, channels, num_layers)
+        self.num_params = num_dynamic_params(in_channels, channels, num_layers)
+        self.feature_stride = feature_stride
+        self.out_stride = out_stride
+        self.register_buffer("sizes_of_interest", torch.tensor(sizes_of_interest, dtype=torch.float32),
+                             persistent=False)
+
+    def forward(self, mask_features: Tensor, params: Tensor, locations: Tensor, levels: Tensor,
+                image_index: Tensor) -> Tensor:
+        """Mask logits of ``n`` instances.
+
+        Args:
+            mask_features: ``[B, C, Hf, Wf]`` at ``feature_stride``.
+            params: ``[n, num_params]``; locations: ``[n, 2]`` (x, y) image coordinates of the FCOS
+                locations that emitted them; levels, image_index: ``[n]`` int64.
+        Returns: ``[n, Hf * f, Wf * f]`` logits with ``f = feature_stride / out_stride``.
+        """
+        batch, channels, height, width = mask_features.shape
+        n = params.shape[0]
+        weights, biases = self._split(params)
+
+        ys = torch.arange(height, device=params.device, dtype=params.dtype) * self.feature_stride
+        xs = torch.arange(width, device=params.device, dtype=params.dtype) * self.feature_stride
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        cells = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)]) + self.feature_stride / 2  # [2, HW]
+
+        # First layer, split so that the [n, 2, HW] relative-coordinate tensor is never built:
+        # W_c @ ((loc - cell) / soi) = (W_c / soi) @ loc - (W_c / soi) @ cell.
+        coord_weights = weights[0][:, :, :RELATIVE_COORDINATES] / self.sizes_of_interest[levels][:, None, None]
+        feature_weights = weights[0][:, :, RELATIVE_COORDINATES:]
+        bias = biases[0] + torch.bmm(coord_weights, locations[:, :, None].to(params.dtype))
+        features = mask_features.reshape(batch, channels, height * width)[image_index]
+        x = torch.baddbmm(bias, feature_weights, features) - torch.matmul(coord_weights, cells)
+        for weight, bias in zip(weights[1:], biases[1:]):
+            x = torch.baddbmm(bias, weight, F.relu(x))
+
+        logits = x.reshape(n, 1, height, width)
+        factor = self.feature_stride // self.out_stride
+        if factor > 1 and n > 0:
+            logits = F.interpolate(logits, scale_factor=factor, mode="bilinear", align_corners=False)
+        return logits.reshape(n, height * factor, width * factor)
+
+    def _split(self, params: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """``[n, P]`` -> per layer weights ``[n, out, in]`` and biases ``[n, out, 1]``."""
+        if params.shape[1] != self.num_params:
+            raise ValueError(f"dynamic mask head expects {self.num_params} parameters, got {params.shape[1]}")
+        sizes = [size for out, width in self.shapes for size in (out * width, out)]
+        pieces = torch.split(params, sizes, dim=1)
+        n = params.shape[0]
+        weights = [pieces[2 * i].reshape(n, out, width) for i, (out, width) in enumerate(self.shapes)]
+        biases = [pieces[2 * i + 1].reshape(n, out, 1) for i, (out, _) in enumerate(self.shapes)]
+        return weights, biases
+
+
+def sample_mask_logits(logits: Tensor, points: Tensor, stride: int) -> Tensor:
+    """Bilinear samples of mask logits at continuous image coordinates.
+
+    Args:
+        logits: ``[n, Hm, Wm]``, cell ``i`` covering image ``[stride*i, stride*(i+1))``.
+        points: ``[n, P, 2]`` (x, y) continuous image coordinates (pixel centres are ``index + 0.5``).
+    Returns: ``[n, P]``. With ``align_corners=False`` the map spans ``Wm * stride`` image pixels, so x maps to
+    ``2 x / (Wm * stride) - 1``; points nearer the border than half a cell take the border value.
+    """
+    height, width = logits.shape[-2:]
+    scale = points.new_tensor([width * stride, height * stride])
+    grid = (points / scale * 2 - 1).to(logits.dtype)
+    samples = F.grid_sample(logits[:, None], grid[:, None], mode="bilinear", padding_mode="border",
+                            align_corners=False)
+    return samples[:, 0, 0, :]

@@ -1,0 +1,155 @@
+"""Mask losses of the dynamic head: PointSup points, full-mask Dice and BoxInst's box-only terms.
+
+Every loss takes mask logits ``[n, Hm, Wm]`` at ``stride`` (cell ``i`` covers image ``[stride*i,
+stride*(i+1))``) for ``n`` instances and targets already matched to them, and returns ``{"loss_*": scalar}``.
+Image coordinates are continuous: pixel ``(x, y)`` has centre ``(x + 0.5, y + 0.5)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from apis.modeling.dynamic_mask_head import sample_mask_logits
+
+DICE_EPS = 1e-5
+NEIGHBOURS = 8  # BoxInst pairwise term: the 3x3 neighbourhood without its centre
+
+
+def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int) -> dict[str, Tensor]:
+    """PointSup: BCE of the logits sampled bilinearly at labelled points, mean over points with label 0/1.
+
+    Args: logits ``[n, Hm, Wm]``; points ``[n, P, 2]`` continuous image (x, y); labels ``[n, P]`` in
+    {1, 0, -1}, -1 = padding (ignored).
+    """
+    valid = labels >= 0
+    if not bool(valid.any()):
+        return {"loss_mask_points": logits.sum() * 0.0}
+    samples = sample_mask_logits(logits, points, stride)
+    loss = F.binary_cross_entropy_with_logits(samples[valid], labels[valid].to(samples.dtype))
+    return {"loss_mask_points": loss}
+
+
+@torch.no_grad()
+def point_accuracy(logits: Tensor, points: Tensor, labels: Tensor, stride: int) -> tuple[int, int]:
+    """``(correct, counted)``: labelled points (label 0/1) whose sampled logit has the label's sign."""
+    valid = labels >= 0
+    if not bool(valid.any()):
+        return 0, 0
+    predicted = sample_mask_logits(logits, points, stride)[valid] > 0
+    return int((predicted == (labels[valid] > 0)).sum()), int(valid.sum())
+
+
+def dice_loss(scores: Tensor, targets: Tensor) -> Tensor:
+    """Per-instance ``1 - 2 sum(x t) / (sum x^2 + sum t^2 + eps)`` over all but the first dim -> ``[n]``."""
+    scores, targets = scores.flatten(1), targets.flatten(1)
+    intersection = (scores * targets).sum(dim=1)
+    union = (scores * scores).sum(dim=1) + (targets * targets).sum(dim=1) + DICE_EPS
+    return 1.0 - 2.0 * intersection / union
+
+
+def loss_full(logits: Tensor, target_masks: Tensor) -> dict[str, Tensor]:
+    """Fully supervised CondInst: Dice of ``sigmoid(logits)`` against masks ``[n, Hm, Wm]`` in [0, 1]."""
+    return {"loss_mask_full": dice_loss(logits.sigmoid(), target_masks.to(logits.dtype)).mean()}
+
+
+def masks_at_stride(masks: Tensor, stride: int) -> Tensor:
+    """``[N, H, W]`` binary masks -> ``[N, H/stride, W/stride]`` fraction of each cell the mask covers."""
+    return F.avg_pool2d(masks[:, None].float(), kernel_size=stride, stride=stride)[:, 0]
+
+
+def box_masks_at_stride(boxes: Tensor, height: int, width: int, stride: int) -> Tensor:
+    """``[N, height, width]`` bool: cells whose centre lies in the box (xyxy, continuous image coords).
+
+    Along an axis where no cell centre falls inside the box, the cell holding the box centre is used, so a
+    tiny box still marks one cell (the same rule as :func:`apis.data.coords.box_pixel_range`).
+    """
+    def axis_mask(low: Tensor, high: Tensor, size: int) -> Tensor:
+        first = torch.ceil(low / stride - 0.5)
+        last = torch.floor(high / stride - 0.5)  # inclusive
+        centre_cell = torch.floor((low + high) / 2 / stride).clamp(0, size - 1)
+        empty = last < first
+        first = torch.where(empty, centre_cell, first)
+        last = torch.where(empty, centre_cell, last)
+        index = torch.arange(size, device=boxes.device, dtype=boxes.dtype)
+        return (index >= first[:, None]) & (index <= last[:, None])
+
+    rows = axis_mask(boxes[:, 1], boxes[:, 3], height)
+    cols = axis_mask(boxes[:, 0], boxes[:, 2], width)
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def loss_box_projection(logits: Tensor, box_masks: Tensor) -> dict[str, Tensor]:
+    """BoxInst projection term: Dice of the mask's max-projections onto x and y against the box's."""
+    scores, targets = logits.sigmoid(), box_masks.to(logits.dtype)
+    loss_x = dice_loss(scores.amax(dim=1), targets.amax(dim=1))
+    loss_y = dice_loss(scores.amax(dim=2), targets.amax(dim=2))
+    return {"loss_mask_box_proj": (loss_x + loss_y).mean()}
+
+
+def neighbours(x: Tensor, dilation: int) -> Tensor:
+    """``[B, C, H, W]`` -> ``[B, C, 8, H, W]``: the 8 neighbours at distance ``dilation`` (zeros outside)."""
+    batch, channels, height, width = x.shape
+    unfolded = F.unfold(x, kernel_size=3, dilation=dilation, padding=dilation)
+    unfolded = unfolded.reshape(batch, channels, 9, height, width)
+    return torch.cat([unfolded[:, :, :4], unfolded[:, :, 5:]], dim=2)
+
+
+def pairwise_disagreement(logits: Tensor, dilation: int) -> Tensor:
+    """``-log P(cell and neighbour get the same label)`` for logits ``[n, H, W]`` -> ``[n, 8, H, W]``.
+
+    ``P = p_i p_j + (1 - p_i)(1 - p_j)``, evaluated in log space for stability.
+    """
+    log_fg, log_bg = F.logsigmoid(logits)[:, None], F.logsigmoid(-logits)[:, None]
+    same_fg = log_fg[:, :, None] + neighbours(log_fg, dilation)
+    same_bg = log_bg[:, :, None] + neighbours(log_bg, dilation)
+    return -torch.logaddexp(same_fg, same_bg)[:, 0]
+
+
+def loss_box_pairwise(logits: Tensor, box_masks: Tensor, colour_similarity: Tensor, dilation: int,
+                      threshold: float) -> dict[str, Tensor]:
+    """BoxInst pairwise term over cells inside the box whose neighbour has a similar colour.
+
+    Args: box_masks ``[n, H, W]`` bool; colour_similarity ``[n, 8, H, W]`` in [0, 1] (0 for neighbours
+    outside the image).
+    """
+    weights = (colour_similarity >= threshold).to(logits.dtype) * box_masks[:, None].to(logits.dtype)
+    loss = (pairwise_disagreement(logits, dilation) * weights).sum() / weights.sum().clamp(min=1.0)
+    return {"loss_mask_box_pairwise": loss}
+
+
+def rgb_to_lab(rgb: Tensor) -> Tensor:
+    """sRGB ``[B, 3, H, W]`` in 0..255 -> CIE L*a*b* (D65), as ``skimage.color.rgb2lab``."""
+    c = (rgb / 255.0).clamp(0, 1)
+    linear = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    to_xyz = rgb.new_tensor([[0.412453, 0.357580, 0.180423],
+                             [0.212671, 0.715160, 0.072169],
+                             [0.019334, 0.119193, 0.950227]])
+    xyz = torch.einsum("ij,bjhw->bihw", to_xyz, linear)
+    xyz = xyz / rgb.new_tensor([0.95047, 1.0, 1.08883])[None, :, None, None]
+    delta = 6.0 / 29.0
+    f = torch.where(xyz > delta ** 3, xyz.clamp(min=1e-12) ** (1.0 / 3.0), xyz / (3 * delta ** 2) + 4.0 / 29.0)
+    return torch.stack([116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], dim=1)
+
+
+def colour_similarity(images: Tensor, image_sizes: list[tuple[int, int]], stride: int, dilation: int) -> Tensor:
+    """BoxInst colour affinity ``exp(-||lab_i - lab_j|| / 2)`` of each stride cell with its 8 neighbours.
+
+    Args: images ``[B, 3, Hp, Wp]`` RGB 0..255 (padded); image_sizes ``(h, w)`` of the valid areas.
+    Returns ``[B, 8, Hp/stride, Wp/stride]``; pairs with a neighbour outside the valid area get 0.
+    """
+    pooled = F.avg_pool2d(images.float(), kernel_size=stride, stride=stride)
+    lab = rgb_to_lab(pooled)
+    similarity = torch.exp(-torch.linalg.vector_norm(lab[:, :, None] - neighbours(lab, dilation), dim=1) * 0.5)
+    batch, _, height, width = pooled.shape
+    centres_y = torch.arange(height, device=images.device) * stride + stride / 2
+    centres_x = torch.arange(width, device=images.device) * stride + stride / 2
+    valid = torch.stack([(centres_y[:, None] < h) & (centres_x[None, :] < w) for h, w in image_sizes])
+    return similarity * neighbours(valid[:, None].float(), dilation)[:, 0]
+
+
+def pairwise_warmup(iteration: int, warmup_iters: int) -> float:
+    """BoxInst ramps the pairwise term linearly from 0 to 1 over the first ``warmup_iters`` iterations."""
+    return 1.0 if warmup_iters <= 0 else min(max(iteration, 0) / warmup_iters, 1.0)
+

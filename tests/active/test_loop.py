@@ -1,0 +1,151 @@
+"""The loop end to end on tiny data: steps, ledger, shared P0/M0, and resumption after crashes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from apis.active.loop import ActiveLearningRun, draw_initial_points, run_active_loop, step_dir
+from apis.active.oracle import SimulatedOracle
+from apis.config import ConfigError
+from apis.data.coco import DatasetError, load_coco
+from apis.data.coords import point_in_box
+from apis.data.ledger import PointLedger
+
+
+def _answers(run_dir):
+    with PointLedger(run_dir / "ledger.sqlite") as ledger:
+        return ledger.answers()
+
+
+def test_loop_runs_every_step_and_records_one_point_per_instance_per_step(finished_runs):
+    cfg, rows = finished_runs["entropy"]
+    run_dir = Path(cfg.output_dir)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    train = load_coco(cfg.data.train_json)
+    instances = {i.ann_id: (i, train.image(i.image_id)) for i in train.instances()}
+    answers = _answers(run_dir)
+    for step in (0, 1, 2):
+        at_step = [a for a in answers if a.step == step]
+        assert sorted(a.ann_id for a in at_step) == sorted(instances)  # one point per instance per step
+        assert {a.chosen_by for a in at_step} == ({"p0-random"} if step == 0 else {"entropy"})
+    for a in answers:
+        inst, image = instances[a.ann_id]
+        assert point_in_box(a.x, a.y, *inst.bbox_xyxy, image.width, image.height)
+    assert len({(a.ann_id, a.x, a.y) for a in answers}) == len(answers)  # never asked twice
+    assert rows[2]["points_per_instance"] == pytest.approx(3.0)
+    assert rows[1]["annotation_seconds"] == pytest.approx(len(instances) * (2 * 0.9 + 7.0))
+    for key in ("mask_AP", "misclassified_share", "boundary_distance_px", "selection_seconds"):
+        assert key in rows[1]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
+    assert (step_dir(run_dir, 2) / "train" / "model_final.pth").exists()
+
+
+def test_p0_depends_only_on_seed():
+    class Inst:
+        def __init__(self, ann_id):
+            self.ann_id, self.bbox_xyxy = ann_id, (2.0, 3.0, 9.0, 7.0)
+
+    class Img:
+        image_id, width, height, instances = 1, 12, 10, [Inst(1), Inst(2)]
+
+    class Data:
+        images = [Img()]
+
+    first, again, other = (draw_initial_points(Data(), s) for s in (5, 5, 6))
+    assert first == again and first != other
+    assert all(2 <= x < 9 and 3 <= y < 7 for _, _, x, y in first)
+
+
+def test_strategies_share_p0_and_m0(finished_runs):
+    entropy, _ = finished_runs["entropy"]
+    rnd, rows = finished_runs["random"]
+    p0 = {(a.ann_id, a.x, a.y, a.label) for a in _answers(Path(entropy.output_dir)) if a.step == 0}
+    p0_random = {(a.ann_id, a.x, a.y, a.label) for a in _answers(Path(rnd.output_dir))
+                 if a.step == 0}
+    assert p0 == p0_random
+    assert rows[0]["mask_AP"] == json.loads((step_dir(entropy.output_dir, 0) / "metrics.json").read_text())["mask_AP"]
+    assert {a.chosen_by for a in _answers(Path(rnd.output_dir)) if a.step == 1} == {"random"}
+
+
+def test_crash_while_asking_resumes_with_the_same_points(tiny_config, monkeypatch):
+    cfg = tiny_config("crash", "loop.steps=1")
+    calls = {"n": 0}
+    num_instances = len(list(load_coco(cfg.data.train_json).instances()))
+    real_answer = SimulatedOracle.answer
+
+    def answer_then_die(self, ann_id, x, y):
+        calls["n"] += 1
+        if calls["n"] > num_instances + 2:  # P0 is asked in full; the crash hits step 1's questions
+            raise KeyboardInterrupt
+        return real_answer(self, ann_id, x, y)
+
+    monkeypatch.setattr(SimulatedOracle, "answer", answer_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_active_loop(cfg)
+    run_dir = Path(cfg.output_dir)
+    selected = json.loads((step_dir(run_dir, 1) / "selection.json").read_text())["points"]
+    assert {a.step for a in _answers(run_dir)} <= {0}  # nothing half-written for step 1
+    monkeypatch.setattr(SimulatedOracle, "answer", real_answer)
+
+    def no_reselection(*args, **kwargs):
+        raise AssertionError("the persisted selection must be reused, not recomputed")
+
+    monkeypatch.setattr("apis.active.prediction.select_with_models", no_reselection)
+    run_active_loop(cfg)
+    step1 = {(a.ann_id, a.x, a.y) for a in _answers(run_dir) if a.step == 1}
+    assert step1 == {(p["ann_id"], p["x"], p["y"]) for p in selected}
+
+
+def test_sigkill_during_training_resumes(synth_dir, tiny_overrides, tmp_path):
+    run_dir = tmp_path / "killed"
+    overrides = tiny_overrides(synth_dir, run_dir, "solver.max_iter=12", "solver.checkpoint_period=3", "loop.steps=1")
+    cmd = [sys.executable, "-m", "apis.cli", "run", "-", *overrides]
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    cmd[cmd.index("-")] = str(config)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    train_dir = step_dir(run_dir, 0) / "train"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (train_dir / "last_checkpoint").exists():
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (train_dir / "last_checkpoint").exists(), "training never wrote a checkpoint"
+    assert not (step_dir(run_dir, 0) / "metrics.json").exists()
+    p0_before = {(a.ann_id, a.x, a.y, a.label) for a in _answers(run_dir)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = _answers(run_dir)
+    assert p0_before <= {(a.ann_id, a.x, a.y, a.label) for a in answers}
+    assert len({(a.ann_id, a.x, a.y) for a in answers}) == len(answers)
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_resuming_with_another_config_is_refused(tiny_config):
+    cfg = tiny_config("strict")
+    ActiveLearningRun(cfg).ledger.close()
+    changed = tiny_config("strict", "selection.metric=variance")
+    with pytest.raises(ConfigError, match="different config.*selection.metric"):
+        ActiveLearningRun(changed)
+
+
+def test_bad_metric_and_missing_masks_fail_before_work(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="entropy"):
+        ActiveLearningRun(tiny_config("bad", "selection.metric=entropyy"))
+    assert not (tmp_path / "bad").exists()
+    data = json.loads(open(tiny_config("x").data.train_json).read())
+    for ann in data["annotations"]:
+        ann.pop("segmentation")
+    no_masks = tmp_path / "nomask.json"
+    no_masks.write_text(json.dumps(data))
+    cfg = tiny_config("nomask", f"data.train_json={no_masks}",
+                      f"data.image_root={os.path.dirname(tiny_config('x').data.train_json)}/../images")
+    with pytest.raises(DatasetError, match="oracle needs GT masks"):
+        ActiveLearningRun(cfg)

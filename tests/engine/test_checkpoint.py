@@ -1,0 +1,59 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from apis.engine.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    find_last_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    restore_rng_state,
+    save_checkpoint,
+    write_last_checkpoint,
+)
+
+
+def _draws():
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_rng_state_round_trips_through_a_checkpoint_file(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    _draws()
+    save_checkpoint(tmp_path / "c.pth", {"model": {}, "rng": [capture_rng_state()]})
+    expected = [_draws() for _ in range(3)]
+    restore_rng_state(load_checkpoint(tmp_path / "c.pth")["rng"][0])
+    assert [_draws() for _ in range(3)] == expected
+
+
+def test_last_checkpoint_pointer(tmp_path):
+    assert find_last_checkpoint(tmp_path) is None
+    save_checkpoint(tmp_path / "model_0000010.pth", {"model": {}})
+    write_last_checkpoint(tmp_path, tmp_path / "model_0000010.pth")
+    assert find_last_checkpoint(tmp_path) == tmp_path / "model_0000010.pth"
+    write_last_checkpoint(tmp_path, tmp_path / "model_final.pth")
+    with pytest.raises(CheckpointError, match="model_final.pth"):
+        find_last_checkpoint(tmp_path)
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_unreadable_and_mismatching_checkpoints_are_named(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load_checkpoint(tmp_path / "junk.pth")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pth")
+    source = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    save_checkpoint(tmp_path / "m.pth", {"model": source.state_dict()})
+    target = nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 1))
+    with pytest.raises(CheckpointError, match=r"missing: 3\.bias, 3\.weight; different shape: 0\.bias"):
+        load_model_weights(target, tmp_path / "m.pth")
+    same = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    load_model_weights(same, tmp_path / "m.pth")
+    assert torch.equal(same[0].weight, source[0].weight)

@@ -1,0 +1,51 @@
+"""The shipped configs load, inherit through ``_base_`` and take overrides."""
+
+from pathlib import Path
+
+import pytest
+
+from apis.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+
+def test_paper_schedule_for_coco():
+    cfg = load_config(CONFIGS / "condinst_r50_1x_coco.yaml")
+    assert (cfg.model.depth, cfg.model.num_classes, cfg.model.backbone_weights) == (50, 80, "imagenet")
+    assert (cfg.solver.batch_size, cfg.solver.base_lr, cfg.solver.max_iter) == (16, 0.01, 90000)
+    assert cfg.solver.steps == [60000, 80000]
+    assert (cfg.data.min_size_train, cfg.data.max_size) == ([640, 672, 704, 736, 768, 800], 1333)
+    assert (cfg.loop.finetune_iters, cfg.loop.finetune_steps) == (30000, [10000, 20000])
+    assert cfg.data.image_root != cfg.data.val_image_root  # train2017/ and val2017/
+
+
+@pytest.mark.parametrize("name, num_classes, factor", [("condinst_r18_cpu_dsb.yaml", 1, 100),
+                                                        ("condinst_r18_cpu_synth.yaml", 4, 300)])
+def test_cpu_configs_scale_the_paper_schedule(name, num_classes, factor):
+    paper = load_config(CONFIGS / "condinst_r50_1x_coco.yaml")
+    cfg = load_config(CONFIGS / name)
+    assert (cfg.model.depth, cfg.model.num_classes, cfg.device) == (18, num_classes, "cpu")
+    assert cfg.data.image_root == cfg.data.val_image_root == ""  # not COCO's folders
+    # Iterations divided by one factor, learning rate scaled with the batch size (linear scaling).
+    assert cfg.solver.max_iter * factor == paper.solver.max_iter
+    assert [round(s * factor, -3) for s in cfg.solver.steps] == paper.solver.steps
+    assert cfg.loop.finetune_iters * factor == paper.loop.finetune_iters
+    assert [round(s * factor, -3) for s in cfg.loop.finetune_steps] == paper.loop.finetune_steps
+    assert cfg.solver.base_lr == pytest.approx(paper.solver.base_lr * cfg.solver.batch_size / 16)
+    assert cfg.loop.finetune_lr == pytest.approx(paper.loop.finetune_lr * cfg.solver.batch_size / 16)
+
+
+def test_dsb_config_points_at_the_shared_data():
+    cfg = load_config(CONFIGS / "condinst_r18_cpu_dsb.yaml")
+    for path in (cfg.data.train_json, cfg.data.val_json):
+        if not (REPO / path).parent.is_dir():
+            pytest.skip("../shared/data is not beside this checkout")
+        assert (REPO / path).is_file(), path
+
+
+def test_overrides_apply_on_top_of_the_inherited_values():
+    cfg = load_config(CONFIGS / "condinst_r18_cpu_synth.yaml", ["solver.max_iter=7", "model.depth=34",
+                                                               "data.min_size_train=[96,128]"])
+    assert (cfg.solver.max_iter, cfg.model.depth, cfg.data.min_size_train) == (7, 34, [96, 128])
+    assert cfg.solver.momentum == 0.9 and cfg.model.mask_channels == 8  # from the base file

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from apis.config import to_dict
+from apis.data.coco import load_coco
+from apis.data.coords import box_pixel_range
+from apis.engine.checkpoint import CheckpointError, save_checkpoint
+from apis.engine.inference import evaluate_checkpoint, ground_truth_of, load_model, run_inference
+from apis.evaluation.results import load_results
+from apis.modeling.condinst import build_condinst
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory, tiny_config):
+    """A checkpoint of a freshly initialised tiny model that keeps every candidate (threshold 0)."""
+    out = tmp_path_factory.mktemp("untrained")
+    cfg = tiny_config(out, "model.score_threshold=0.0", "model.detections_per_image=5")
+    torch.manual_seed(0)
+    model = build_condinst(cfg.model, cfg.loss)
+    path = save_checkpoint(out / "model_final.pth", {"model": model.state_dict(), "iteration": 0,
+                                                     "config": to_dict(cfg)})
+    return cfg, path
+
+
+def test_results_are_in_original_coordinates_with_coco_category_ids(untrained, synth_dir):
+    cfg, path = untrained
+    # Test-time resizing to twice the stored size: results must still be at stored resolution.
+    cfg.data.min_size_test, cfg.data.max_size = 128, 256
+    coco = load_coco(synth_dir / "annotations" / "val.json")
+    model = load_model(path, cfg, torch.device("cpu"))
+    model.train()
+    results = run_inference(model, coco, cfg, torch.device("cpu"), batch_size=2, progress=False)
+    assert model.training  # the caller's mode is restored
+    sizes = {r.image_id: (r.height, r.width) for r in coco.images}
+    assert {r["image_id"] for r in results} == set(sizes)
+    assert len(results) == 5 * len(sizes)
+    for entry in results:
+        assert entry["category_id"] in {1, 2, 3, 4}  # COCO ids, not contiguous labels 0..3
+        height, width = sizes[entry["image_id"]]
+        assert entry["segmentation"]["size"] == [height, width]
+        x, y, w, h = entry["bbox"]
+        assert 0 <= x <= x + w <= width and 0 <= y <= y + h <= height
+        mask = mask_utils.decode(entry["segmentation"]).astype(bool)
+        ys, xs = np.nonzero(mask)
+        if len(xs):  # masks are cleared outside their box's candidate pixels
+            x0, y0, x1, y1 = box_pixel_range(x, y, x + w, y + h, width, height)
+            assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1
+
+
+def test_evaluate_checkpoint_writes_results_and_returns_ap(untrained, tmp_path, synth_dir):
+    cfg, path = untrained
+    results_path = tmp_path / "val_results.json"
+    metrics = evaluate_checkpoint(path, None, results_path=results_path)  # config from the checkpoint
+    assert {"segm/AP", "segm/AP50", "bbox/AP", "bbox/AP50"} <= metrics.keys()
+    assert all(np.isnan(v) or 0.0 <= v <= 100.0 for v in metrics.values())
+    val_ids = {im["id"] for im in json.loads((synth_dir / "annotations" / "val.json").read_text())["images"]}
+    assert {entry["image_id"] for entry in load_results(results_path)} == val_ids
+
+
+def test_max_val_images_evaluates_a_subset(untrained, tmp_path, synth_dir):
+    cfg, path = untrained
+    cfg.data.max_val_images = 1
+    results_path = tmp_path / "subset.json"
+    evaluate_checkpoint(path, cfg, gt_json=str(synth_dir / "annotations" / "val.json"), results_path=results_path)
+    first = load_coco(synth_dir / "annotations" / "val.json").images[0].image_id
+    assert {entry["image_id"] for entry in load_results(results_path)} == {first}
+    gt = ground_truth_of(load_coco(synth_dir / "annotations" / "val.json").subset(1))
+    assert [im["id"] for im in gt["images"]] == [first]
+    assert gt["annotations"] and all(a["image_id"] == first for a in gt["annotations"])
+
+
+def test_a_checkpoint_of_another_model_is_refused(untrained):
+    cfg, path = untrained
+    cfg.model.num_classes = 7
+    with pytest.raises(CheckpointError, match="different shape.*num_classes"):
+        load_model(path, cfg, torch.device("cpu"))

@@ -1,0 +1,67 @@
+"""Dynamic mask head: parameter count and the batched computation against a per-instance reference."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from apis.modeling.dynamic_mask_head import DynamicMaskHead, num_dynamic_params, sizes_of_interest
+
+
+def test_parameter_count_of_the_paper():
+    # (8 + 2) * 8 + 8  +  8 * 8 + 8  +  8 * 1 + 1 = 169
+    assert num_dynamic_params(8, 8, 3) == 169
+    assert num_dynamic_params(8, 16, 2) == (10 * 16 + 16) + (16 + 1)
+
+
+def test_sizes_of_interest_follow_adelaidet():
+    assert sizes_of_interest([0, 64, 128, 256, 512, math.inf]) == [64, 128, 256, 512, 1024]
+
+
+def reference_logits(mask_features, params, locations, levels, image_index, soi, feature_stride, out_stride):
+    """One instance at a time: concatenate relative coordinates, run three 1x1 convs with F.conv2d."""
+    _, channels, height, width = mask_features.shape
+    ys = torch.arange(height, dtype=torch.float32) * feature_stride + feature_stride / 2
+    xs = torch.arange(width, dtype=torch.float32) * feature_stride + feature_stride / 2
+    cell_y, cell_x = torch.meshgrid(ys, xs, indexing="ij")
+    outputs = []
+    for k in range(params.shape[0]):
+        rel_x = (locations[k, 0] - cell_x) / soi[levels[k]]
+        rel_y = (locations[k, 1] - cell_y) / soi[levels[k]]
+        x = torch.cat([torch.stack([rel_x, rel_y])[None], mask_features[image_index[k]][None]], dim=1)
+        p = params[k]
+        shapes = [(8, channels + 2), (8, 8), (1, 8)]
+        offset = 0
+        for layer, (out, inp) in enumerate(shapes):
+            weight = p[offset:offset + out * inp].reshape(out, inp, 1, 1)
+            offset += out * inp
+            bias = p[offset:offset + out]
+            offset += out
+            x = F.conv2d(x, weight, bias)
+            if layer < len(shapes) - 1:
+                x = F.relu(x)
+        outputs.append(F.interpolate(x, scale_factor=feature_stride // out_stride, mode="bilinear",
+                                     align_corners=False)[0, 0])
+    return torch.stack(outputs)
+
+
+def test_batched_head_matches_per_instance_reference():
+    torch.manual_seed(0)
+    soi = [64.0, 128.0, 256.0, 512.0, 1024.0]
+    head = DynamicMaskHead(8, 8, 3, soi, feature_stride=8, out_stride=4)
+    mask_features = torch.randn(2, 8, 5, 7)
+    params = torch.randn(4, 169) * 0.3
+    locations = torch.tensor([[12.0, 20.0], [44.0, 4.0], [8.0, 16.0], [40.0, 24.0]])
+    levels = torch.tensor([0, 1, 0, 2])
+    image_index = torch.tensor([0, 1, 1, 0])
+    logits = head(mask_features, params, locations, levels, image_index)
+    assert logits.shape == (4, 10, 14)
+    expected = reference_logits(mask_features, params, locations, levels, image_index, soi, 8, 4)
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
+def test_no_instances():
+    head = DynamicMaskHead(8, 8, 3, [64.0] * 5, feature_stride=8, out_stride=4)
+    logits = head(torch.randn(1, 8, 3, 4), torch.zeros(0, 169), torch.zeros(0, 2),
+                  torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    assert logits.shape == (0, 6, 8)
