@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from apis.active.selection import PredictionSet
 from apis.config import LossConfig, ModelConfig
 from apis.modeling.backbone import build_backbone
 from apis.modeling.dynamic_mask_head import DynamicMaskHead, sizes_of_interest
@@ -36,9 +36,6 @@ from apis.modeling.mask_losses import (
     point_accuracy,
 )
 from apis.modeling.postprocess import Detections, paste_masks, sample_box_grid, select_detections, to_original_boxes
-
-if TYPE_CHECKING:
-    from apis.active.selection import PredictionSet
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # ImageNet statistics of RGB in 0..255 (torchvision's)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -80,7 +77,11 @@ class CondInst(nn.Module):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _check_inputs(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> None:
+    def _check_inputs(self, images: Tensor, image_sizes: list[tuple[int, int]], **per_image: list) -> None:
+        """Shape checks of a batch; ``per_image`` lists (targets, original_sizes, ...) need one entry per image."""
+        for name, values in per_image.items():
+            if len(values) != images.shape[0]:
+                raise ValueError(f"got {len(values)} {name} for {images.shape[0]} images")
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         if images.shape[-2] % SIZE_DIVISIBILITY or images.shape[-1] % SIZE_DIVISIBILITY:
@@ -92,8 +93,7 @@ class CondInst(nn.Module):
                 raise ValueError(f"image {index}: size {(height, width)} does not fit the padded batch "
                                  f"{tuple(images.shape[-2:])}")
 
-    def _forward(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> _Forward:
-        self._check_inputs(images, image_sizes)
+    def _forward(self, images: Tensor) -> _Forward:
         pyramid = self.backbone((images - self.pixel_mean) / self.pixel_std)
         head = self.head(pyramid)
         mask_features = self.mask_branch(pyramid[:3])
@@ -108,8 +108,9 @@ class CondInst(nn.Module):
                     for target in targets]
         return torch.stack([gt for gt, _ in assigned]), torch.stack([ltrb for _, ltrb in assigned])
 
-    def _location_strides(self, forward: _Forward, location_index: Tensor) -> Tensor:
-        return forward.locations.new_tensor(self.strides)[forward.levels[location_index]]
+    def _location_strides(self, forward: _Forward) -> Tensor:
+        """``[L]`` stride of the level of every location."""
+        return forward.locations.new_tensor(self.strides)[forward.levels]
 
     # ------------------------------------------------------------------ training
 
@@ -129,9 +130,9 @@ class CondInst(nn.Module):
         labelled points the mask head classifies right, sampled from the logits of the point loss; NaN when
         no labelled point was seen).
         """
-        self._check_inputs(images, image_sizes)
+        self._check_inputs(images, image_sizes, targets=targets)
         self._check_targets(targets, images)
-        forward = self._forward(images, image_sizes)
+        forward = self._forward(images)
         gt_index, ltrb = self._assign(forward, targets)
         batch, num_locations = gt_index.shape
 
@@ -139,7 +140,7 @@ class CondInst(nn.Module):
         for image, target in enumerate(targets):
             positive = gt_index[image] >= 0
             class_targets[image, positive] = target["labels"].to(gt_index.device)[gt_index[image, positive]]
-        strides = forward.locations.new_tensor(self.strides)[forward.levels]
+        strides = self._location_strides(forward)
         head = forward.head
         losses = fcos_losses(head.class_logits.reshape(batch * num_locations, -1).float(),
                              head.box_regression.reshape(-1, 4).float(),
@@ -222,8 +223,6 @@ class CondInst(nn.Module):
         return torch.cat(per_gt)[inverse]
 
     def _check_targets(self, targets: list[dict], images: Tensor) -> None:
-        if len(targets) != images.shape[0]:
-            raise ValueError(f"got {len(targets)} targets for {images.shape[0]} images")
         for index, target in enumerate(targets):
             where = f"training target of image {index} in the batch"
             for key in ("boxes", "labels"):
@@ -261,7 +260,8 @@ class CondInst(nn.Module):
         Masks: the stride-4 logits sampled at each original pixel centre inside the predicted box,
         thresholded at ``model.mask_threshold``; boxes scaled by ``original / resized`` and clipped.
         """
-        forward = self._forward(images, image_sizes)
+        self._check_inputs(images, image_sizes, original_sizes=original_sizes)
+        forward = self._forward(images)
         cfg = self.model_cfg
         head = forward.head
         candidates = [select_detections(head.class_logits[i], head.centreness_logits[i], head.box_regression[i],
@@ -297,20 +297,24 @@ class CondInst(nn.Module):
         Args: targets need ``boxes`` (resized frame), ``labels`` and ``ann_ids``; ``scale_factors[i] =
         (sx, sy) = resized / original``.
         """
-        from apis.active.selection import PredictionSet
-
         if self.training:
             raise RuntimeError("prediction_sets is pure inference: call model.eval() first")
         with torch.no_grad():
-            forward = self._forward(images, image_sizes)
+            self._check_inputs(images, image_sizes, targets=targets, original_sizes=original_sizes,
+                               scale_factors=scale_factors)
+            for index, target in enumerate(targets):
+                missing = {"boxes", "labels", "ann_ids"} - set(target)
+                if missing:
+                    raise ValueError(f"prediction_sets: target of image {index} lacks {sorted(missing)}")
+            forward = self._forward(images)
             gt_index, _ = self._assign(forward, targets)
             return [self._image_prediction_sets(forward, image, targets[image], gt_index[image],
-                                                original_sizes[image], scale_factors[image], PredictionSet)
+                                                original_sizes[image], scale_factors[image])
                     for image in range(images.shape[0])]
 
     def _image_prediction_sets(self, forward: _Forward, image: int, target: dict, gt_index: Tensor,
-                               original_size: tuple[int, int], scale: tuple[float, float],
-                               prediction_set: type) -> dict[int, PredictionSet]:
+                               original_size: tuple[int, int], scale: tuple[float, float]
+                               ) -> dict[int, PredictionSet]:
         head = forward.head
         members = torch.nonzero(gt_index >= 0).squeeze(1)
         members = members[torch.argsort(gt_index[members], stable=True)]  # grouped by GT
@@ -332,7 +336,7 @@ class CondInst(nn.Module):
             logits = self.dynamic_head(forward.mask_features, head.controller[image, chunk],
                                        forward.locations[chunk], forward.levels[chunk],
                                        torch.full_like(chunk, image)).float()
-            stride = self._location_strides(forward, chunk)[:, None]
+            stride = self._location_strides(forward)[chunk, None]
             boxes = ltrb_to_boxes(forward.locations[chunk], head.box_regression[image, chunk].float() * stride)
             boxes = to_original_boxes(boxes, scale, original_size)
             for g in range(first, last):
@@ -342,7 +346,7 @@ class CondInst(nn.Module):
                                                         original_boxes[g], scale, original_size)
                 scores = (head.class_logits[image, locations, labels[g]].float().sigmoid()
                           * head.centreness_logits[image, locations].float().sigmoid()).sqrt()
-                sets[ann_ids[g]] = prediction_set(ann_id=ann_ids[g], origin=origin,
+                sets[ann_ids[g]] = PredictionSet(ann_id=ann_ids[g], origin=origin,
                                                   probs=member_logits.sigmoid().cpu(),
                                                   boxes=boxes[rows].cpu(), scores=scores.cpu())
             first = last
