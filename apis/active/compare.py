@@ -24,6 +24,16 @@ TABLE_COLUMNS = (
 )
 
 
+COLUMN_NOTES = """\
+How to read this: Pk = every training instance has k+1 labelled points. *mask AP*: COCO mask AP on the
+validation set (percent). *new points misclassified*: the share of the points chosen at that step that
+the previous model got wrong (prediction > 0.5 vs the annotator's answer); informative points are the
+ones the model gets wrong. *distance to boundary*: mean distance in pixels from the new points to the
+GT mask outline. *annotation h*: cumulative annotation time, boxes (7 s each) plus points (0.9 s each).
+With several seeds a cell reads mean ± std (number of seeds).
+"""
+
+
 def read_run(run_dir: str | Path) -> list[dict]:
     """The per-step metrics of one run (``metrics.jsonl``), in step order."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -120,6 +130,6 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
     out_dir = Path(out_dir)
     plot_curves(groups, out_dir / "curves.png")
     table = markdown_table(groups)
-    atomic_write_text(out_dir / "comparison.md",
-                      "# APIS run comparison\n\n![curves](curves.png)\n\n" + table)
+    atomic_write_text(out_dir / "comparison.md", "# APIS run comparison\n\n![curves](curves.png)\n\n"
+                      + table + "\n" + COLUMN_NOTES)
     return table

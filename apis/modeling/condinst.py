@@ -65,6 +65,9 @@ class CondInst(nn.Module):
         self.backbone = build_backbone(model_cfg.depth, model_cfg.norm, model_cfg.backbone_weights,
                                        model_cfg.fpn_channels)
         self.strides = self.backbone.strides
+        if len(model_cfg.size_ranges) != len(self.strides) + 1:
+            raise ValueError(f"model.size_ranges needs {len(self.strides) + 1} edges for the {len(self.strides)} "
+                             f"levels P3-P7, got {model_cfg.size_ranges}")
         self.mask_branch = MaskBranch(model_cfg.fpn_channels, model_cfg.mask_branch_channels,
                                       model_cfg.mask_channels, num_convs=MASK_BRANCH_CONVS)
         self.dynamic_head = DynamicMaskHead(model_cfg.mask_channels, model_cfg.dynamic_channels,

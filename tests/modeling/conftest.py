@@ -5,6 +5,9 @@ import math
 import pytest
 import torch
 
+from apis.config import LossConfig, ModelConfig
+from apis.modeling.condinst import build_condinst
+
 
 def _manual_bilinear(grid, x, y, stride):
     """Value of ``grid`` (list of rows) at the continuous image point (x, y), computed by hand.
@@ -36,3 +39,15 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _tiny_model(loss: LossConfig | None = None, **model):
+    """ResNet-18 CondInst with 32 FPN channels and one conv per tower; ``model`` overrides ModelConfig."""
+    settings = dict(depth=18, norm="bn", num_classes=3, fpn_channels=32, mask_branch_channels=16, head_convs=1)
+    settings.update(model)
+    return build_condinst(ModelConfig(**settings), loss or LossConfig())
+
+
+@pytest.fixture
+def tiny_model():
+    return _tiny_model
