@@ -46,7 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from apis.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    final = train(cfg)
+    final = train(cfg, init_weights=args.init_weights)
     print(f"final checkpoint: {final}")
 
 
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train CondInst from a config")
     tr.add_argument("config")
     tr.add_argument("overrides", nargs="*", help="key=value, e.g. solver.max_iter=100")
+    tr.add_argument("--init-weights", help="fine-tune from this checkpoint's weights (fresh optimiser and schedule)")
     tr.set_defaults(handler=_cmd_train)
     run = sub.add_parser("run", help="run or resume the active-learning loop")
     run.add_argument("config")

@@ -1,1 +1,1 @@
-"""Training: the trainer loop, checkpoints, distributed set-up and transforms."""
+"""Training and inference engines: the trainer loop, checkpoints, distributed set-up, dataset inference."""
