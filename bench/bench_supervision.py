@@ -23,10 +23,10 @@ from apis.utils.io import atomic_write_json
 
 ROWS = {
     "full masks": ["loss.full=1.0", "loss.points=0.0", "loss.box=0.0", "data.random_points_per_instance=0"],
-    "boxes only (BoxInst)": ["loss.box=1.0", "loss.points=0.0", "loss.full=0.0", "data.random_points_per_instance=0"],
     "boxes + 10 points": ["loss.points=1.0", "data.random_points_per_instance=10"],
     "boxes + 3 points": ["loss.points=1.0", "data.random_points_per_instance=3"],
     "boxes + 1 point": ["loss.points=1.0", "data.random_points_per_instance=1"],
+    "boxes only (BoxInst)": ["loss.box=1.0", "loss.points=0.0", "loss.full=0.0", "data.random_points_per_instance=0"],
 }
 
 
