@@ -56,7 +56,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     for row in run_active_loop(cfg):
-        print(f"P{row['step']}: mask AP {row['mask_AP']:.2f}  ({row['points_per_instance']:.2f} points/instance)")
+        ap = "undefined" if row["mask_AP"] is None else f"{row['mask_AP']:.2f}"
+        print(f"P{row['step']}: mask AP {ap}  ({row['points_per_instance']:.2f} points/instance)")
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 P0_CHOSEN_BY = "p0-random"
 # Keys that may change between a run and its resumption (more steps; where the run lives).
-RESUMABLE_CHANGES = {("loop", "steps"), ("output_dir",), ("data", "num_workers")}
+RESUMABLE_CHANGES = {("loop", "steps"), ("output_dir",), ("data", "num_workers"), ("device",)}
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
@@ -284,7 +284,7 @@ class ActiveLearningRun:
         }
         atomic_write_json(step_dir(self.run_dir, step) / "metrics.json", record, indent=2)
         self._write_metrics_jsonl()
-        logger.info("step %d done: mask AP %.2f", step, record["mask_AP"] or float("nan"))
+        logger.info("step %d done: mask AP %s", step, record["mask_AP"])
 
     def _write_metrics_jsonl(self) -> None:
         lines = [json.dumps(m) for m in self.metrics()]
