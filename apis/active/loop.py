@@ -32,7 +32,8 @@ import numpy as np
 import yaml
 
 from apis.active.oracle import Oracle, SimulatedOracle
-from apis.active.point_stats import boundary_distance, misclassified
+from apis.active.point_stats import summarise_selection
+from apis.active.selection import SelectedPoint
 from apis.active.strategies import get_metric
 from apis.config import ConfigError, ExperimentConfig, dump_config, to_dict
 from apis.data.coco import CocoDataset, load_coco
@@ -43,6 +44,7 @@ from apis.utils.io import atomic_write_json, atomic_write_text
 logger = logging.getLogger(__name__)
 
 P0_CHOSEN_BY = "p0-random"
+SELECTED_POINT_FIELDS = [f.name for f in dataclasses.fields(SelectedPoint)]
 # Keys that may change between a run and its resumption (more steps; where the run lives).
 RESUMABLE_CHANGES = {("loop", "steps"), ("output_dir",), ("data", "num_workers"), ("device",)}
 
@@ -202,24 +204,25 @@ class ActiveLearningRun:
             return {}
         payload = json.loads(path.read_text())
         labels = {(a.ann_id, a.x, a.y): a.label for a in self.ledger.answers() if a.step == step}
-        verdicts, distances = [], []
-        for p in payload["points"]:
-            label = labels.get((p["ann_id"], p["x"], p["y"]))
-            if label is None:
-                continue
-            prob = p["prob_mean"]
-            verdict = None if prob is None or math.isnan(prob) else misclassified(prob, label)
-            if verdict is not None:
-                verdicts.append(verdict)
-            if self.train_masks is not None:
-                distances.append(boundary_distance(self.train_masks.mask(p["ann_id"]), p["x"], p["y"]))
-        distances = [d for d in distances if not math.isnan(d)]
+        answered = [p for p in payload["points"] if (p["ann_id"], p["x"], p["y"]) in labels]
+        points = [SelectedPoint(**{k: p[k] for k in SELECTED_POINT_FIELDS}
+                                | {"prob_mean": math.nan if p["prob_mean"] is None else p["prob_mean"],
+                                   "score": math.nan if p["score"] is None else p["score"],
+                                   "uncertainty": math.nan if p["uncertainty"] is None else p["uncertainty"]})
+                  for p in answered]
+        # Without GT masks (a person answering) there is no boundary: an empty mask gives NaN distances.
+        mask_of = self.train_masks.mask if self.train_masks is not None else self._empty_mask
+        summary = summarise_selection(points, [labels[(p.ann_id, p.x, p.y)] for p in points], mask_of)
         return {
             "selection_seconds": payload["seconds"],
-            "misclassified_share": float(np.mean(verdicts)) if verdicts else math.nan,
-            "boundary_distance_px": float(np.mean(distances)) if distances else math.nan,
+            "misclassified_share": summary.misclassified_share,
+            "boundary_distance_px": summary.mean_boundary_distance,
             "empty_prediction_sets": sum(1 for p in payload["points"] if p["k"] == 0),
         }
+
+    def _empty_mask(self, ann_id: int) -> np.ndarray:
+        image = self.train_set.image(self.train_set.instance(ann_id).image_id)
+        return np.zeros((image.height, image.width), dtype=bool)
 
     # ---- training and evaluation -------------------------------------------------------------
     def _train_config(self, step: int, seed: int) -> ExperimentConfig:
