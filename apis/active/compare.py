@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apis.active.strategies import available_metrics, get_metric
 from apis.utils.io import atomic_write_text
 
 TABLE_COLUMNS = (
@@ -44,8 +45,12 @@ def read_run(run_dir: str | Path) -> list[dict]:
 
 
 def run_label(rows: list[dict]) -> str:
+    """``metric (prediction sets)``, or the metric alone when it ignores predictions (random)."""
     first = rows[0]
-    return f"{first['strategy']} ({'+'.join(first.get('sets', ['anchors']))})"
+    strategy = first["strategy"]
+    if strategy in available_metrics() and not get_metric(strategy).uses_predictions:
+        return strategy
+    return f"{strategy} ({'+'.join(first.get('sets', ['anchors']))})"
 
 
 def group_runs(run_dirs: list[str | Path]) -> dict[str, list[list[dict]]]:

@@ -21,10 +21,10 @@ def test_table_aggregates_seeds(tmp_path):
     runs = [_run(tmp_path, "e0", "entropy", [10.0, 14.0]), _run(tmp_path, "e1", "entropy", [10.0, 16.0], seed=1),
             _run(tmp_path, "r0", "random", [10.0, 12.0])]
     groups = group_runs(runs)
-    assert list(groups) == ["entropy (anchors)", "random (anchors)"]
+    assert list(groups) == ["entropy (anchors)", "random"]
     table = markdown_table(groups)
     assert "| entropy (anchors) | P1 | 15.00 ± 1.00 (2) |" in table  # mean and population std of 14, 16
-    assert "| random (anchors) | P1 | 12.00 |" in table
+    assert "| random | P1 | 12.00 |" in table
     assert "| entropy (anchors) | P0 | 10.00 ± 0.00 (2) | 20.00 ± 0.00 (2) | – | – | 1.00 ± 0.00 (2) |" in table
 
 
