@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from apis.active.selection import PredictionSet
 from apis.config import LossConfig, ModelConfig
 from apis.modeling.backbone import build_backbone
-from apis.modeling.dynamic_mask_head import DynamicMaskHead, sizes_of_interest
+from apis.modeling.dynamic_mask_head import DynamicMaskHead, fan_in_parameters, sizes_of_interest
 from apis.modeling.fcos import FCOSHead, HeadOutputs, assign_locations, fcos_losses, level_locations, ltrb_to_boxes
 from apis.modeling.mask_branch import MaskBranch
 from apis.modeling.mask_losses import (
@@ -75,6 +75,9 @@ class CondInst(nn.Module):
                                             MaskBranch.stride, model_cfg.mask_out_stride)
         self.head = FCOSHead(model_cfg.fpn_channels, model_cfg.num_classes, model_cfg.head_convs,
                              len(self.strides), self.dynamic_head.num_params)
+        if model_cfg.dynamic_init == "fan_in":
+            with torch.no_grad():
+                self.head.controller.bias.copy_(fan_in_parameters(self.dynamic_head.shapes))
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 

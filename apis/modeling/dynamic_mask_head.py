@@ -31,6 +31,19 @@ def num_dynamic_params(in_channels: int, channels: int, num_layers: int) -> int:
     return sum(out * width + out for out, width in layer_shapes(in_channels, channels, num_layers))
 
 
+def fan_in_parameters(shapes: list[tuple[int, int]]) -> Tensor:
+    """One parameter vector ``[num_params]`` in the controller's layout (per layer: weights, then biases):
+    He-normal weights, std ``sqrt(2 / fan_in)`` before a ReLU and ``sqrt(1 / fan_in)`` for the last layer,
+    and zero biases. Used as the controller's initial bias, so that every instance's mask MLP starts as a
+    well-scaled random network whose every layer gets gradient, instead of an almost-zero one.
+    """
+    pieces = []
+    for layer, (out, width) in enumerate(shapes):
+        gain = 1.0 if layer == len(shapes) - 1 else 2.0
+        pieces += [torch.randn(out * width) * math.sqrt(gain / width), torch.zeros(out)]
+    return torch.cat(pieces)
+
+
 def sizes_of_interest(size_ranges: list[float]) -> list[float]:
     """Per-level normaliser of relative coordinates: the upper size edge, twice the last finite one for
     the open-ended top level (AdelaiDet: [64, 128, 256, 512] -> [64, 128, 256, 512, 1024])."""

@@ -2,10 +2,11 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from apis.modeling.dynamic_mask_head import DynamicMaskHead, num_dynamic_params, sizes_of_interest
+from apis.modeling.dynamic_mask_head import DynamicMaskHead, fan_in_parameters, num_dynamic_params, sizes_of_interest
 
 
 def test_parameter_count_of_the_paper():
@@ -65,3 +66,31 @@ def test_no_instances():
     logits = head(torch.randn(1, 8, 3, 4), torch.zeros(0, 169), torch.zeros(0, 2),
                   torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     assert logits.shape == (0, 6, 8)
+
+
+def test_fan_in_parameters_are_he_initialised_in_the_controller_layout():
+    torch.manual_seed(0)
+    head = DynamicMaskHead(64, 64, 3, [64.0] * 5, feature_stride=8, out_stride=4)
+    params = fan_in_parameters(head.shapes)
+    assert params.shape == (head.num_params,)
+    weights, biases = head._split(params[None])
+    for layer, ((out, width), weight, bias) in enumerate(zip(head.shapes, weights, biases)):
+        gain = 1.0 if layer == len(head.shapes) - 1 else 2.0
+        assert weight.shape == (1, out, width)
+        assert float(weight.std()) == pytest.approx(math.sqrt(gain / width), rel=0.15)
+        assert torch.equal(bias, torch.zeros_like(bias))
+
+
+@pytest.mark.parametrize("init, low, high", [("fan_in", 0.02, math.inf), ("zeros", 0.0, 0.02)])
+def test_initial_masks_vary_over_the_image_only_with_fan_in_init(tiny_model, init, low, high):
+    """AdelaiDet's zero controller bias makes every initial mask almost constant over the image (the state
+    sparse point supervision with SGD did not leave in our CPU runs); the fan-in init does not."""
+    torch.manual_seed(0)
+    model = tiny_model(norm="frozen_bn", dynamic_init=init)
+    images = torch.rand(1, 3, 64, 64) * 255
+    forward = model._forward(images)
+    chosen = torch.randperm(forward.locations.shape[0])[:20]
+    logits = model.dynamic_head(forward.mask_features, forward.head.controller[0, chosen], forward.locations[chosen],
+                                forward.levels[chosen], torch.zeros(20, dtype=torch.long))
+    spread = float(logits.flatten(1).std(dim=1).median())
+    assert low <= spread < high
