@@ -47,6 +47,8 @@ P0_CHOSEN_BY = "p0-random"
 SELECTED_POINT_FIELDS = [f.name for f in dataclasses.fields(SelectedPoint)]
 # Keys that may change between a run and its resumption (more steps; where the run lives).
 RESUMABLE_CHANGES = {("loop", "steps"), ("output_dir",), ("data", "num_workers"), ("device",)}
+# Config keys added after runs were written, with the value that was in effect before they existed.
+KEYS_ADDED_LATER = {("model", "dynamic_init"): "zeros"}
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
@@ -89,8 +91,13 @@ def _flatten(tree: dict, prefix: tuple = ()) -> dict:
     return flat
 
 
+def _read_stored_config(path: Path) -> dict:
+    """A run's ``config.yaml``, flattened, with the keys it predates at their value of that time."""
+    return {**KEYS_ADDED_LATER, **_flatten(yaml.safe_load(path.read_text()))}
+
+
 def _check_same_config(stored_path: Path, cfg: ExperimentConfig) -> None:
-    stored = _flatten(yaml.safe_load(stored_path.read_text()))
+    stored = _read_stored_config(stored_path)
     current = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
     changed = sorted(".".join(k) for k in stored.keys() | current.keys()
                      if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
@@ -298,7 +305,7 @@ class ActiveLearningRun:
         source_cfg = source / "config.yaml"
         if not (step_dir(source, 0) / "metrics.json").exists() or not source_cfg.exists():
             raise ConfigError(f"loop.initial_run={source}: that run has not finished step 0")
-        stored = _flatten(yaml.safe_load(source_cfg.read_text()))
+        stored = _read_stored_config(source_cfg)
         current = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(self.cfg))))
         must_match = [k for k in current if k[0] in ("seed", "data", "model", "solver")
                       or k in {("loss", "points"), ("loss", "full"), ("loss", "box"), ("loop", "points_loss_m0")}]

@@ -136,6 +136,19 @@ def test_resuming_with_another_config_is_refused(tiny_config):
         ActiveLearningRun(changed)
 
 
+def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_value(tiny_config):
+    """Runs written before ``model.dynamic_init`` existed used the zero init: they resume with
+    ``model.dynamic_init=zeros`` and refuse the new default."""
+    cfg = tiny_config("legacy", "model.dynamic_init=zeros")
+    ActiveLearningRun(cfg).ledger.close()
+    config_path = Path(cfg.output_dir) / "config.yaml"
+    config_path.write_text(config_path.read_text().replace("  dynamic_init: zeros\n", ""))
+    assert "dynamic_init" not in config_path.read_text()
+    ActiveLearningRun(cfg).ledger.close()
+    with pytest.raises(ConfigError, match="different config.*model.dynamic_init"):
+        ActiveLearningRun(tiny_config("legacy"))
+
+
 def test_bad_metric_and_missing_masks_fail_before_work(tiny_config, tmp_path):
     with pytest.raises(ValueError, match="entropy"):
         ActiveLearningRun(tiny_config("bad", "selection.metric=entropyy"))
