@@ -55,6 +55,8 @@ def main() -> None:
           " accuracy - baseline |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run_dir in args.run_dirs:
+        if not (run_dir / "ledger.sqlite").exists() and not (run_dir / "metrics.jsonl").exists():
+            parser.error(f"{run_dir}: neither a loop run (ledger.sqlite) nor a training folder (metrics.jsonl)")
         if not (run_dir / "ledger.sqlite").exists():
             print(f"| {run_dir.name} | – | – | – | – | {final_point_accuracy(run_dir, args.windows):.3f} | – |")
             continue
