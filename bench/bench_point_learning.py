@@ -16,19 +16,18 @@ the loop runs show.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from apis.active.loop import step_dir
 from apis.data.ledger import PointLedger
+from apis.engine.metrics_log import METRICS_FILE, read_metrics
 
 
 def final_point_accuracy(train_dir: Path, windows: int) -> float:
     """Mean ``point_acc`` of the last ``windows`` logged windows of a training run."""
-    rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    values = [row["point_acc"] for row in rows if row.get("point_acc") is not None]
+    values = [row["point_acc"] for row in read_metrics(train_dir / METRICS_FILE) if row.get("point_acc") is not None]
     return float(np.mean(values[-windows:])) if values else float("nan")
 
 
@@ -36,7 +35,7 @@ def step_rows(run_dir: Path, windows: int) -> list[dict]:
     with PointLedger(run_dir / "ledger.sqlite") as ledger:
         rows = []
         step = 0
-        while (step_dir(run_dir, step) / "train" / "metrics.jsonl").exists():
+        while (step_dir(run_dir, step) / "train" / METRICS_FILE).exists():
             labels = np.concatenate([p.labels for p in ledger.points(max_step=step).values()])
             positive = float(np.mean(labels == 1))
             rows.append({"run": run_dir.name, "step": step, "points": int(labels.size), "positive_share": positive,
@@ -55,7 +54,7 @@ def main() -> None:
           " accuracy - baseline |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for run_dir in args.run_dirs:
-        if not (run_dir / "ledger.sqlite").exists() and not (run_dir / "metrics.jsonl").exists():
+        if not (run_dir / "ledger.sqlite").exists() and not (run_dir / METRICS_FILE).exists():
             parser.error(f"{run_dir}: neither a loop run (ledger.sqlite) nor a training folder (metrics.jsonl)")
         if not (run_dir / "ledger.sqlite").exists():
             print(f"| {run_dir.name} | – | – | – | – | {final_point_accuracy(run_dir, args.windows):.3f} | – |")

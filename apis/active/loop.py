@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 P0_CHOSEN_BY = "p0-random"
 SELECTED_POINT_FIELDS = [f.name for f in dataclasses.fields(SelectedPoint)]
+NULLABLE_FLOATS = {"prob_mean", "score", "uncertainty"}
 # Keys that may change between a run and its resumption (more steps; where the run lives).
 RESUMABLE_CHANGES = {("loop", "steps"), ("output_dir",), ("data", "num_workers"), ("device",)}
 # Config keys added after runs were written, with the value that was in effect before they existed.
@@ -96,9 +97,14 @@ def _read_stored_config(path: Path) -> dict:
     return {**KEYS_ADDED_LATER, **_flatten(yaml.safe_load(path.read_text()))}
 
 
+def _flat_config(cfg: ExperimentConfig) -> dict:
+    """``cfg`` flattened as it reads back from ``config.yaml`` (so it compares with a stored one)."""
+    return _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+
+
 def _check_same_config(stored_path: Path, cfg: ExperimentConfig) -> None:
     stored = _read_stored_config(stored_path)
-    current = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+    current = _flat_config(cfg)
     changed = sorted(".".join(k) for k in stored.keys() | current.keys()
                      if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
     if changed:
@@ -212,10 +218,9 @@ class ActiveLearningRun:
         payload = json.loads(path.read_text())
         labels = {(a.ann_id, a.x, a.y): a.label for a in self.ledger.answers() if a.step == step}
         answered = [p for p in payload["points"] if (p["ann_id"], p["x"], p["y"]) in labels]
-        points = [SelectedPoint(**{k: p[k] for k in SELECTED_POINT_FIELDS}
-                                | {"prob_mean": math.nan if p["prob_mean"] is None else p["prob_mean"],
-                                   "score": math.nan if p["score"] is None else p["score"],
-                                   "uncertainty": math.nan if p["uncertainty"] is None else p["uncertainty"]})
+        # selection.json stores NaN as null (strict JSON): turn the float fields' nulls back into NaN.
+        points = [SelectedPoint(**{k: math.nan if p[k] is None and k in NULLABLE_FLOATS else p[k]
+                                   for k in SELECTED_POINT_FIELDS})
                   for p in answered]
         # Without GT masks (a person answering) there is no boundary: an empty mask gives NaN distances.
         mask_of = self.train_masks.mask if self.train_masks is not None else self._empty_mask
@@ -306,7 +311,7 @@ class ActiveLearningRun:
         if not (step_dir(source, 0) / "metrics.json").exists() or not source_cfg.exists():
             raise ConfigError(f"loop.initial_run={source}: that run has not finished step 0")
         stored = _read_stored_config(source_cfg)
-        current = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(self.cfg))))
+        current = _flat_config(self.cfg)
         must_match = [k for k in current if k[0] in ("seed", "data", "model", "solver")
                       or k in {("loss", "points"), ("loss", "full"), ("loss", "box"), ("loop", "points_loss_m0")}]
         changed = [".".join(k) for k in must_match if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k)]
