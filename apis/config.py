@@ -42,6 +42,9 @@ class ModelConfig:
     # "zeros" is AdelaiDet's (all dynamic weights ~0.01 x features), which left the mask head spatially
     # constant under point or box supervision in our short CPU schedules (docs/results.md).
     dynamic_init: str = "fan_in"
+    # Between the dynamic head's layers: "relu" (AdelaiDet) or "leaky_relu" (slope 0.1), which keeps a
+    # gradient through units that point supervision would otherwise switch off for good (docs/results.md).
+    dynamic_activation: str = "relu"
     mask_out_stride: int = 4
     centre_sampling_radius: float = 1.5
     size_ranges: list[float] = field(default_factory=lambda: [0, 64, 128, 256, 512, float("inf")])
@@ -282,6 +285,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_choice("model.depth", cfg.model.depth, (18, 34, 50, 101))
     _check_choice("model.norm", cfg.model.norm, ("frozen_bn", "bn"))
     _check_choice("model.dynamic_init", cfg.model.dynamic_init, ("fan_in", "zeros"))
+    _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))
     for name in cfg.selection.sets:
         _check_choice("selection.sets", name, ("anchors", "models", "scales"))
     if not cfg.selection.sets:

@@ -30,6 +30,7 @@ def test_base_chain_and_dump_round_trip(tmp_path):
     (["selection.sets=[anchors,pixels]"], "'selection.sets' is 'pixels'; allowed values: anchors, models, scales"),
     (["solver.batch_size=abc"], "'solver.batch_size' expects int, got 'abc'"),
     (["device=tpu"], "'device' is 'tpu'"),
+    (["model.dynamic_activation=gelu"], "'model.dynamic_activation' is 'gelu'; allowed values: relu, leaky_relu"),
     (["solver"], "must look like key=value"),
 ])
 def test_errors_name_key_and_allowed_values(overrides, message):

@@ -49,7 +49,7 @@ NULLABLE_FLOATS = {"prob_mean", "score", "uncertainty"}
 # Keys that may change between a run and its resumption (more steps; where the run lives).
 RESUMABLE_CHANGES = {("loop", "steps"), ("output_dir",), ("data", "num_workers"), ("device",)}
 # Config keys added after runs were written, with the value that was in effect before they existed.
-KEYS_ADDED_LATER = {("model", "dynamic_init"): "zeros"}
+KEYS_ADDED_LATER = {("model", "dynamic_init"): "zeros", ("model", "dynamic_activation"): "relu"}
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:

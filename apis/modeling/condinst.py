@@ -72,7 +72,8 @@ class CondInst(nn.Module):
                                       model_cfg.mask_channels, num_convs=MASK_BRANCH_CONVS)
         self.dynamic_head = DynamicMaskHead(model_cfg.mask_channels, model_cfg.dynamic_channels,
                                             model_cfg.dynamic_layers, sizes_of_interest(model_cfg.size_ranges),
-                                            MaskBranch.stride, model_cfg.mask_out_stride)
+                                            MaskBranch.stride, model_cfg.mask_out_stride,
+                                            model_cfg.dynamic_activation)
         self.head = FCOSHead(model_cfg.fpn_channels, model_cfg.num_classes, model_cfg.head_convs,
                              len(self.strides), self.dynamic_head.num_params)
         if model_cfg.dynamic_init == "fan_in":

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 RELATIVE_COORDINATES = 2  # (x, y) offsets fed to the first layer next to the mask features
+LEAKY_SLOPE = 0.1  # negative slope of the "leaky_relu" activation between the head's layers
+ACTIVATIONS = ("relu", "leaky_relu")
 
 
 def layer_shapes(in_channels: int, channels: int, num_layers: int) -> list[tuple[int, int]]:
@@ -60,14 +62,17 @@ class DynamicMaskHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, channels: int, num_layers: int, sizes_of_interest: list[float],
-                 feature_stride: int, out_stride: int):
+                 feature_stride: int, out_stride: int, activation: str = "relu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"model.dynamic_activation={activation!r}: allowed values are {', '.join(ACTIVATIONS)}")
         if feature_stride % out_stride:
             raise ValueError(f"model.mask_out_stride={out_stride} must divide the mask branch stride {feature_stride}")
         self.shapes = layer_shapes(in_channels, channels, num_layers)
         self.num_params = num_dynamic_params(in_channels, channels, num_layers)
         self.feature_stride = feature_stride
         self.out_stride = out_stride
+        self.negative_slope = LEAKY_SLOPE if activation == "leaky_relu" else 0.0
         self.register_buffer("sizes_of_interest", torch.tensor(sizes_of_interest, dtype=torch.float32),
                              persistent=False)
 
@@ -81,8 +86,21 @@ class DynamicMaskHead(nn.Module):
                 locations that emitted them; levels, image_index: ``[n]`` int64.
         Returns: ``[n, Hf * f, Wf * f]`` logits with ``f = feature_stride / out_stride``.
         """
-        batch, channels, height, width = mask_features.shape
+        height, width = mask_features.shape[-2:]
         n = params.shape[0]
+        x = self.layer_outputs(mask_features, params, locations, levels, image_index)[-1]
+        logits = x.reshape(n, 1, height, width)
+        factor = self.feature_stride // self.out_stride
+        if factor > 1 and n > 0:
+            logits = F.interpolate(logits, scale_factor=factor, mode="bilinear", align_corners=False)
+        return logits.reshape(n, height * factor, width * factor)
+
+    def layer_outputs(self, mask_features: Tensor, params: Tensor, locations: Tensor, levels: Tensor,
+                      image_index: Tensor) -> list[Tensor]:
+        """Every layer's output before its activation, ``[n, out, Hf * Wf]`` each, at ``feature_stride``
+        (same arguments as :meth:`forward`); the last one holds the logits before upsampling. Lets a
+        diagnosis see which hidden units are ever active."""
+        batch, channels, height, width = mask_features.shape
         weights, biases = self._split(params)
 
         ys = torch.arange(height, device=params.device, dtype=params.dtype) * self.feature_stride
@@ -96,15 +114,10 @@ class DynamicMaskHead(nn.Module):
         feature_weights = weights[0][:, :, RELATIVE_COORDINATES:]
         bias = biases[0] + torch.bmm(coord_weights, locations[:, :, None].to(params.dtype))
         features = mask_features.reshape(batch, channels, height * width)[image_index]
-        x = torch.baddbmm(bias, feature_weights, features) - torch.matmul(coord_weights, cells)
+        outputs = [torch.baddbmm(bias, feature_weights, features) - torch.matmul(coord_weights, cells)]
         for weight, bias in zip(weights[1:], biases[1:]):
-            x = torch.baddbmm(bias, weight, F.relu(x))
-
-        logits = x.reshape(n, 1, height, width)
-        factor = self.feature_stride // self.out_stride
-        if factor > 1 and n > 0:
-            logits = F.interpolate(logits, scale_factor=factor, mode="bilinear", align_corners=False)
-        return logits.reshape(n, height * factor, width * factor)
+            outputs.append(torch.baddbmm(bias, weight, F.leaky_relu(outputs[-1], self.negative_slope)))
+        return outputs
 
     def _split(self, params: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """``[n, P]`` -> per layer weights ``[n, out, in]`` and biases ``[n, out, 1]``."""

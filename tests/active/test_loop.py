@@ -136,17 +136,20 @@ def test_resuming_with_another_config_is_refused(tiny_config):
         ActiveLearningRun(changed)
 
 
-def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_value(tiny_config):
-    """Runs written before ``model.dynamic_init`` existed used the zero init: they resume with
-    ``model.dynamic_init=zeros`` and refuse the new default."""
-    cfg = tiny_config("legacy", "model.dynamic_init=zeros")
+@pytest.mark.parametrize(("key", "old_value", "new_value"), [("dynamic_init", "zeros", "fan_in"),
+                                                             ("dynamic_activation", "relu", "leaky_relu")])
+def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_value(tiny_config, key, old_value,
+                                                                              new_value):
+    """Runs written before ``model.<key>`` existed behaved as ``old_value``: they resume with it and refuse
+    another value."""
+    cfg = tiny_config("legacy", f"model.{key}={old_value}")
     ActiveLearningRun(cfg).ledger.close()
     config_path = Path(cfg.output_dir) / "config.yaml"
-    config_path.write_text(config_path.read_text().replace("  dynamic_init: zeros\n", ""))
-    assert "dynamic_init" not in config_path.read_text()
+    config_path.write_text(config_path.read_text().replace(f"  {key}: {old_value}\n", ""))
+    assert key not in config_path.read_text()
     ActiveLearningRun(cfg).ledger.close()
-    with pytest.raises(ConfigError, match="different config.*model.dynamic_init"):
-        ActiveLearningRun(tiny_config("legacy"))
+    with pytest.raises(ConfigError, match=f"different config.*model.{key}"):
+        ActiveLearningRun(tiny_config("legacy", f"model.{key}={new_value}"))
 
 
 def test_bad_metric_and_missing_masks_fail_before_work(tiny_config, tmp_path):

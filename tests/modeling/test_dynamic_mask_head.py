@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apis.modeling.dynamic_mask_head import DynamicMaskHead, fan_in_parameters, num_dynamic_params, sizes_of_interest
+from apis.modeling.dynamic_mask_head import (
+    LEAKY_SLOPE,
+    DynamicMaskHead,
+    fan_in_parameters,
+    num_dynamic_params,
+    sizes_of_interest,
+)
 
 
 def test_parameter_count_of_the_paper():
@@ -19,7 +25,8 @@ def test_sizes_of_interest_follow_adelaidet():
     assert sizes_of_interest([0, 64, 128, 256, 512, math.inf]) == [64, 128, 256, 512, 1024]
 
 
-def reference_logits(mask_features, params, locations, levels, image_index, soi, feature_stride, out_stride):
+def reference_logits(mask_features, params, locations, levels, image_index, soi, feature_stride, out_stride,
+                     negative_slope=0.0):
     """One instance at a time: concatenate relative coordinates, run three 1x1 convs with F.conv2d."""
     _, channels, height, width = mask_features.shape
     ys = torch.arange(height, dtype=torch.float32) * feature_stride + feature_stride / 2
@@ -40,16 +47,17 @@ def reference_logits(mask_features, params, locations, levels, image_index, soi,
             offset += out
             x = F.conv2d(x, weight, bias)
             if layer < len(shapes) - 1:
-                x = F.relu(x)
+                x = torch.where(x > 0, x, negative_slope * x)
         outputs.append(F.interpolate(x, scale_factor=feature_stride // out_stride, mode="bilinear",
                                      align_corners=False)[0, 0])
     return torch.stack(outputs)
 
 
-def test_batched_head_matches_per_instance_reference():
+@pytest.mark.parametrize(("activation", "slope"), [("relu", 0.0), ("leaky_relu", LEAKY_SLOPE)])
+def test_batched_head_matches_per_instance_reference(activation, slope):
     torch.manual_seed(0)
     soi = [64.0, 128.0, 256.0, 512.0, 1024.0]
-    head = DynamicMaskHead(8, 8, 3, soi, feature_stride=8, out_stride=4)
+    head = DynamicMaskHead(8, 8, 3, soi, feature_stride=8, out_stride=4, activation=activation)
     mask_features = torch.randn(2, 8, 5, 7)
     params = torch.randn(4, 169) * 0.3
     locations = torch.tensor([[12.0, 20.0], [44.0, 4.0], [8.0, 16.0], [40.0, 24.0]])
@@ -57,8 +65,37 @@ def test_batched_head_matches_per_instance_reference():
     image_index = torch.tensor([0, 1, 1, 0])
     logits = head(mask_features, params, locations, levels, image_index)
     assert logits.shape == (4, 10, 14)
-    expected = reference_logits(mask_features, params, locations, levels, image_index, soi, 8, 4)
+    expected = reference_logits(mask_features, params, locations, levels, image_index, soi, 8, 4, slope)
     assert torch.allclose(logits, expected, atol=1e-5)
+    hidden = head.layer_outputs(mask_features, params, locations, levels, image_index)
+    assert [tuple(h.shape) for h in hidden] == [(4, 8, 35), (4, 8, 35), (4, 1, 35)]
+    assert torch.allclose(F.interpolate(hidden[-1].reshape(4, 1, 5, 7), scale_factor=2, mode="bilinear",
+                                        align_corners=False)[:, 0], logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_only_leaky_relu_keeps_a_gradient_through_switched_off_units(activation):
+    """The trap point supervision fell into (docs/results.md): once the second layer's units are negative
+    over the whole image, a ReLU head's output is its last bias and its first layer gets no gradient."""
+    torch.manual_seed(0)
+    head = DynamicMaskHead(8, 8, 3, [64.0] * 5, feature_stride=8, out_stride=4, activation=activation)
+    weights, biases = head._split(torch.randn(1, 169) * 0.3)
+    biases[1] -= 100.0  # every layer-2 unit negative everywhere
+    params = torch.cat([torch.cat([w.flatten(1), b.flatten(1)], dim=1) for w, b in zip(weights, biases)], dim=1)
+    params.requires_grad_(True)
+    logits = head(torch.randn(1, 8, 5, 7), params, torch.tensor([[20.0, 20.0]]), torch.tensor([0]),
+                  torch.tensor([0]))
+    logits.std().backward()
+    first_layer_grad = params.grad[0, :head.shapes[0][0] * head.shapes[0][1]]
+    if activation == "relu":
+        assert float(logits.std()) == 0.0 and not bool(first_layer_grad.any())
+    else:
+        assert float(logits.std()) > 0.0 and bool(first_layer_grad.abs().sum() > 0)
+
+
+def test_unknown_activation_is_refused():
+    with pytest.raises(ValueError, match="model.dynamic_activation='gelu'.*relu, leaky_relu"):
+        DynamicMaskHead(8, 8, 3, [64.0] * 5, feature_stride=8, out_stride=4, activation="gelu")
 
 
 def test_no_instances():

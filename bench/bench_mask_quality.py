@@ -1,0 +1,181 @@
+"""How good are a loop's masks when the box is right? The mask head measured apart from the detector.
+
+Mask AP mixes two things: whether an object is found and how good its mask is. The points a strategy
+selects can only improve the second. This check gives every model of a finished loop run the *true*
+val boxes (the FCOS locations that training assigns to each GT box — the ``anchors`` prediction set —
+evaluated on the box's pixels, their probabilities averaged) and scores the mask inside the box:
+
+* ``mIoU``: mean over instances of the IoU between the mask (probability > 0.5) and the GT mask;
+* ``box-fill mIoU``: the same for a mask that fills the whole box, the baseline a head that has learnt
+  nothing but "a box is mostly object" reaches;
+* ``AUC``: mean over instances of the probability that a random GT-foreground pixel of the box gets a
+  higher probability than a random background pixel (0.5 = the mask ignores the image);
+* ``spread``: mean over instances of the standard deviation of the probabilities inside the box
+  (0 = a constant mask);
+* ``alive L1 / L2``: share of the dynamic head's hidden units (layers 1 and 2, averaged over the
+  instance's assigned locations) that are positive at one or more stride-8 cells of the box. A unit that
+  is negative over the whole box passes nothing of the image through its ReLU and gets no gradient.
+
+Rows are also split by the object's size *as the network sees it* (square root of the box area after
+resizing to the test size), because the mask branch works at stride 8 and the masks at stride 4: an
+object a few cells wide leaves the head little room for a shape.
+
+    .venv/bin/python bench/bench_mask_quality.py runs/label_efficiency_fanin/*_seed* --images 60
+
+Each run is evaluated with its own ``config.yaml`` (data, test size); ``--images`` caps the val images. A
+plain training folder (``apis train``'s output) gives one row for its ``model_final.pth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apis.active.loop import load_datasets, step_dir
+from apis.active.prediction import SelectionImages, iter_prediction_sets
+from apis.active.selection import crop_to_grid
+from apis.config import load_config
+from apis.data.dataset import collate
+from apis.data.transforms import resized_size
+from apis.engine.inference import load_model
+from apis.modeling.mask_branch import MaskBranch
+from apis.modeling.mask_losses import box_masks_at_stride
+from apis.utils.device import resolve_device
+
+SIZE_EDGES = [0, 16, 32, math.inf]  # object size at the network's input, pixels
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Mann-Whitney AUC of ``scores`` for ``positive`` against the rest (ties count half); None if one class."""
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    # Average ranks over ties, so that a constant mask scores exactly 0.5.
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    first_rank = np.cumsum(counts) - counts + 1
+    ranks = (first_rank + (counts - 1) / 2)[inverse]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def input_size(val, ann_id: int, cfg) -> float:
+    """``sqrt(box area)`` of an instance in pixels of the resized test image."""
+    inst = val.instance(ann_id)
+    image = val.image(inst.image_id)
+    height, _ = resized_size(image.height, image.width, cfg.data.min_size_test, cfg.data.max_size)
+    x0, y0, x1, y1 = inst.bbox_xyxy
+    return float(np.sqrt((x1 - x0) * (y1 - y0))) * height / image.height
+
+
+@torch.no_grad()
+def hidden_units_alive(model, cfg, val, device: torch.device) -> list[float]:
+    """Per hidden layer of the dynamic head, the share of units positive somewhere in their GT box."""
+    alive: list[list[float]] = []
+    images = SelectionImages(val, [(cfg.data.min_size_test, False)], cfg.data.max_size)
+    for index in range(len(images)):
+        batch = collate(images[index])
+        target = {k: v.to(device) for k, v in batch.targets[0].items()}
+        forward = model._forward(batch.images.to(device))
+        gt_index, _ = model._assign(forward, [target])
+        members = torch.nonzero(gt_index[0] >= 0).squeeze(1)
+        if members.numel() == 0:
+            continue
+        outputs = model.dynamic_head.layer_outputs(forward.mask_features, forward.head.controller[0, members],
+                                                   forward.locations[members], forward.levels[members],
+                                                   torch.zeros_like(members))
+        height, width = forward.mask_features.shape[-2:]
+        in_box = box_masks_at_stride(target["boxes"][gt_index[0, members]], height, width, MaskBranch.stride)
+        in_box = in_box.reshape(len(members), 1, height * width)
+        for layer, hidden in enumerate(outputs[:-1]):
+            if len(alive) <= layer:
+                alive.append([])
+            alive[layer].append(float(((hidden > 0) & in_box).any(dim=2).float().mean()))
+    return [float(np.mean(values)) for values in alive]
+
+
+def step_quality(checkpoint: Path, cfg, val, device: torch.device) -> list[dict]:
+    """Per-instance means of the four measures for one checkpoint on ``val``'s true boxes: one dict for
+    all instances, then one per size bucket."""
+    model = load_model(checkpoint, cfg, device)
+    alive = hidden_units_alive(model, cfg, val, device)
+    gt_masks = val.masks("evaluation")
+    rows = []  # (size, IoU, box-fill IoU, AUC or None, spread)
+    for sets in iter_prediction_sets([model], cfg, val, device, progress=False):
+        for ann_id, pred in sets.items():
+            if pred.k == 0:  # no location assigned to this box: nothing to score
+                continue
+            gt = crop_to_grid(gt_masks.mask(ann_id), pred).numpy().astype(bool)
+            probs = pred.probs.mean(dim=0).numpy()
+            rows.append((input_size(val, ann_id, cfg), iou(probs > 0.5, gt), iou(np.ones_like(gt), gt),
+                         roc_auc(probs.ravel(), gt.ravel()), float(probs.std())))
+    buckets = [("all", 0.0, math.inf)]
+    buckets += [(f"{lo:g}-{hi:g} px" if math.isfinite(hi) else f">= {lo:g} px", lo, hi)
+                for lo, hi in zip(SIZE_EDGES, SIZE_EDGES[1:])]
+    summaries = []
+    for name, low, high in buckets:
+        members = [r for r in rows if low <= r[0] < high]
+        if not members:
+            continue
+        aucs = [r[3] for r in members if r[3] is not None]
+        summaries.append({"size": name, "instances": len(members), "mIoU": np.mean([r[1] for r in members]),
+                          "box_fill_mIoU": np.mean([r[2] for r in members]),
+                          "AUC": np.mean(aucs) if aucs else math.nan, "spread": np.mean([r[4] for r in members]),
+                          "alive": alive if name == "all" else None})
+    return summaries
+
+
+def checkpoints_of(run_dir: Path) -> list[tuple[str, Path]]:
+    """``(step label, final checkpoint)`` of a loop run's finished steps, or of a plain training folder."""
+    if (run_dir / "model_final.pth").exists():
+        return [("-", run_dir / "model_final.pth")]
+    found = []
+    step = 0
+    while (checkpoint := step_dir(run_dir, step) / "train" / "model_final.pth").exists():
+        found.append((f"P{step}", checkpoint))
+        step += 1
+    return found
+
+
+def print_run(run_dir: Path, max_images: int, device: torch.device) -> None:
+    """One table row per final checkpoint of ``run_dir``."""
+    cfg = load_config(run_dir / "config.yaml", [f"data.max_val_images={max_images}"])
+    _, val = load_datasets(cfg)
+    for step, checkpoint in checkpoints_of(run_dir):
+        for summary in step_quality(checkpoint, cfg, val, device):
+            print(_format({"run": run_dir.name, "step": step, **summary}), flush=True)
+
+
+def _format(row: dict) -> str:
+    return (f"| {row['run']} | {row['step']} | {row['size']} | {row['instances']:,} | {row['mIoU']:.3f} "
+            f"| {row['box_fill_mIoU']:.3f} "
+            f"| {row['mIoU'] - row['box_fill_mIoU']:+.3f} | {row['AUC']:.3f} | {row['spread']:.3f} "
+            f"| {' / '.join(f'{a:.2f}' for a in row['alive']) if row['alive'] else ''} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, nargs="+", help="loop run directories")
+    parser.add_argument("--images", type=int, default=60, help="first N val images")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    device = resolve_device(args.device)
+    print("| run | step | size at input | instances | mIoU | box-fill mIoU | mIoU - box fill | AUC | spread "
+          "| alive L1 / L2 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for run_dir in args.runs:
+        print_run(run_dir, args.images, device)
+
+
+if __name__ == "__main__":
+    main()
