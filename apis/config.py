@@ -70,6 +70,9 @@ class LossConfig:
     pairwise_colour_threshold: float = 0.3
     pairwise_warmup_iters: int = 10000
     points_per_iter: int = -1  # point augmentation: random subset of each instance's points (-1: all)
+    # Per-class weights of the point BCE (points labelled 1 / 0); loop.point_prior_correction sets them.
+    point_positive_weight: float = 1.0
+    point_negative_weight: float = 1.0
 
 
 @dataclass
@@ -144,6 +147,9 @@ class LoopConfig:
     points_loss_m0: float = 0.1  # weight of the point loss for M0 (authors' code)
     points_loss_finetune: float = 1.0
     initial_run: str = ""  # another run dir with the same seed/data/M0 config: reuse its P0 and M0
+    # Fine-tune with point-loss class weights that give the labelled points the object share of P0's random
+    # points (see ActiveLearningRun._prior_correction). Off by default: the paper trains on points unweighted.
+    point_prior_correction: bool = False
 
 
 @dataclass
@@ -294,6 +300,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'device' is {cfg.device!r}; allowed values: auto, cpu, cuda, cuda:N")
     if cfg.loss.points < 0 or cfg.loss.full < 0 or cfg.loss.box < 0:
         raise ConfigError("config keys 'loss.points', 'loss.full', 'loss.box' must be >= 0")
+    if cfg.loss.point_positive_weight <= 0 or cfg.loss.point_negative_weight <= 0:
+        raise ConfigError("config keys 'loss.point_positive_weight', 'loss.point_negative_weight' must be > 0")
     if cfg.solver.batch_size < 1:
         raise ConfigError("config key 'solver.batch_size' must be >= 1")
     if list(cfg.solver.steps) != sorted(cfg.solver.steps):

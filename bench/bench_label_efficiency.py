@@ -4,6 +4,8 @@ Runs ``apis run`` for every (seed, strategy); the random run of a seed reuses th
 M0 from the entropy run (SPEC §1: all strategies of an experiment start from the same model).
 Every run resumes, so the benchmark can be stopped and restarted at any time; finished steps are
 kept. At the end it writes ``curves.png`` and ``comparison.md`` into ``--out`` and prints the table.
+``--m0-from`` an earlier benchmark's ``--out`` makes every run reuse that benchmark's P0 and M0 of the
+same seed (from its ``entropy_seed<N>``), for experiments that change only the fine-tuning steps.
 
     .venv/bin/python bench/bench_label_efficiency.py --config configs/condinst_r18_cpu_dsb.yaml \\
         --seeds 0 1 2 --out runs/label_efficiency [key=value ...]
@@ -28,13 +30,14 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["entropy", "random"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/label_efficiency"))
+    parser.add_argument("--m0-from", type=Path, help="earlier --out whose entropy_seed<N> runs give P0 and M0")
     parser.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     run_dirs = []
     for seed in args.seeds:
-        first = None
+        first = args.m0_from / f"entropy_seed{seed}" if args.m0_from else None
         for strategy in args.strategies:
             run_dir = args.out / f"{strategy}_seed{seed}"
             overrides = [*args.overrides, f"seed={seed}", f"selection.metric={strategy}",

@@ -8,6 +8,12 @@ evaluated on the box's pixels, their probabilities averaged) and scores the mask
 * ``mIoU``: mean over instances of the IoU between the mask (probability > 0.5) and the GT mask;
 * ``box-fill mIoU``: the same for a mask that fills the whole box, the baseline a head that has learnt
   nothing but "a box is mostly object" reaches;
+* ``area ratio``: mean over instances of the mask's area divided by the GT mask's area (below 1 = masks
+  that come out too small, e.g. when the points a head was trained on are mostly background);
+* ``best-threshold mIoU (t)``: the mIoU at the one threshold ``t`` (0.05 to 0.95 in steps of 0.05, the
+  same for every instance) that maximises it. It uses the GT to pick ``t``, so it is a diagnostic, not a
+  score: a head whose mIoU at 0.5 is far below it ranks pixels well but is calibrated to the wrong base
+  rate;
 * ``AUC``: mean over instances of the probability that a random GT-foreground pixel of the box gets a
   higher probability than a random background pixel (0.5 = the mask ignores the image);
 * ``spread``: mean over instances of the standard deviation of the probabilities inside the box
@@ -48,6 +54,7 @@ from apis.modeling.mask_losses import box_masks_at_stride
 from apis.utils.device import resolve_device
 
 SIZE_EDGES = [0, 16, 32, math.inf]  # object size at the network's input, pixels
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -104,32 +111,40 @@ def hidden_units_alive(model, cfg, val, device: torch.device) -> list[float]:
 
 
 def step_quality(checkpoint: Path, cfg, val, device: torch.device) -> list[dict]:
-    """Per-instance means of the four measures for one checkpoint on ``val``'s true boxes: one dict for
+    """Per-instance means of the measures for one checkpoint on ``val``'s true boxes: one dict for
     all instances, then one per size bucket."""
     model = load_model(checkpoint, cfg, device)
     alive = hidden_units_alive(model, cfg, val, device)
     gt_masks = val.masks("evaluation")
-    rows = []  # (size, IoU, box-fill IoU, AUC or None, spread)
+    rows = []
     for sets in iter_prediction_sets([model], cfg, val, device, progress=False):
         for ann_id, pred in sets.items():
             if pred.k == 0:  # no location assigned to this box: nothing to score
                 continue
             gt = crop_to_grid(gt_masks.mask(ann_id), pred).numpy().astype(bool)
             probs = pred.probs.mean(dim=0).numpy()
-            rows.append((input_size(val, ann_id, cfg), iou(probs > 0.5, gt), iou(np.ones_like(gt), gt),
-                         roc_auc(probs.ravel(), gt.ravel()), float(probs.std())))
+            rows.append({"size": input_size(val, ann_id, cfg),
+                         "iou_at": np.array([iou(probs > t, gt) for t in THRESHOLDS]),
+                         "box_fill": iou(np.ones_like(gt), gt),
+                         "area_ratio": float((probs > 0.5).sum() / max(gt.sum(), 1)),
+                         "auc": roc_auc(probs.ravel(), gt.ravel()), "spread": float(probs.std())})
+    at_half = int(np.flatnonzero(THRESHOLDS == 0.5)[0])
     buckets = [("all", 0.0, math.inf)]
     buckets += [(f"{lo:g}-{hi:g} px" if math.isfinite(hi) else f">= {lo:g} px", lo, hi)
                 for lo, hi in zip(SIZE_EDGES, SIZE_EDGES[1:])]
     summaries = []
     for name, low, high in buckets:
-        members = [r for r in rows if low <= r[0] < high]
+        members = [r for r in rows if low <= r["size"] < high]
         if not members:
             continue
-        aucs = [r[3] for r in members if r[3] is not None]
-        summaries.append({"size": name, "instances": len(members), "mIoU": np.mean([r[1] for r in members]),
-                          "box_fill_mIoU": np.mean([r[2] for r in members]),
-                          "AUC": np.mean(aucs) if aucs else math.nan, "spread": np.mean([r[4] for r in members]),
+        miou_at = np.mean([r["iou_at"] for r in members], axis=0)
+        aucs = [r["auc"] for r in members if r["auc"] is not None]
+        summaries.append({"size": name, "instances": len(members), "mIoU": miou_at[at_half],
+                          "box_fill_mIoU": np.mean([r["box_fill"] for r in members]),
+                          "area_ratio": np.mean([r["area_ratio"] for r in members]),
+                          "best_mIoU": miou_at.max(), "best_threshold": THRESHOLDS[miou_at.argmax()],
+                          "AUC": np.mean(aucs) if aucs else math.nan,
+                          "spread": np.mean([r["spread"] for r in members]),
                           "alive": alive if name == "all" else None})
     return summaries
 
@@ -158,7 +173,8 @@ def print_run(run_dir: Path, max_images: int, device: torch.device) -> None:
 def _format(row: dict) -> str:
     return (f"| {row['run']} | {row['step']} | {row['size']} | {row['instances']:,} | {row['mIoU']:.3f} "
             f"| {row['box_fill_mIoU']:.3f} "
-            f"| {row['mIoU'] - row['box_fill_mIoU']:+.3f} | {row['AUC']:.3f} | {row['spread']:.3f} "
+            f"| {row['mIoU'] - row['box_fill_mIoU']:+.3f} | {row['area_ratio']:.2f} "
+            f"| {row['best_mIoU']:.3f} ({row['best_threshold']:.2f}) | {row['AUC']:.3f} | {row['spread']:.3f} "
             f"| {' / '.join(f'{a:.2f}' for a in row['alive']) if row['alive'] else ''} |")
 
 
@@ -170,9 +186,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = resolve_device(args.device)
-    print("| run | step | size at input | instances | mIoU | box-fill mIoU | mIoU - box fill | AUC | spread "
-          "| alive L1 / L2 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | step | size at input | instances | mIoU | box-fill mIoU | mIoU - box fill | area ratio "
+          "| best-threshold mIoU (t) | AUC | spread | alive L1 / L2 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run_dir in args.runs:
         print_run(run_dir, args.images, device)
 

@@ -31,6 +31,7 @@ def test_base_chain_and_dump_round_trip(tmp_path):
     (["solver.batch_size=abc"], "'solver.batch_size' expects int, got 'abc'"),
     (["device=tpu"], "'device' is 'tpu'"),
     (["model.dynamic_activation=gelu"], "'model.dynamic_activation' is 'gelu'; allowed values: relu, leaky_relu"),
+    (["loss.point_negative_weight=0"], "'loss.point_positive_weight', 'loss.point_negative_weight' must be > 0"),
     (["solver"], "must look like key=value"),
 ])
 def test_errors_name_key_and_allowed_values(overrides, message):

@@ -201,8 +201,9 @@ class CondInst(nn.Module):
             if points is None:
                 losses["loss_mask_points"] = logits.sum() * 0.0
             else:
-                losses["loss_mask_points"] = cfg.points * loss_points(logits, points[gt], point_labels[gt],
-                                                                      stride)["loss_mask_points"]
+                losses["loss_mask_points"] = cfg.points * loss_points(
+                    logits, points[gt], point_labels[gt], stride, cfg.point_positive_weight, cfg.point_negative_weight
+                )["loss_mask_points"]
         if cfg.full > 0:
             masks = self._stride_masks(targets, gt, offsets, stride)
             losses["loss_mask_full"] = cfg.full * loss_full(logits, masks)["loss_mask_full"]

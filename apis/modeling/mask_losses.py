@@ -17,18 +17,22 @@ DICE_EPS = 1e-5
 NEIGHBOURS = 8  # BoxInst pairwise term: the 3x3 neighbourhood without its centre
 
 
-def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int) -> dict[str, Tensor]:
+def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int, positive_weight: float = 1.0,
+                negative_weight: float = 1.0) -> dict[str, Tensor]:
     """PointSup: BCE of the logits sampled bilinearly at labelled points, mean over points with label 0/1.
 
     Args: logits ``[n, Hm, Wm]``; points ``[n, P, 2]`` continuous image (x, y); labels ``[n, P]`` in
-    {1, 0, -1}, -1 = padding (ignored).
+    {1, 0, -1}, -1 = padding (ignored). ``positive_weight`` / ``negative_weight`` weight the points
+    labelled 1 / 0; the mean is then weighted (sum of weighted terms over sum of weights).
     """
     valid = labels >= 0
     if not bool(valid.any()):
         return {"loss_mask_points": logits.sum() * 0.0}
-    samples = sample_mask_logits(logits, points, stride)
-    loss = F.binary_cross_entropy_with_logits(samples[valid], labels[valid].to(samples.dtype))
-    return {"loss_mask_points": loss}
+    samples = sample_mask_logits(logits, points, stride)[valid]
+    targets = labels[valid].to(samples.dtype)
+    weights = torch.where(targets > 0, positive_weight, negative_weight).to(samples.dtype)
+    terms = F.binary_cross_entropy_with_logits(samples, targets, reduction="none")
+    return {"loss_mask_points": (weights * terms).sum() / weights.sum()}
 
 
 @torch.no_grad()

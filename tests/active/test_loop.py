@@ -14,8 +14,8 @@ from apis.active.loop import ActiveLearningRun, draw_initial_points, run_active_
 from apis.active.oracle import SimulatedOracle
 from apis.config import ConfigError
 from apis.data.coco import DatasetError, load_coco
-from apis.data.coords import point_in_box
-from apis.data.ledger import PointLedger
+from apis.data.coords import box_pixel_range, point_in_box
+from apis.data.ledger import Answer, PointLedger
 
 
 def _answers(run_dir):
@@ -150,6 +150,39 @@ def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_value(ti
     ActiveLearningRun(cfg).ledger.close()
     with pytest.raises(ConfigError, match=f"different config.*model.{key}"):
         ActiveLearningRun(tiny_config("legacy", f"model.{key}={new_value}"))
+
+
+def _record(run, step, labels):
+    """One answer per label, on the first instances of the training set, at pixel (step, 0) of the box."""
+    answers = []
+    for inst_and_image, label in zip(((inst, im) for im in run.train_set.images for inst in im.instances), labels):
+        inst, image = inst_and_image
+        xs, ys, _, _ = box_pixel_range(*inst.bbox_xyxy, image.width, image.height)
+        answers.append(Answer(inst.ann_id, image.image_id, xs + step, ys, label, step, "test", "test", 0.9))
+    run.ledger.record(answers)
+
+
+def test_point_prior_correction_gives_the_points_the_p0_object_share(tiny_config):
+    run = ActiveLearningRun(tiny_config("prior", "loop.point_prior_correction=true"))
+    _record(run, 0, [1, 1, 1, 0])  # P0: object share pi = 3/4
+    _record(run, 1, [0, 0, 1, -1])  # unsure answers are not trained on: P1 share p = 4/7
+    loss = run._train_config(1, seed=0).loss
+    pi, p = 3 / 4, 4 / 7
+    assert loss.point_positive_weight == pytest.approx(pi / p)
+    assert loss.point_negative_weight == pytest.approx((1 - pi) / (1 - p))
+    # Weighted, the labelled points have P0's object share and keep a mean weight of 1.
+    positives, negatives = 4 * loss.point_positive_weight, 3 * loss.point_negative_weight
+    assert positives / (positives + negatives) == pytest.approx(pi)
+    assert positives + negatives == pytest.approx(7)
+    assert run._train_config(0, seed=0).loss.point_positive_weight == 1.0  # M0 trains on P0 itself
+    run.ledger.close()
+
+    plain = ActiveLearningRun(tiny_config("plain"))
+    _record(plain, 0, [1, 1, 1, 0])
+    _record(plain, 1, [0, 0, 1, -1])
+    plain_loss = plain._train_config(1, seed=0).loss
+    assert (plain_loss.point_positive_weight, plain_loss.point_negative_weight) == (1.0, 1.0)
+    plain.ledger.close()
 
 
 def test_bad_metric_and_missing_masks_fail_before_work(tiny_config, tmp_path):

@@ -53,6 +53,11 @@ def test_loss_points_by_hand(manual_bilinear):
             terms.append(-(label * math.log(p) + (1 - label) * math.log(1 - p)))
     loss = loss_points(logits, points, labels, stride=4)["loss_mask_points"]
     assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    # Class weights: object points (label 1) weigh 2, background 0.5; the mean is weighted.
+    hand_weights = [2.0, 0.5, 0.5, 2.0, 2.0]  # labels 1, 0 | 0, 1, 1 (the -1 is padding)
+    weighted = loss_points(logits, points, labels, stride=4, positive_weight=2.0, negative_weight=0.5)
+    expected = sum(w * t for w, t in zip(hand_weights, terms)) / sum(hand_weights)
+    assert weighted["loss_mask_points"].item() == pytest.approx(expected, rel=1e-5)
 
     correct, counted = point_accuracy(logits, points, labels, stride=4)
     hand = [(sign * manual_bilinear(LOGITS, x, y, 4) > 0) == (label > 0)
