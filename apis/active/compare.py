@@ -1,7 +1,8 @@
 """Compare finished runs: ``curves.png`` (mask AP per step and per annotation hour) and a markdown table.
 
-Runs with the same strategy label (metric + prediction sets) are grouped; with several seeds the
-curves show mean ± std and the table ``mean ± std (n)``.
+Runs with the same strategy label (metric + prediction sets, and whether the fine-tuning corrected
+the points' class balance, ``loop.point_prior_correction``) are grouped; with several seeds the curves
+show mean ± std and the table ``mean ± std (n)``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from apis.active.strategies import available_metrics, get_metric
 from apis.utils.io import atomic_write_text
@@ -53,12 +55,21 @@ def run_label(rows: list[dict]) -> str:
     return f"{strategy} ({'+'.join(first.get('sets', ['anchors']))})"
 
 
+def prior_corrected(run_dir: str | Path) -> bool:
+    """Whether the run's ``config.yaml`` turns on ``loop.point_prior_correction`` (False without one)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return False
+    return bool((yaml.safe_load(path.read_text()).get("loop") or {}).get("point_prior_correction", False))
+
+
 def group_runs(run_dirs: list[str | Path]) -> dict[str, list[list[dict]]]:
     """Runs grouped by strategy label, in the order first seen."""
     groups: dict[str, list[list[dict]]] = defaultdict(list)
     for run_dir in run_dirs:
         rows = read_run(run_dir)
-        groups[run_label(rows)].append(rows)
+        label = run_label(rows) + (", prior-corrected" if prior_corrected(run_dir) else "")
+        groups[label].append(rows)
     return dict(groups)
 
 

@@ -28,6 +28,16 @@ def test_table_aggregates_seeds(tmp_path):
     assert "| entropy (anchors) | P0 | 10.00 ± 0.00 (2) | 20.00 ± 0.00 (2) | – | – | 1.00 ± 0.00 (2) |" in table
 
 
+def test_prior_corrected_runs_form_their_own_group(tmp_path):
+    plain = _run(tmp_path, "e0", "entropy", [10.0, 14.0])
+    corrected = _run(tmp_path, "e0_prior", "entropy", [10.0, 11.0])
+    (corrected / "config.yaml").write_text("seed: 0\nloop:\n  steps: 1\n  point_prior_correction: true\n")
+    (plain / "config.yaml").write_text("seed: 0\nloop:\n  steps: 1\n")  # written before the key existed
+    groups = group_runs([plain, corrected])
+    assert list(groups) == ["entropy (anchors)", "entropy (anchors), prior-corrected"]
+    assert "| entropy (anchors), prior-corrected | P1 | 11.00 |" in markdown_table(groups)
+
+
 def test_compare_writes_png_and_markdown(tmp_path):
     runs = [_run(tmp_path, "e0", "entropy", [10.0, 14.0]), _run(tmp_path, "r0", "random", [10.0, 12.0])]
     table = compare_runs(runs, tmp_path / "out")
