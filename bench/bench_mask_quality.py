@@ -20,7 +20,8 @@ evaluated on the box's pixels, their probabilities averaged) and scores the mask
   (0 = a constant mask);
 * ``alive L1 / L2``: share of the dynamic head's hidden units (layers 1 and 2, averaged over the
   instance's assigned locations) that are positive at one or more stride-8 cells of the box. A unit that
-  is negative over the whole box passes nothing of the image through its ReLU and gets no gradient.
+  is negative over the whole box passes nothing of the image through its ReLU and gets no gradient
+  (with ``model.dynamic_activation=leaky_relu`` it still passes a tenth, so there a low share is no death).
 
 Rows are also split by the object's size *as the network sees it* (square root of the box area after
 resizing to the test size), because the mask branch works at stride 8 and the masks at stride 4: an
