@@ -13,8 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from apis.active.loop import read_stored_config
 from apis.active.strategies import available_metrics, get_metric
 from apis.utils.io import atomic_write_text
 
@@ -58,9 +58,7 @@ def run_label(rows: list[dict]) -> str:
 def prior_corrected(run_dir: str | Path) -> bool:
     """Whether the run's ``config.yaml`` turns on ``loop.point_prior_correction`` (False without one)."""
     path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return False
-    return bool((yaml.safe_load(path.read_text()).get("loop") or {}).get("point_prior_correction", False))
+    return path.exists() and bool(read_stored_config(path)[("loop", "point_prior_correction")])
 
 
 def group_runs(run_dirs: list[str | Path]) -> dict[str, list[list[dict]]]:

@@ -94,7 +94,7 @@ def _flatten(tree: dict, prefix: tuple = ()) -> dict:
     return flat
 
 
-def _read_stored_config(path: Path) -> dict:
+def read_stored_config(path: Path) -> dict:
     """A run's ``config.yaml``, flattened, with the keys it predates at their value of that time."""
     return {**KEYS_ADDED_LATER, **_flatten(yaml.safe_load(path.read_text()))}
 
@@ -105,7 +105,7 @@ def _flat_config(cfg: ExperimentConfig) -> dict:
 
 
 def _check_same_config(stored_path: Path, cfg: ExperimentConfig) -> None:
-    stored = _read_stored_config(stored_path)
+    stored = read_stored_config(stored_path)
     current = _flat_config(cfg)
     changed = sorted(".".join(k) for k in stored.keys() | current.keys()
                      if k not in RESUMABLE_CHANGES and stored.get(k) != current.get(k))
@@ -263,11 +263,13 @@ class ActiveLearningRun:
         objects by ``pi / p`` and background by ``(1 - pi) / (1 - p)`` restores the base rate (the
         prior-shift correction of Saerens et al., 2002) and leaves the mean weight at 1.
         """
-        def object_share(max_step: int) -> float:
-            labels = [a.label for a in self.ledger.answers(max_step=max_step) if a.label >= 0]
+        answers = [a for a in self.ledger.answers(max_step=step) if a.label >= 0]
+
+        def object_share(labels: list[int]) -> float:
             return sum(labels) / len(labels) if labels else math.nan
 
-        pi, p = object_share(0), object_share(step)
+        pi = object_share([a.label for a in answers if a.step == 0])
+        p = object_share([a.label for a in answers])
         if not (0 < pi < 1 and 0 < p < 1):  # one class only: no ratio to correct
             logger.warning("step %d: no point-prior correction (object share %.3f at P0, %.3f now)", step, pi, p)
             return {}
@@ -337,7 +339,7 @@ class ActiveLearningRun:
         source_cfg = source / "config.yaml"
         if not (step_dir(source, 0) / "metrics.json").exists() or not source_cfg.exists():
             raise ConfigError(f"loop.initial_run={source}: that run has not finished step 0")
-        stored = _read_stored_config(source_cfg)
+        stored = read_stored_config(source_cfg)
         current = _flat_config(self.cfg)
         must_match = [k for k in current if k[0] in ("seed", "data", "model", "solver")
                       or k in {("loss", "points"), ("loss", "full"), ("loss", "box"), ("loop", "points_loss_m0")}]

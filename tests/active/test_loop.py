@@ -155,8 +155,7 @@ def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_value(ti
 def _record(run, step, labels):
     """One answer per label, on the first instances of the training set, at pixel (step, 0) of the box."""
     answers = []
-    for inst_and_image, label in zip(((inst, im) for im in run.train_set.images for inst in im.instances), labels):
-        inst, image = inst_and_image
+    for (inst, image), label in zip(((inst, im) for im in run.train_set.images for inst in im.instances), labels):
         xs, ys, _, _ = box_pixel_range(*inst.bbox_xyxy, image.width, image.height)
         answers.append(Answer(inst.ann_id, image.image_id, xs + step, ys, label, step, "test", "test", 0.9))
     run.ledger.record(answers)
