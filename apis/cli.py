@@ -15,7 +15,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> None:
     from apis.data.synth import make_synthetic_dataset
 
     summary = make_synthetic_dataset(args.out, num_images=args.images, size=args.size, seed=args.seed,
-                                     val_fraction=args.val_fraction, overwrite=args.overwrite)
+                                     val_fraction=args.val_fraction, overwrite=args.overwrite,
+                                     family=args.family)
     print(summary.format())
 
 
@@ -48,6 +49,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     final = train(cfg, init_weights=args.init_weights)
     print(f"final checkpoint: {final}")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from apis.config import load_config
+    from apis.engine.pretrain import pretrain
+
+    out = pretrain(load_config(args.config, args.overrides), args.out)
+    print(f"wrote {out} (use it with model.backbone_weights={out})")
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -102,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--val-fraction", type=float, default=0.25)
     synth.add_argument("--overwrite", action="store_true")
+    synth.add_argument("--family", choices=("target", "source"), default="target",
+                       help="target: the demo's shapes; source: other shapes and hues, for `apis pretrain`")
     synth.set_defaults(handler=_cmd_data_synth)
 
     ev = sub.add_parser("eval", help="COCO mask/box AP of a results json or of a checkpoint")
@@ -120,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", help="key=value, e.g. solver.max_iter=100")
     tr.add_argument("--init-weights", help="fine-tune from this checkpoint's weights (fresh optimiser and schedule)")
     tr.set_defaults(handler=_cmd_train)
+    pre = sub.add_parser("pretrain", help="train backbone + FPN with full masks on source data, for "
+                                          "model.backbone_weights")
+    pre.add_argument("config", help="a config whose data is the SOURCE dataset (categories not in the target)")
+    pre.add_argument("overrides", nargs="*", help="key=value, e.g. data.train_json=... solver.max_iter=600")
+    pre.add_argument("--out", type=Path, required=True, help="the backbone file to write (.pth)")
+    pre.set_defaults(handler=_cmd_pretrain)
     run = sub.add_parser("run", help="run or resume the active-learning loop")
     run.add_argument("config")
     run.add_argument("overrides", nargs="*", help="key=value, e.g. selection.metric=random loop.steps=3")

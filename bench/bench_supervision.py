@@ -1,18 +1,20 @@
-"""Supervision table (Table 2 of the paper, on DSB2018 with the CPU config): the same schedule for
-every row, val mask AP for full masks, boxes only (BoxInst), and boxes + 1, 3, 10 random points per
-instance (labelled by the simulated oracle). Also records inference speed on the val set.
+"""Supervision table (Table 2 of the paper): the same config and schedule for every row, val mask AP for
+full masks, boxes only (BoxInst's projection + pairwise terms), and boxes + 1 or 10 random points per
+instance (labelled by the simulated oracle), with and without the box terms. Each row runs for every
+``--seeds`` value; the table gives mean +- std over seeds and each row's share of the full-mask AP.
 
-Each row trains into ``--out/<row>`` and resumes when run again; a finished row's metrics are kept
-in ``--out/<row>/eval.json`` and not recomputed.
+Each (row, seed) trains into ``--out/<row>/seed<K>`` and resumes when run again; a finished one keeps
+its metrics in ``eval.json`` and is not recomputed, so the benchmark can run in pieces.
 
-    .venv/bin/python bench/bench_supervision.py --config configs/condinst_r18_cpu_dsb.yaml \\
-        --out runs/supervision [key=value ...]
+    .venv/bin/python bench/bench_supervision.py [key=value ...] --config configs/condinst_r18_cpu_synth.yaml \\
+        --out runs/supervision_synth --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -21,50 +23,81 @@ from apis.engine.inference import evaluate_checkpoint
 from apis.engine.trainer import train
 from apis.utils.io import atomic_write_json
 
+NO_POINTS = ["loss.points=0.0", "data.random_points_per_instance=0"]
 ROWS = {
-    "full masks": ["loss.full=1.0", "loss.points=0.0", "loss.box=0.0", "data.random_points_per_instance=0"],
-    "boxes + 10 points": ["loss.points=1.0", "data.random_points_per_instance=10"],
-    "boxes + 3 points": ["loss.points=1.0", "data.random_points_per_instance=3"],
-    "boxes + 1 point": ["loss.points=1.0", "data.random_points_per_instance=1"],
-    "boxes only (BoxInst)": ["loss.box=1.0", "loss.points=0.0", "loss.full=0.0", "data.random_points_per_instance=0"],
+    "full masks": ["loss.full=1.0", "loss.box=0.0", *NO_POINTS],
+    "boxes only (BoxInst)": ["loss.full=0.0", "loss.box=1.0", *NO_POINTS],
+    "boxes + 1 point": ["loss.full=0.0", "loss.box=0.0", "data.random_points_per_instance=1"],
+    "boxes + 10 points": ["loss.full=0.0", "loss.box=0.0", "data.random_points_per_instance=10"],
+    "boxes + 1 point + box terms": ["loss.full=0.0", "loss.box=1.0", "data.random_points_per_instance=1"],
+    "boxes + 10 points + box terms": ["loss.full=0.0", "loss.box=1.0", "data.random_points_per_instance=10"],
 }
+# Rows with points take the point-loss weight from --point-weight (default: the config's loss.points).
+REFERENCE = "full masks"
 
 
-def run_row(name: str, config: str, out: Path, overrides: list[str]) -> dict:
-    row_dir = out / name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
-    done = row_dir / "eval.json"
+def row_dir(out: Path, name: str, seed: int) -> Path:
+    slug = name.replace(" + ", "_plus_").replace(" ", "_").replace("(", "").replace(")", "")
+    return out / slug / f"seed{seed}"
+
+
+def run_row(name: str, seed: int, config: str, out: Path, overrides: list[str], point_weight: float | None
+            ) -> dict:
+    """Train and evaluate one (row, seed); returns its metrics (read back when already done)."""
+    folder = row_dir(out, name, seed)
+    done = folder / "eval.json"
     if done.exists():
         return json.loads(done.read_text())
-    cfg = load_config(config, [*overrides, *ROWS[name], f"output_dir={row_dir}"])
+    weight = [f"loss.points={point_weight}"] if point_weight is not None and "points" in name else []
+    cfg = load_config(config, [*overrides, *ROWS[name], *weight, f"seed={seed}", f"output_dir={folder}"])
     start = time.perf_counter()
     checkpoint = train(cfg)
     train_s = time.perf_counter() - start
-    start = time.perf_counter()
     metrics = evaluate_checkpoint(checkpoint, cfg)
-    eval_s = time.perf_counter() - start
-    num_val = cfg.data.max_val_images or len(json.loads(Path(cfg.data.val_json).read_text())["images"])
-    result = {"row": name, "train_s": train_s, "eval_s": eval_s, "val_images": num_val,
-              "iterations": cfg.solver.max_iter, **metrics}
+    result = {"row": name, "seed": seed, "train_s": train_s, "iterations": cfg.solver.max_iter, **metrics}
     atomic_write_json(done, result, indent=2)
     return result
 
 
+def mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table: one line per row, mean +- std over its seeds, and the share of the full-mask AP."""
+    by_row: dict[str, list[dict]] = {}
+    for result in results:
+        by_row.setdefault(result["row"], []).append(result)
+    reference = by_row.get(REFERENCE)
+    full_ap = statistics.mean(r["segm/AP"] for r in reference) if reference else None
+    lines = ["| supervision | seeds | mask AP | % of full masks | AP50 | box AP | train min (mean) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, rows in by_row.items():
+        mask_ap = [r["segm/AP"] for r in rows]
+        share = f"{100 * statistics.mean(mask_ap) / full_ap:.0f} %" if full_ap else "-"
+        lines.append(f"| {name} | {len(rows)} | {mean_std(mask_ap)} | {share} | "
+                     f"{mean_std([r['segm/AP50'] for r in rows])} | {mean_std([r['bbox/AP'] for r in rows])} | "
+                     f"{statistics.mean(r['train_s'] for r in rows) / 60:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
+    parser.add_argument("--config", default="configs/condinst_r18_cpu_synth.yaml")
     parser.add_argument("--out", type=Path, default=Path("runs/supervision"))
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--point-weight", type=float, help="loss.points of the rows with points")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     results = []
-    for name in args.rows:
-        results.append(run_row(name, args.config, args.out, args.overrides))
-        print(json.dumps(results[-1]), flush=True)
-    print("\n| supervision | mask AP | AP50 | AP75 | box AP | train min | val img/s (inference + COCO eval) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['row']} | {r['segm/AP']:.2f} | {r['segm/AP50']:.2f} | {r['segm/AP75']:.2f} | "
-              f"{r['bbox/AP']:.2f} | {r['train_s'] / 60:.1f} | {r['val_images'] / r['eval_s']:.2f} |")
+    for seed in args.seeds:  # seed-major, so that an interrupted benchmark has whole tables of early seeds
+        for name in args.rows:
+            results.append(run_row(name, seed, args.config, args.out, args.overrides, args.point_weight))
+            print(json.dumps(results[-1]), flush=True)
+    print("\n" + table(results))
 
 
 if __name__ == "__main__":

@@ -248,7 +248,8 @@ class ActiveLearningRun:
         solver = dataclasses.replace(cfg.solver, max_iter=cfg.loop.finetune_iters, base_lr=cfg.loop.finetune_lr,
                                      steps=list(cfg.loop.finetune_steps),
                                      warmup_iters=min(cfg.solver.warmup_iters, cfg.loop.finetune_iters // 10))
-        loss = dataclasses.replace(cfg.loss, points=cfg.loop.points_loss_finetune)
+        # Fine-tuning continues M0, whose BoxInst pairwise term has already been ramped up: no second warm-up.
+        loss = dataclasses.replace(cfg.loss, points=cfg.loop.points_loss_finetune, pairwise_warmup_iters=0)
         if cfg.loop.point_prior_correction:
             loss = dataclasses.replace(loss, **self._prior_correction(step))
         return dataclasses.replace(cfg, seed=seed, solver=solver, loss=loss)

@@ -1,11 +1,21 @@
 """The built-in synthetic instance-segmentation dataset (the demo's default data and the tests' fixture).
 
-Every image is an RGB square with a textured, cluttered background and 2-6 textured objects from four
-shape families chosen so that a filled box is a poor mask: ``blob`` (star-like radial-noise outline,
-sometimes with a hole), ``ring`` (irregular annulus), ``crescent`` (disc minus an offset disc) and
-``cross`` (two crossing bars). Objects are painted in order, so later objects occlude earlier ones; the
-stored masks are the *visible* pixels. A candidate object that would leave an earlier object with too
-little of itself visible is not painted, so every painted object pixel belongs to an annotation.
+Every image is an RGB square with a textured, cluttered background and 2-5 textured objects. The
+default ``target`` family has four shape categories chosen so that a filled box is a poor mask: ``blob``
+(star-like radial-noise outline, sometimes with a hole), ``ring`` (irregular annulus), ``crescent`` (disc
+minus an offset disc) and ``cross`` (two crossing bars). The ``source`` family (``ellipse``, ``polygon``,
+``star``, ``corner``, in other hue bands) shares none of them: it is the pretraining data of
+``apis pretrain``, the stand-in for an ImageNet backbone (docs/design.md).
+
+Objects are painted in order, so later objects occlude earlier ones; the stored masks are the *visible*
+pixels. A candidate object that would leave an earlier object with too little of itself visible is not
+painted, so every painted object pixel belongs to an annotation.
+
+Most objects sit partly on a *camouflage patch*: unannotated background painted with the object's own
+texture, overlapping one side of its outline. There the outline is no colour edge, so BoxInst's
+colour-affinity prior (neighbouring cells of similar colour share a label) spills the mask into the patch,
+while the shape and a labelled point tell them apart: boxes alone stay well below full masks, which
+leaves the labelled points something to teach (generator version 3; docs/data.md).
 
 The layout mirrors the real benchmark data::
 
@@ -37,9 +47,14 @@ from apis.data.coords import box_pixel_range, xywh_to_xyxy
 from apis.utils.io import atomic_write_bytes, atomic_write_json
 
 CATEGORIES = ("blob", "ring", "crescent", "cross")
+SOURCE_CATEGORIES = ("ellipse", "polygon", "star", "corner")
+FAMILIES = {"target": CATEGORIES, "source": SOURCE_CATEGORIES}
+# Where each family's hue bands are centred, in units of the spacing between categories: the source
+# family's bands lie between the target's.
+FAMILY_HUE_OFFSET = {"target": 0.0, "source": 0.5}
 GENERATOR = "apis.data.synth"
 # Bump when the drawing code changes, so that an existing dataset of an older version is regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 MIN_OBJECTS, MAX_OBJECTS = 2, 5
 PLACEMENT_ATTEMPTS_PER_OBJECT = 10
@@ -50,6 +65,9 @@ MIN_DIAMETER_SHARE, MAX_DIAMETER_SHARE = 1 / 4, 3 / 4
 MIN_OBJECT_DIAMETER = 6.0
 # Half-width of a category's hue band, in units of the spacing between categories (see _object_texture).
 HUE_BAND = 0.3
+# Share of objects that get a camouflage patch, and the patch radius relative to the object's radius.
+CAMOUFLAGE_PROB = 0.75
+CAMOUFLAGE_RADIUS = (0.45, 0.8)
 # An occluded object must keep at least this many pixels and this share of its unoccluded pixels.
 MIN_VISIBLE_AREA = 12
 MIN_VISIBLE_FRACTION = 0.4
@@ -98,8 +116,12 @@ def mask_box_iou(mask: np.ndarray, bbox_xywh) -> float:
 
 
 def make_synthetic_dataset(out_dir: str | Path, num_images: int = 200, size: int = 128, seed: int = 0,
-                           val_fraction: float = 0.25, overwrite: bool = False) -> SynthSummary:
+                           val_fraction: float = 0.25, overwrite: bool = False, family: str = "target"
+                           ) -> SynthSummary:
     """Write the synthetic COCO dataset to ``out_dir`` and summarise it.
+
+    ``family`` chooses the shape categories: ``"target"`` (the demo's) or ``"source"`` (disjoint shapes
+    and hues, for pretraining a backbone that has never seen the target categories).
 
     The output is a pure function of the arguments (same bytes for the same arguments). If ``out_dir``
     already holds the dataset for these arguments it is only re-read. A non-empty ``out_dir`` that does
@@ -112,11 +134,13 @@ def make_synthetic_dataset(out_dir: str | Path, num_images: int = 200, size: int
                          f"objects, got {size}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} exists and is not a directory")
     arguments = {"num_images": int(num_images), "size": int(size), "seed": int(seed),
-                 "val_fraction": float(val_fraction)}
+                 "val_fraction": float(val_fraction), "family": family}
     if _holds_dataset(out_dir, arguments):
         return _summarise(out_dir)
     was_synth = _looks_like_synth(out_dir)
@@ -137,7 +161,7 @@ def make_synthetic_dataset(out_dir: str | Path, num_images: int = 200, size: int
     datasets = {split: _empty_coco(split, arguments) for split in SPLITS}
     next_annotation_id = 1
     for image_id in range(1, num_images + 1):
-        pixels, instances = _render_image(rng, size)
+        pixels, instances = _render_image(rng, size, family)
         file_name = f"synth_{image_id:05d}.png"
         atomic_write_bytes(image_dir / file_name, _png_bytes(pixels))
         dataset = datasets["val" if image_id in val_ids else "train"]
@@ -168,6 +192,7 @@ def _num_val_images(num_images: int, val_fraction: float) -> int:
 
 
 def _empty_coco(split: str, arguments: dict) -> dict:
+    categories = FAMILIES[arguments["family"]]
     return {
         "info": {"description": "APIS synthetic shapes (instance segmentation)", "generator": GENERATOR,
                  "generator_version": GENERATOR_VERSION, "arguments": arguments, "split": split},
@@ -175,7 +200,7 @@ def _empty_coco(split: str, arguments: dict) -> dict:
         "images": [],
         "annotations": [],
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
-                       for i, name in enumerate(CATEGORIES)],
+                       for i, name in enumerate(categories)],
     }
 
 
@@ -239,14 +264,16 @@ def _holds_dataset(out_dir: Path, arguments: dict) -> bool:
 
 def _summarise(out_dir: Path) -> SynthSummary:
     """Summary computed from the written json, so a fresh and a re-read dataset report the same."""
-    counts = dict.fromkeys(CATEGORIES, 0)
+    counts: dict[str, int] = {}
     num_images, ious = {}, []
     for split in SPLITS:
         path = out_dir / "annotations" / f"{split}.json"
         dataset = json.loads(path.read_text())
+        names = {category["id"]: category["name"] for category in dataset["categories"]}
+        counts = counts or dict.fromkeys(names.values(), 0)
         num_images[split] = len(dataset["images"])
         for annotation in dataset["annotations"]:
-            counts[CATEGORIES[annotation["category_id"] - 1]] += 1
+            counts[names[annotation["category_id"]]] += 1
             mask = mask_utils.decode(annotation["segmentation"]).astype(bool)
             ious.append(mask_box_iou(mask, annotation["bbox"]))
     return SynthSummary(out_dir=out_dir, num_train_images=num_images["train"],
@@ -321,7 +348,38 @@ def _cross(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, radius: float
     return bar | post
 
 
-_SHAPES: tuple[Callable[..., np.ndarray], ...] = (_blob, _ring, _crescent, _cross)
+def _ellipse(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
+    minor = radius * rng.uniform(0.35, 0.75)
+    return (u / radius) ** 2 + (v / minor) ** 2 <= 1.0
+
+
+def _polygon(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
+    """A regular polygon of 3-6 sides: inside where the distance along the nearest edge normal is small."""
+    sides = int(rng.integers(3, 7))
+    rho, theta = _polar(u, v)
+    sector = 2 * math.pi / sides
+    apothem = radius * math.cos(math.pi / sides)
+    return rho * np.cos(np.mod(theta, sector) - sector / 2) <= apothem
+
+
+def _star(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
+    spikes = int(rng.integers(4, 8))
+    rho, theta = _polar(u, v)
+    inner = rng.uniform(0.35, 0.55)
+    return rho <= radius * (inner + (1 - inner) * np.abs(np.cos(spikes * theta / 2)) ** 3)
+
+
+def _corner(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
+    """An L: two bars meeting at a right angle in one corner of the square of side 2 * radius."""
+    width = max(radius * rng.uniform(0.35, 0.6), 1.0)
+    inside = (np.abs(u) <= radius) & (np.abs(v) <= radius)
+    return inside & ((u <= -radius + width) | (v <= -radius + width))
+
+
+SHAPES: dict[str, Callable[..., np.ndarray]] = {
+    "blob": _blob, "ring": _ring, "crescent": _crescent, "cross": _cross,
+    "ellipse": _ellipse, "polygon": _polygon, "star": _star, "corner": _corner,
+}
 
 
 def _window(x0: float, y0: float, x1: float, y1: float, size: int) -> tuple[slice, slice]:
@@ -336,8 +394,10 @@ def _pixel_centres(window: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
-def _shape_mask(rng: np.random.Generator, category_index: int, size: int) -> np.ndarray:
-    """Boolean ``[size, size]`` mask of one random object of the category, possibly cut by the border."""
+def _shape_mask(rng: np.random.Generator, shape: Callable[..., np.ndarray], size: int
+                ) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Boolean ``[size, size]`` mask of one random ``shape``, possibly cut by the border, and its
+    ``(cx, cy, radius)``."""
     smallest = max(MIN_OBJECT_DIAMETER, MIN_DIAMETER_SHARE * size)
     diameter = math.exp(rng.uniform(math.log(smallest), math.log(MAX_DIAMETER_SHARE * size)))
     radius = diameter / 2
@@ -351,8 +411,22 @@ def _shape_mask(rng: np.random.Generator, category_index: int, size: int) -> np.
     u = dx * math.cos(angle) + dy * math.sin(angle)
     v = -dx * math.sin(angle) + dy * math.cos(angle)
     mask = np.zeros((size, size), dtype=bool)
-    mask[window] = _SHAPES[category_index](rng, u, v, radius)
-    return mask
+    mask[window] = shape(rng, u, v, radius)
+    return mask, (cx, cy, radius)
+
+
+def _camouflage_patch(rng: np.random.Generator, centre_x: float, centre_y: float, radius: float, size: int
+                      ) -> np.ndarray:
+    """Boolean ``[size, size]`` disc centred near the outline of an object at ``(centre_x, centre_y)``."""
+    direction = rng.uniform(0.0, 2 * math.pi)
+    distance = radius * rng.uniform(0.7, 1.0)
+    cx, cy = centre_x + distance * math.cos(direction), centre_y + distance * math.sin(direction)
+    patch_radius = radius * rng.uniform(*CAMOUFLAGE_RADIUS)
+    window = _window(cx - patch_radius, cy - patch_radius, cx + patch_radius, cy + patch_radius, size)
+    x, y = _pixel_centres(window)
+    patch = np.zeros((size, size), dtype=bool)
+    patch[window] = np.hypot(x - cx, y - cy) <= patch_radius
+    return patch
 
 
 def _smooth_noise(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, size: int, cells: int
@@ -361,7 +435,12 @@ def _smooth_noise(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, size: 
 
     A random ``(cells + 1) x (cells + 1)`` lattice spanning the image, bilinearly interpolated.
     """
-    lattice = rng.uniform(0.0, 1.0, (cells + 1, cells + 1))
+    return _lattice_noise(rng.uniform(0.0, 1.0, (cells + 1, cells + 1)), x, y, size)
+
+
+def _lattice_noise(lattice: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
+    """``lattice`` ``[cells + 1, cells + 1]`` spanning a ``size`` px image, bilinearly read at ``(x, y)``."""
+    cells = lattice.shape[0] - 1
     gx, gy = x * (cells / size), y * (cells / size)
     ix, iy = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
     fx, fy = gx - ix, gy - iy
@@ -408,36 +487,56 @@ def _paint_clutter(rng: np.random.Generator, image: np.ndarray) -> None:
                                                                   rng.uniform(0.2, 1.0))
 
 
-def _object_texture(rng: np.random.Generator, category_index: int, x: np.ndarray, y: np.ndarray, size: int
-                    ) -> np.ndarray:
-    """``[N, 3]`` float RGB at the ``N`` pixel centres ``(x, y)`` of one object of the category.
+@dataclass(frozen=True)
+class _Texture:
+    """One object's appearance: a saturated colour and a darker shade, mixed by stripes, blotches or dots
+    (or flat), plus noise. Call it on pixel centres to paint the object or its camouflage patch alike.
 
-    A saturated colour and a darker shade of it, mixed by stripes, blotches or dots (or flat), plus noise.
     Each category draws its hue from its own band (with some overlap between neighbours), as real classes
     differ in appearance as well as shape: with shape alone as the cue, a small model trained from scratch
     for minutes could not tell the categories apart (generator version 1), and the outline, which is what
     the points are about, remains the hard part.
     """
-    hue = (category_index + rng.uniform(-HUE_BAND, HUE_BAND)) / len(CATEGORIES)
-    colour = _hsv(hue, rng.uniform(0.55, 1.0), rng.uniform(0.6, 1.0))
-    shade = _hsv(hue + rng.uniform(-0.08, 0.08), rng.uniform(0.55, 1.0), rng.uniform(0.25, 0.6))
-    pattern = int(rng.integers(4))
-    period, direction, phase = rng.uniform(3.0, 8.0), rng.uniform(0, math.pi), rng.uniform(0, 2 * math.pi)
-    if pattern == 0:  # stripes
-        along = x * math.cos(direction) + y * math.sin(direction)
-        mix = 0.5 + 0.5 * np.sin(2 * math.pi * along / period + phase)
-    elif pattern == 1:  # blotches
-        mix = _smooth_noise(rng, x, y, size, cells=int(rng.integers(4, 12)))
-    elif pattern == 2:  # dots
-        mix = (np.sin(2 * math.pi * x / period + phase) * np.sin(2 * math.pi * y / period) > 0.3) * 1.0
-    else:  # flat
-        mix = np.zeros_like(x)
-    colours = colour * (1 - mix[:, None]) + shade * mix[:, None]
-    return colours + rng.normal(0.0, 0.03, colours.shape)
+
+    colour: np.ndarray
+    shade: np.ndarray
+    pattern: int
+    period: float
+    direction: float
+    phase: float
+    blotches: np.ndarray  # the lattice of the blotch pattern
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, category_index: int, family: str) -> _Texture:
+        count = len(FAMILIES[family])
+        hue = (category_index + FAMILY_HUE_OFFSET[family] + rng.uniform(-HUE_BAND, HUE_BAND)) / count
+        colour = _hsv(hue, rng.uniform(0.55, 1.0), rng.uniform(0.6, 1.0))
+        shade = _hsv(hue + rng.uniform(-0.08, 0.08), rng.uniform(0.55, 1.0), rng.uniform(0.25, 0.6))
+        pattern = int(rng.integers(4))
+        period, direction, phase = rng.uniform(3.0, 8.0), rng.uniform(0, math.pi), rng.uniform(0, 2 * math.pi)
+        cells = int(rng.integers(4, 12))
+        return cls(colour, shade, pattern, period, direction, phase, rng.uniform(0.0, 1.0, (cells + 1, cells + 1)))
+
+    def __call__(self, rng: np.random.Generator, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
+        """``[N, 3]`` float RGB at the ``N`` pixel centres ``(x, y)`` of a ``size`` px image."""
+        if self.pattern == 0:  # stripes
+            along = x * math.cos(self.direction) + y * math.sin(self.direction)
+            mix = 0.5 + 0.5 * np.sin(2 * math.pi * along / self.period + self.phase)
+        elif self.pattern == 1:  # blotches
+            mix = _lattice_noise(self.blotches, x, y, size)
+        elif self.pattern == 2:  # dots
+            mix = (np.sin(2 * math.pi * x / self.period + self.phase) * np.sin(2 * math.pi * y / self.period)
+                   > 0.3) * 1.0
+        else:  # flat
+            mix = np.zeros_like(x)
+        colours = self.colour * (1 - mix[:, None]) + self.shade * mix[:, None]
+        return colours + rng.normal(0.0, 0.03, colours.shape)
 
 
-def _render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def _render_image(rng: np.random.Generator, size: int, family: str
+                  ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """One image ``[size, size, 3]`` uint8 and its instances as (category index, visible mask) pairs."""
+    shapes = [SHAPES[name] for name in FAMILIES[family]]
     image = _background(rng, size)
     _paint_clutter(rng, image)
     # owner[y, x]: index of the object whose pixel is visible there, -1 for background.
@@ -447,8 +546,8 @@ def _render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list
     for _ in range(target * PLACEMENT_ATTEMPTS_PER_OBJECT):
         if len(categories) == target:
             break
-        category_index = int(rng.integers(len(CATEGORIES)))
-        mask = _shape_mask(rng, category_index, size)
+        category_index = int(rng.integers(len(shapes)))
+        mask, (cx, cy, radius) = _shape_mask(rng, shapes[category_index], size)
         area = int(np.count_nonzero(mask))
         covered = owner[mask]
         lost = np.bincount(covered[covered >= 0], minlength=len(categories))
@@ -459,8 +558,13 @@ def _render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list
         visible_areas = [*remaining.tolist(), area]
         full_areas.append(area)
         categories.append(category_index)
+        texture = _Texture.random(rng, category_index, family)
+        if rng.random() < CAMOUFLAGE_PROB:
+            # Background only: never over a visible object pixel, and the object is painted over it.
+            rows, cols = np.nonzero(_camouflage_patch(rng, cx, cy, radius, size) & (owner < 0) & ~mask)
+            image[rows, cols] = texture(rng, cols + 0.5, rows + 0.5, size)
         owner[mask] = len(categories) - 1
         rows, cols = np.nonzero(mask)
-        image[rows, cols] = _object_texture(rng, category_index, cols + 0.5, rows + 0.5, size)
+        image[rows, cols] = texture(rng, cols + 0.5, rows + 0.5, size)
     pixels = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
     return pixels, [(category, owner == index) for index, category in enumerate(categories)]

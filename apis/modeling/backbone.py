@@ -2,6 +2,11 @@
 
 The FPN reads C3-C5 (strides 8, 16, 32) and adds P6/P7 from P5 with ``LastLevelP6P7``, as in FCOS and
 CondInst. ImageNet weights are read only from local files: nothing is ever downloaded.
+
+``model.backbone_weights`` takes a torchvision-layout ResNet state dict (``conv1.*``, ``bn1.*``,
+``layer1.*`` ... ``layer4.*``; a classifier ``fc.*`` is ignored). A file written by ``apis pretrain``
+(:func:`backbone_state_dict`) has the same layout plus the FPN's weights under ``fpn.*``, which are
+loaded too when the FPN has the same width.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 FPN_STRIDES = (8, 16, 32, 64, 128)
+FPN_PREFIX = "fpn."
+# ResNetFPN keeps torchvision's stem as one Sequential: its keys <-> torchvision's.
+_STEM_KEYS = {"stem.0.": "conv1.", "stem.1.": "bn1."}
 
 _RESNETS = {
     18: (torchvision.models.resnet18, torchvision.models.ResNet18_Weights, (128, 256, 512)),
@@ -50,6 +58,18 @@ class ResNetFPN(nn.Module):
         return list(pyramid.values())
 
 
+def backbone_state_dict(backbone: ResNetFPN) -> dict[str, Tensor]:
+    """The weights of ``backbone`` in the layout ``model.backbone_weights`` reads: torchvision's ResNet keys
+    plus the FPN under ``fpn.*`` (CPU tensors)."""
+    state = {}
+    for key, value in backbone.state_dict().items():
+        for ours, theirs in _STEM_KEYS.items():
+            if key.startswith(ours):
+                key = theirs + key[len(ours):]
+        state[key] = value.detach().cpu().clone()
+    return state
+
+
 def build_backbone(depth: int, norm: str, weights: str, fpn_channels: int) -> ResNetFPN:
     """ResNet-``depth`` with ``norm`` ("frozen_bn" or "bn") and ``weights`` ("none", "imagenet" or a file).
 
@@ -63,12 +83,21 @@ def build_backbone(depth: int, norm: str, weights: str, fpn_channels: int) -> Re
         raise ValueError(f"model.norm must be one of {sorted(norm_layers)}, got {norm!r}")
     constructor, weight_enum, stage_channels = _RESNETS[depth]
     resnet = constructor(weights=None, norm_layer=norm_layers[norm])
+    fpn_state: dict[str, Tensor] = {}
     if weights != "none":
         path = _imagenet_file(depth, weight_enum) if weights == "imagenet" else Path(weights)
-        _load_resnet_weights(resnet, path)
+        fpn_state = _load_resnet_weights(resnet, path)
         for module in (resnet.conv1, resnet.bn1, resnet.layer1):
             module.requires_grad_(False)
-    return ResNetFPN(resnet, stage_channels, fpn_channels)
+    backbone = ResNetFPN(resnet, stage_channels, fpn_channels)
+    if fpn_state:
+        expected = {key: value.shape for key, value in backbone.fpn.state_dict().items()}
+        found = {key: value.shape for key, value in fpn_state.items()}
+        if expected != found:
+            raise ValueError(f"model.backbone_weights: the FPN in {weights} does not fit model.fpn_channels="
+                             f"{fpn_channels} (its shapes: {sorted(found.items())[:2]} ...)")
+        backbone.fpn.load_state_dict(fpn_state)
+    return backbone
 
 
 def _imagenet_file(depth: int, weight_enum) -> Path:
@@ -84,8 +113,9 @@ def _imagenet_file(depth: int, weight_enum) -> Path:
         f"or set model.backbone_weights to the path of a torchvision ResNet-{depth} state dict.")
 
 
-def _load_resnet_weights(resnet: torchvision.models.ResNet, path: Path) -> None:
-    """Load a torchvision-layout ResNet state dict (the classifier ``fc.*`` is ignored)."""
+def _load_resnet_weights(resnet: torchvision.models.ResNet, path: Path) -> dict[str, Tensor]:
+    """Load a torchvision-layout ResNet state dict (the classifier ``fc.*`` is ignored) into ``resnet``;
+    returns the file's FPN weights (``fpn.*``, prefix removed), empty when it has none."""
     if not path.is_file():
         raise FileNotFoundError(f"model.backbone_weights: no such file {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -94,7 +124,8 @@ def _load_resnet_weights(resnet: torchvision.models.ResNet, path: Path) -> None:
     def relevant(key: str) -> bool:  # BN step counters differ between checkpoints and carry no weights
         return not key.startswith("fc.") and not key.endswith("num_batches_tracked")
 
-    state = {key: value for key, value in state.items() if relevant(key)}
+    fpn_state = {key[len(FPN_PREFIX):]: value for key, value in state.items() if key.startswith(FPN_PREFIX)}
+    state = {key: value for key, value in state.items() if relevant(key) and not key.startswith(FPN_PREFIX)}
     expected = {key for key in resnet.state_dict() if relevant(key)}
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
@@ -102,3 +133,4 @@ def _load_resnet_weights(resnet: torchvision.models.ResNet, path: Path) -> None:
         raise ValueError(f"model.backbone_weights: {path} is not a torchvision ResNet state dict of this depth "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     resnet.load_state_dict(state, strict=False)
+    return fpn_state

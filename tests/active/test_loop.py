@@ -197,3 +197,13 @@ def test_bad_metric_and_missing_masks_fail_before_work(tiny_config, tmp_path):
                       f"data.image_root={os.path.dirname(tiny_config('x').data.train_json)}/../images")
     with pytest.raises(DatasetError, match="oracle needs GT masks"):
         ActiveLearningRun(cfg)
+
+
+def test_fine_tuning_keeps_the_box_terms_without_a_second_pairwise_warm_up(tiny_config):
+    """M0 ramps BoxInst's pairwise term up over loss.pairwise_warmup_iters; every fine-tuning step starts
+    from that model, so its pairwise term is on from the first iteration, and the box terms stay on."""
+    run = ActiveLearningRun(tiny_config("box", "loss.box=1.0", "loss.pairwise_warmup_iters=40"))
+    m0, step1 = run._train_config(0, seed=0).loss, run._train_config(1, seed=0).loss
+    run.ledger.close()
+    assert (m0.box, m0.pairwise_warmup_iters) == (1.0, 40)
+    assert (step1.box, step1.pairwise_warmup_iters) == (1.0, 0)

@@ -7,7 +7,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from apis.data.synth import CATEGORIES, make_synthetic_dataset, mask_box_iou
+from apis.data.synth import CATEGORIES, SOURCE_CATEGORIES, make_synthetic_dataset, mask_box_iou
 
 TINY = {"num_images": 6, "size": 64, "seed": 0}
 
@@ -193,3 +193,45 @@ def test_summary_format_names_the_numbers(tiny):
     assert f"{summary.num_train_images} train + {summary.num_val_images} val" in text
     assert f"{summary.mean_mask_box_iou:.3f}" in text
     assert all(f"{name} {count}" in text for name, count in summary.instances_per_category.items())
+
+
+def outline_colour_steps(out_dir: Path) -> np.ndarray:
+    """RGB distance across every outline of every object: (mask pixel, 4-neighbour on the background)."""
+    steps = []
+    for split in ("train", "val"):
+        dataset = load_split(out_dir, split)
+        for image in dataset["images"]:
+            pixels = np.asarray(Image.open(out_dir / "images" / image["file_name"])).astype(float)
+            covered = np.zeros(pixels.shape[:2], dtype=bool)
+            masks = [mask_utils.decode(a["segmentation"]).astype(bool)
+                     for a in dataset["annotations"] if a["image_id"] == image["id"]]
+            for mask in masks:
+                covered |= mask
+            for mask in masks:
+                for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                    rows, cols = np.nonzero(mask)
+                    ny, nx = rows + dy, cols + dx
+                    inside = (ny >= 0) & (ny < mask.shape[0]) & (nx >= 0) & (nx < mask.shape[1])
+                    rows, cols, ny, nx = rows[inside], cols[inside], ny[inside], nx[inside]
+                    background = ~covered[ny, nx]
+                    steps.append(np.linalg.norm(pixels[rows, cols] - pixels[ny, nx], axis=1)[background])
+    return np.concatenate(steps)
+
+
+def test_camouflage_patches_hide_part_of_the_outlines(tmp_path):
+    """Objects sit partly on background painted with their own texture: a good share of the outline is no
+    colour edge (generator version 2, without patches, had 0.03 % of steps below 30)."""
+    out_dir = tmp_path / "camouflage"
+    make_synthetic_dataset(out_dir, num_images=12, size=96, seed=0)
+    steps = outline_colour_steps(out_dir)
+    assert np.mean(steps < 30) > 0.05
+
+
+def test_source_family_shares_no_category_with_the_target(tmp_path):
+    summary = make_synthetic_dataset(tmp_path / "source", num_images=12, size=64, seed=1, family="source")
+    names = [c["name"] for c in load_split(tmp_path / "source", "train")["categories"]]
+    assert names == list(SOURCE_CATEGORIES) and not set(names) & set(CATEGORIES)
+    assert load_split(tmp_path / "source", "train")["info"]["arguments"]["family"] == "source"
+    assert all(count > 0 for count in summary.instances_per_category.values())
+    with pytest.raises(ValueError, match="family"):
+        make_synthetic_dataset(tmp_path / "other", num_images=4, size=64, family="imagenet")

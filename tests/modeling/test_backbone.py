@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from apis.modeling.backbone import build_backbone
+from apis.modeling.backbone import backbone_state_dict, build_backbone
 
 
 @pytest.mark.parametrize("depth, channels", [(18, [128, 256, 512]), (50, [512, 1024, 2048])])
@@ -69,3 +69,28 @@ def test_weights_from_a_path(tmp_path):
         build_backbone(34, "bn", str(path), 32)
     with pytest.raises(FileNotFoundError, match="no such file"):
         build_backbone(18, "bn", str(tmp_path / "missing.pth"), 32)
+
+
+def test_backbone_file_round_trip_with_fpn(tmp_path):
+    torch.manual_seed(3)
+    source = build_backbone(18, "bn", "none", 32)
+    path = tmp_path / "pretrained.pth"
+    state = backbone_state_dict(source)
+    # torchvision's layout (what ImageNet files use) plus the FPN.
+    assert {"conv1.weight", "bn1.running_mean", "layer4.1.conv2.weight"} <= set(state)
+    assert any(key.startswith("fpn.") for key in state) and not any(key.startswith("stem.") for key in state)
+    torch.save(state, path)
+    loaded = build_backbone(18, "bn", str(path), 32)
+    for (name, ours), (_, theirs) in zip(loaded.state_dict().items(), source.state_dict().items()):
+        assert torch.equal(ours, theirs), name
+    images = torch.randn(1, 3, 64, 64)
+    loaded.eval(), source.eval()
+    with torch.no_grad():
+        assert all(torch.allclose(a, b) for a, b in zip(loaded(images), source(images)))
+
+
+def test_backbone_file_with_another_fpn_width_is_refused(tmp_path):
+    path = tmp_path / "pretrained.pth"
+    torch.save(backbone_state_dict(build_backbone(18, "bn", "none", 32)), path)
+    with pytest.raises(ValueError, match="model.fpn_channels=64"):
+        build_backbone(18, "bn", str(path), 64)

@@ -1,0 +1,28 @@
+"""apis pretrain: full-mask training on source data, a backbone file that model.backbone_weights loads."""
+
+import json
+
+import torch
+
+from apis.engine.checkpoint import load_checkpoint
+from apis.engine.pretrain import pretrain
+from apis.modeling.condinst import build_condinst
+
+
+def test_pretrain_writes_a_backbone_that_a_target_model_starts_from(tmp_path, tiny_config):
+    source = tiny_config(tmp_path / "source_run", "solver.max_iter=2", "loss.points=1.0", "loss.box=1.0")
+    out = pretrain(source, tmp_path / "backbone.pth")
+    record = json.loads((tmp_path / "backbone.pth.json").read_text())
+    # Trained with full masks only, whatever the config's mask losses were.
+    assert (record["config"]["loss"]["full"], record["config"]["loss"]["points"], record["config"]["loss"]["box"]) \
+        == (1.0, 0.0, 0.0)
+    assert record["source_val_mask_AP"] is not None
+    trained = load_checkpoint(tmp_path / "source_run" / "model_final.pth")["model"]
+
+    target = tiny_config(tmp_path / "target_run", f"model.backbone_weights={out}")
+    model = build_condinst(target.model, target.loss)
+    # The target model's backbone and FPN are the source model's, its heads are new.
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, trained["backbone.layer4.1.conv2.weight"])
+    assert torch.equal(model.backbone.stem[1].running_mean, trained["backbone.stem.1.running_mean"])
+    assert torch.equal(model.backbone.fpn.layer_blocks[0][0].weight, trained["backbone.fpn.layer_blocks.0.0.weight"])
+    assert not model.backbone.layer1[0].conv1.weight.requires_grad  # frozen as with ImageNet weights
