@@ -33,12 +33,12 @@ import yaml
 
 from apis.active.oracle import Oracle, SimulatedOracle
 from apis.active.point_stats import summarise_selection
-from apis.active.selection import SelectedPoint
 from apis.active.strategies import get_metric
 from apis.config import ConfigError, ExperimentConfig, dump_config, to_dict
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import Answer, PointLedger
+from apis.structures import SelectedPoint
 from apis.utils.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)

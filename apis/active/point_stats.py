@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apis.active.oracle import UNSURE
-from apis.active.selection import SelectedPoint
+from apis.structures import SelectedPoint
 
 MASK_THRESHOLD = 0.5
 """A pixel is predicted foreground when its probability is strictly above this (CondInst's mask threshold)."""

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from apis.active.selection import PredictionSet, SelectedPoint, combine_sets, crop_to_grid, select_point
+from apis.active.selection import combine_sets, crop_to_grid, select_point
 from apis.active.strategies import PointMetric
 from apis.config import ExperimentConfig
 from apis.data.coco import CocoDataset, GroundTruthMasks
 from apis.data.dataset import collate, image_to_tensor
 from apis.data.transforms import ResizeFlip, resized_size
+from apis.structures import PredictionSet, SelectedPoint
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from apis.active.selection import PredictionSet
 from apis.config import LossConfig, ModelConfig
 from apis.modeling.backbone import build_backbone
 from apis.modeling.dynamic_mask_head import DynamicMaskHead, fan_in_parameters, sizes_of_interest
@@ -36,6 +35,7 @@ from apis.modeling.mask_losses import (
     point_accuracy,
 )
 from apis.modeling.postprocess import Detections, paste_masks, sample_box_grid, select_detections, to_original_boxes
+from apis.structures import PredictionSet
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # ImageNet statistics of RGB in 0..255 (torchvision's)
 PIXEL_STD = (58.395, 57.12, 57.375)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from apis.active.selection import (
-    PredictionSet,
     combine_sets,
     crop_to_grid,
     select_point,
@@ -15,6 +14,7 @@ from apis.active.selection import (
 )
 from apis.active.strategies import get_metric
 from apis.data.coords import box_pixel_range
+from apis.structures import PredictionSet
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "strategies.md"
 CHI2_7_DOF_P001 = 24.322  # 0.999 quantile of the chi-square distribution with 7 degrees of freedom
