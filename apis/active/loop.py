@@ -31,13 +31,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from apis.active.oracle import Oracle, SimulatedOracle
+from apis.active.oracle import Oracle
 from apis.active.point_stats import summarise_selection
 from apis.active.strategies import get_metric
 from apis.config import ConfigError, ExperimentConfig, dump_config, to_dict
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import Answer, PointLedger
+from apis.data.simulated_oracle import SimulatedOracle
 from apis.structures import SelectedPoint
 from apis.utils.io import atomic_write_json, atomic_write_text
 

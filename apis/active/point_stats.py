@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apis.active.oracle import UNSURE
+from apis.data.points import UNSURE
 from apis.structures import SelectedPoint
 
 MASK_THRESHOLD = 0.5

@@ -32,7 +32,8 @@ import torch
 from apis.data.coords import index_to_continuous
 from apis.utils.io import atomic_write_json
 
-POINT_LABELS = (1, 0, -1)
+UNSURE = -1  # an answer that marks the pixel as asked but carries no supervision
+POINT_LABELS = (1, 0, UNSURE)
 PADDING_LABEL = -1
 
 

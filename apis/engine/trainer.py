@@ -34,11 +34,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from apis.active.oracle import SimulatedOracle
 from apis.config import ConfigError, ExperimentConfig, SolverConfig, dump_config, to_dict
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.dataset import InfiniteSampler, TrainingDataset, collate, random_points
 from apis.data.points import InstancePoints, read_pointsup
+from apis.data.simulated_oracle import SimulatedOracle
 from apis.engine.checkpoint import (
     FINAL_CHECKPOINT,
     capture_rng_state,

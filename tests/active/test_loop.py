@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from apis.active.loop import ActiveLearningRun, draw_initial_points, run_active_loop, step_dir
-from apis.active.oracle import SimulatedOracle
 from apis.config import ConfigError
 from apis.data.coco import DatasetError, load_coco
 from apis.data.coords import box_pixel_range, point_in_box
 from apis.data.ledger import Answer, PointLedger
+from apis.data.simulated_oracle import SimulatedOracle
 
 
 def _answers(run_dir):
