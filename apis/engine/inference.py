@@ -23,14 +23,14 @@ from apis.data.dataset import InferenceDataset, collate
 from apis.engine.checkpoint import load_checkpoint, load_model_weights
 from apis.evaluation.coco_eval import evaluate
 from apis.evaluation.results import detections_to_results, write_results
-from apis.modeling.condinst import build_condinst
+from apis.modeling.condinst import CondInst
 from apis.utils.device import resolve_device
 
 
-def load_model(checkpoint: str | Path | dict, cfg: ExperimentConfig, device: torch.device) -> nn.Module:
+def load_model(checkpoint: str | Path | dict, cfg: ExperimentConfig, device: torch.device) -> CondInst:
     """CondInst as ``cfg.model`` describes, with the checkpoint's weights (a file or a loaded
     checkpoint dict), on ``device``, in eval mode."""
-    model = build_condinst(cfg.model, cfg.loss)
+    model = CondInst.from_config(cfg.model, cfg.loss)
     load_model_weights(model, checkpoint)
     return model.to(device).eval()
 

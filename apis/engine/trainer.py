@@ -59,7 +59,7 @@ from apis.engine.distributed import (
     shutdown_process_group,
 )
 from apis.engine.metrics_log import MetricsLog
-from apis.modeling.condinst import build_condinst
+from apis.modeling.condinst import CondInst
 from apis.utils.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class _Trainer:
         self.device = device
         self.output_dir = output_dir
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        self.model = build_condinst(cfg.model, cfg.loss)
+        self.model = CondInst.from_config(cfg.model, cfg.loss)
         if ctx.enabled and device.type == "cuda":
             # Batch statistics over the global batch (FrozenBatchNorm is left as it is).
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)

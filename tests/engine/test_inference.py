@@ -11,7 +11,7 @@ from apis.data.coords import box_pixel_range
 from apis.engine.checkpoint import CheckpointError, save_checkpoint
 from apis.engine.inference import evaluate_checkpoint, ground_truth_of, load_model, run_inference
 from apis.evaluation.results import load_results
-from apis.modeling.condinst import build_condinst
+from apis.modeling.condinst import CondInst
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def untrained(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("untrained")
     cfg = tiny_config(out, "model.score_threshold=0.0", "model.detections_per_image=5")
     torch.manual_seed(0)
-    model = build_condinst(cfg.model, cfg.loss)
+    model = CondInst.from_config(cfg.model, cfg.loss)
     path = save_checkpoint(out / "model_final.pth", {"model": model.state_dict(), "iteration": 0,
                                                      "config": to_dict(cfg)})
     return cfg, path
