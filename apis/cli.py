@@ -25,16 +25,16 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     if args.checkpoint:
         from apis.config import load_config
-        from apis.engine.inference import evaluate_checkpoint
+        from apis.engine.checkpoint import load_checkpoint
+        from apis.engine.inference import checkpoint_config, evaluate_checkpoint
 
-        if not args.config:
-            raise SystemExit("apis eval --checkpoint needs --config (the config the model was trained with)")
-        cfg = load_config(args.config, args.overrides)
-        metrics = evaluate_checkpoint(args.checkpoint, cfg, gt_json=args.gt or cfg.data.val_json,
-                                      results_path=args.results)
+        # Without --config, the config the checkpoint stores (it is trained with it), overrides on top.
+        state = load_checkpoint(args.checkpoint)
+        cfg = load_config(args.config, args.overrides) if args.config else checkpoint_config(state, args.overrides)
+        metrics = evaluate_checkpoint(state, cfg, gt_json=args.gt or cfg.data.val_json, results_path=args.results)
     else:
         if not (args.gt and args.results):
-            raise SystemExit("apis eval needs --gt and --results (or --checkpoint and --config)")
+            raise SystemExit("apis eval needs --gt and --results (or --checkpoint)")
         metrics = evaluate(args.gt, args.results, iou_types=tuple(args.iou_types), backend=args.backend)
     print(format_metrics(metrics))
     if args.out:
@@ -69,11 +69,11 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_points(args: argparse.Namespace) -> None:
-    from apis.config import load_config
+    from apis.config import load_run_config
     from apis.data.ledger import PointLedger
 
     run_dir = Path(args.run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir / "config.yaml")
     with PointLedger(run_dir / "ledger.sqlite") as ledger:
         step = ledger.last_step() if args.step is None else args.step
         if step is None:
@@ -108,11 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gt", help="COCO ground-truth json (default for --checkpoint: data.val_json)")
     ev.add_argument("--results", help="COCO results json (written there when evaluating a checkpoint)")
     ev.add_argument("--checkpoint", help="evaluate this model checkpoint instead of a results file")
-    ev.add_argument("--config", help="config of the checkpoint's model")
+    ev.add_argument("--config", help="config of the checkpoint's model (default: the one the checkpoint stores)")
     ev.add_argument("--backend", choices=("faster", "pycocotools"), default="faster")
     ev.add_argument("--iou-types", nargs="+", choices=("segm", "bbox"), default=["segm", "bbox"])
     ev.add_argument("--out", help="write the metrics as json here")
-    ev.add_argument("overrides", nargs="*", help="config key=value overrides (with --config)")
+    ev.add_argument("overrides", nargs="*", help="config key=value overrides (with --checkpoint)")
     ev.set_defaults(handler=_cmd_eval)
 
     tr = sub.add_parser("train", help="train CondInst from a config")

@@ -3,9 +3,11 @@
 A config file mirrors :class:`ExperimentConfig`; every key is checked against the dataclass
 fields, so a typo fails before any work starts with the full key and the allowed names::
 
-    cfg = load_config("configs/condinst_r18_cpu_dsb.yaml", ["solver.max_iter=200", "model.depth=18"])
+    cfg = load_config("condinst_r18_cpu_dsb.yaml", ["solver.max_iter=200", "model.depth=18"])
 
-Values in overrides are parsed as YAML (``a=[1,2]``, ``b=true``, ``c=0.5``).
+Values in overrides are parsed as YAML (``a=[1,2]``, ``b=true``, ``c=0.5``). A config file is a path, or
+the name of a config shipped in ``apis/configs/``. Stored configs carry ``config_version`` and are migrated
+when read (:mod:`apis.config_versions`); :func:`check_same_config` is how a resumed run refuses a changed one.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from apis.config_versions import CONFIG_VERSION, MIGRATIONS, UNVERSIONED
 
 
 class ConfigError(ValueError):
@@ -148,7 +153,7 @@ class LoopConfig:
     points_loss_finetune: float = 1.0
     initial_run: str = ""  # another run dir with the same seed/data/M0 config: reuse its P0 and M0
     # Fine-tune with point-loss class weights that give the labelled points the object share of P0's random
-    # points (see ActiveLearningRun._prior_correction). Off by default: the paper trains on points unweighted.
+    # points (see apis.active.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
     point_prior_correction: bool = False
 
 
@@ -250,20 +255,61 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def config_from_dict(values: dict) -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig` from a nested dict."""
-    return _build(ExperimentConfig, values)
+def migrate(values: dict, version: int) -> dict:
+    """``values`` (a nested config dict written at ``version``) with the migrations since applied.
+
+    Raises:
+        ConfigError: ``version`` is not one this APIS knows.
+    """
+    if not (isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= CONFIG_VERSION):
+        raise ConfigError(f"config_version {version!r} is not one this APIS reads (1..{CONFIG_VERSION}); "
+                          "was it written by a newer APIS?")
+    migrated = dict(values)
+    for step in range(version, CONFIG_VERSION):
+        for dotted, old_value in MIGRATIONS[step].items():
+            *sections, key = dotted.split(".")
+            node = migrated
+            for section in sections:  # copies along the path: ``values`` is left as it was
+                node[section] = node = dict(node.get(section) or {})
+            node.setdefault(key, old_value)
+    return migrated
+
+
+def config_from_dict(values: dict, overrides: list[str] | None = None, default_version: int = CONFIG_VERSION
+                     ) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a nested dict, then ``overrides``.
+
+    ``values`` may carry ``config_version``; without one it is read as ``default_version`` (a stored config
+    without it predates versioning: pass :data:`~apis.config_versions.UNVERSIONED`).
+    """
+    values = dict(values)
+    values = migrate(values, values.pop("config_version", default_version))
+    cfg = _build(ExperimentConfig, _merge(values, parse_overrides(overrides or [])))
+    validate(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (``_base_: other.yaml`` chains are resolved relative to it) and apply overrides."""
-    values: dict = {}
-    if path is not None:
-        values = _read_yaml_with_base(Path(path))
-    values = _merge(values, parse_overrides(overrides or []))
-    cfg = config_from_dict(values)
-    validate(cfg)
-    return cfg
+    """Read a YAML config (``_base_: other.yaml`` chains are resolved relative to it) and apply overrides.
+
+    A file without ``config_version`` is read as written for this APIS.
+    """
+    if path is None:
+        return config_from_dict({}, overrides)
+    return _from_file(Path(path), overrides, CONFIG_VERSION)
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config a run stored (``config.yaml``), migrated to this APIS (no ``config_version``: version 1)."""
+    return _from_file(Path(path), overrides, UNVERSIONED)
+
+
+def _from_file(path: Path, overrides: list[str] | None, default_version: int) -> ExperimentConfig:
+    values = _read_yaml_with_base(path)
+    try:
+        return config_from_dict(values, overrides, default_version)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def _read_yaml_with_base(path: Path) -> dict:
@@ -309,8 +355,8 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:
-    """Plain nested dict (for YAML dumps and checkpoints)."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict with its ``config_version`` (for YAML dumps and checkpoints)."""
+    return {"config_version": CONFIG_VERSION, **dataclasses.asdict(cfg)}
 
 
 def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
@@ -318,3 +364,46 @@ def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
     from apis.utils.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+RESUMABLE_KEYS = frozenset({"output_dir", "device", "data.num_workers", "loop.steps"})
+"""Keys that may change between a run and its resumption: where it lives, what it runs on, and more steps."""
+
+
+def flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``{"solver.max_iter": 90000, ...}``, every value as it reads back from YAML."""
+    def flatten(tree: dict, prefix: str) -> dict:
+        flat = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    return flatten(yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg))), "")
+
+
+def config_differences(old: ExperimentConfig, new: ExperimentConfig, ignore: Set[str] = frozenset()
+                       ) -> list[str]:
+    """``"key: old -> new"`` for every key (dotted, sorted) whose value differs, except those in ``ignore``."""
+    before, after = flat_config(old), flat_config(new)
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(before.keys() | after.keys())
+            if key not in ignore and before.get(key) != after.get(key)]
+
+
+def check_same_config(stored_path: str | Path, cfg: ExperimentConfig, may_change: Set[str] = RESUMABLE_KEYS
+                      ) -> None:
+    """Refuse to resume the run whose config is ``stored_path`` with a different ``cfg`` (nothing to do when
+    the file does not exist yet). Keys in ``may_change`` may differ.
+
+    Raises:
+        ConfigError: naming the file and each changed key with its stored and its new value.
+    """
+    stored_path = Path(stored_path)
+    if not stored_path.exists():
+        return
+    changed = config_differences(load_run_config(stored_path), cfg, may_change)
+    if changed:
+        raise ConfigError(f"{stored_path} was written by a run with a different config ({'; '.join(changed)}); "
+                          f"resume with the same config or choose another output_dir")
