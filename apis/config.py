@@ -13,6 +13,7 @@ when read (:mod:`apis.config_versions`); :func:`check_same_config` is how a resu
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import types
 import typing
 from collections.abc import Set
@@ -27,6 +28,32 @@ from apis.config_versions import CONFIG_VERSION, MIGRATIONS, UNVERSIONED
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key and what is allowed."""
+
+
+BUILTIN_CONFIGS = Path(str(importlib.resources.files("apis") / "configs"))
+"""The configs shipped with APIS (package data: they come with ``pip install``)."""
+
+
+def builtin_configs() -> list[str]:
+    """File names of the built-in configs, sorted."""
+    return sorted(path.name for path in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """The config file ``path`` names: the file itself when it exists, else the built-in config with its file
+    name (``.yaml`` may be left out). So ``condinst_r18_cpu_synth.yaml`` works from any directory, and a command
+    written for a checkout (``configs/condinst_r18_cpu_synth.yaml``) works from an installed package.
+
+    Raises:
+        ConfigError: neither exists; the message lists the built-in configs.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix else f"{path.name}.yaml"
+    if (BUILTIN_CONFIGS / name).is_file():
+        return BUILTIN_CONFIGS / name
+    raise ConfigError(f"config file not found: {path} (built-in configs: {', '.join(builtin_configs())})")
 
 
 @dataclass
@@ -290,13 +317,15 @@ def config_from_dict(values: dict, overrides: list[str] | None = None, default_v
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (``_base_: other.yaml`` chains are resolved relative to it) and apply overrides.
+    """Read a YAML config and apply overrides.
 
-    A file without ``config_version`` is read as written for this APIS.
+    ``path`` is a file or the name of a built-in config (:func:`find_config`); ``_base_: other.yaml`` chains
+    are resolved relative to the file (then among the built-in configs). A file without ``config_version`` is
+    read as written for this APIS.
     """
     if path is None:
         return config_from_dict({}, overrides)
-    return _from_file(Path(path), overrides, CONFIG_VERSION)
+    return _from_file(find_config(path), overrides, CONFIG_VERSION)
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -312,9 +341,10 @@ def _from_file(path: Path, overrides: list[str] | None, default_version: int) ->
         raise ConfigError(f"{path}: {error}") from None
 
 
-def _read_yaml_with_base(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+def _read_yaml_with_base(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    path = find_config(path)
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: its _base_ chain comes back to it ({' -> '.join(map(str, chain))})")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -323,7 +353,7 @@ def _read_yaml_with_base(path: Path) -> dict:
         raise ConfigError(f"{path}: top level must be a mapping")
     base = values.pop("_base_", None)
     if base is not None:
-        values = _merge(_read_yaml_with_base(path.parent / base), values)
+        values = _merge(_read_yaml_with_base(path.parent / base, (*chain, path.resolve())), values)
     return values
 
 
