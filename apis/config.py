@@ -58,7 +58,7 @@ def find_config(path: str | Path) -> Path:
 
 @dataclass
 class ModelConfig:
-    """CondInst architecture (SPEC §3)."""
+    """CondInst architecture (docs/design.md, "The model")."""
 
     depth: int = 50  # ResNet depth: 18, 34, 50 or 101
     backbone_weights: str = "none"  # "none", "imagenet" (torchvision's, must be cached locally) or a file path
@@ -90,7 +90,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the losses; a mask loss with weight 0 is off (SPEC §3)."""
+    """Weights of the losses; a mask loss with weight 0 is off (docs/design.md, "The model")."""
 
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -129,7 +129,7 @@ class DataConfig:
 
 @dataclass
 class SolverConfig:
-    """SGD schedule (SPEC §3: batch 16, lr 0.01, 90k iterations, decay at 60k/80k)."""
+    """SGD schedule; the defaults are the paper's: batch 16, lr 0.01, 90k iterations, decay at 60k/80k."""
 
     batch_size: int = 16
     base_lr: float = 0.01
@@ -148,7 +148,7 @@ class SolverConfig:
 
 @dataclass
 class SelectionConfig:
-    """How a step picks the point of each instance (SPEC §2)."""
+    """How a step picks the point of each instance (docs/design.md, "The method")."""
 
     metric: str = "entropy"
     sets: list[str] = field(default_factory=lambda: ["anchors"])  # anchors, models, scales
@@ -159,7 +159,7 @@ class SelectionConfig:
 
 @dataclass
 class OracleConfig:
-    """The simulated annotator (SPEC §1 costs)."""
+    """The simulated annotator and the seconds each kind of annotation costs (docs/design.md, "The method")."""
 
     point_cost_s: float = 0.9
     mask_cost_s: float = 79.2
@@ -170,7 +170,7 @@ class OracleConfig:
 
 @dataclass
 class LoopConfig:
-    """The active-learning loop (SPEC §1)."""
+    """The active-learning loop (docs/design.md, "The method")."""
 
     steps: int = 3
     finetune_iters: int = 30000

@@ -1,5 +1,5 @@
-"""Analyses of the selected points (SPEC §5, paper Fig. 4b/4c): how often the previous model got them
-wrong, and how far they lie from the GT boundary.
+"""Analyses of the selected points (the paper's Fig. 4b/4c; docs/design.md, "Reading a run"): how often the
+previous model got them wrong, and how far they lie from the GT boundary.
 
 Points are integer pixel indices ``(x, y)``; distances are measured between pixel centres, in pixels.
 """

@@ -1,6 +1,7 @@
 """Prediction sets over a whole training set, streamed image by image into point selection.
 
-SPEC §2: the set of one instance holds K mask probability maps over its box's candidate pixels.
+The set of one instance holds K mask probability maps over its box's candidate pixels (docs/design.md,
+"The method"):
 
 * ``anchors``: the locations that training-time assignment gives to the GT (one forward pass);
 * ``scales``: the same at every short edge in ``selection.scales`` (and mirrored, with ``flips``);

@@ -1,4 +1,5 @@
-"""Model-agnostic point selection: pick the most informative candidate pixel of each instance (SPEC §2).
+"""Model-agnostic point selection: pick the most informative candidate pixel of each instance
+(docs/design.md, "The method").
 
 Any model can drive it: sample its K mask probability maps of an instance at the instance's candidate
 pixels (the GT box's pixel grid, :func:`apis.data.coords.box_pixel_range`), wrap them in a
