@@ -297,8 +297,11 @@ def migrate(values: dict, version: int) -> dict:
             *sections, key = dotted.split(".")
             node = migrated
             for section in sections:  # copies along the path: ``values`` is left as it was
-                node[section] = node = dict(node.get(section) or {})
-            node.setdefault(key, old_value)
+                if not isinstance(node.get(section, {}), dict):
+                    break  # not a mapping: building the config names the key
+                node[section] = node = dict(node.get(section, {}))
+            else:
+                node.setdefault(key, old_value)
     return migrated
 
 

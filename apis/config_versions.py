@@ -9,8 +9,9 @@ compare the two; see docs/design.md, "Config versions").
 
 To add a config key: give its dataclass field a default, then add one line here, the next version number
 mapping the key (dotted) to the value that reproduces the behaviour before it existed, e.g.
-``2: {"loss.new_weight": 0.0},``. ``CONFIG_VERSION`` follows, and tests/test_config_versions.py checks that
-no key was left out.
+``2: {"loss.new_weight": 0.0},``. ``CONFIG_VERSION`` follows; save the config the new version writes as
+``tests/fixtures/config_v<CONFIG_VERSION>.yaml`` (``dump_config(ExperimentConfig(), ...)``), and
+tests/test_config_versions.py checks that no key was left out.
 """
 
 from __future__ import annotations
