@@ -3,30 +3,62 @@
 A config file mirrors :class:`ExperimentConfig`; every key is checked against the dataclass
 fields, so a typo fails before any work starts with the full key and the allowed names::
 
-    cfg = load_config("configs/condinst_r18_cpu_dsb.yaml", ["solver.max_iter=200", "model.depth=18"])
+    cfg = load_config("condinst_r18_cpu_dsb.yaml", ["solver.max_iter=200", "model.depth=18"])
 
-Values in overrides are parsed as YAML (``a=[1,2]``, ``b=true``, ``c=0.5``).
+Values in overrides are parsed as YAML (``a=[1,2]``, ``b=true``, ``c=0.5``). A config file is a path, or
+the name of a config shipped in ``apis/configs/``. Stored configs carry ``config_version`` and are migrated
+when read (:mod:`apis.config_versions`); :func:`check_same_config` is how a resumed run refuses a changed one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import types
 import typing
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from apis.config_versions import CONFIG_VERSION, MIGRATIONS, UNVERSIONED
+
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key and what is allowed."""
 
 
+BUILTIN_CONFIGS = Path(str(importlib.resources.files("apis") / "configs"))
+"""The configs shipped with APIS (package data: they come with ``pip install``)."""
+
+
+def builtin_configs() -> list[str]:
+    """File names of the built-in configs, sorted."""
+    return sorted(path.name for path in BUILTIN_CONFIGS.glob("*.yaml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """The config file ``path`` names: the file itself when it exists, else the built-in config with its file
+    name (``.yaml`` may be left out). So ``condinst_r18_cpu_synth.yaml`` works from any directory, and a command
+    written for a checkout (``configs/condinst_r18_cpu_synth.yaml``) works from an installed package.
+
+    Raises:
+        ConfigError: neither exists; the message lists the built-in configs.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix else f"{path.name}.yaml"
+    if (BUILTIN_CONFIGS / name).is_file():
+        return BUILTIN_CONFIGS / name
+    raise ConfigError(f"config file not found: {path} (built-in configs: {', '.join(builtin_configs())})")
+
+
 @dataclass
 class ModelConfig:
-    """CondInst architecture (SPEC §3)."""
+    """CondInst architecture (docs/design.md, "The model")."""
 
     depth: int = 50  # ResNet depth: 18, 34, 50 or 101
     backbone_weights: str = "none"  # "none", "imagenet" (torchvision's, must be cached locally) or a file path
@@ -58,7 +90,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the losses; a mask loss with weight 0 is off (SPEC §3)."""
+    """Weights of the losses; a mask loss with weight 0 is off (docs/design.md, "The model")."""
 
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -97,7 +129,7 @@ class DataConfig:
 
 @dataclass
 class SolverConfig:
-    """SGD schedule (SPEC §3: batch 16, lr 0.01, 90k iterations, decay at 60k/80k)."""
+    """SGD schedule; the defaults are the paper's: batch 16, lr 0.01, 90k iterations, decay at 60k/80k."""
 
     batch_size: int = 16
     base_lr: float = 0.01
@@ -116,7 +148,7 @@ class SolverConfig:
 
 @dataclass
 class SelectionConfig:
-    """How a step picks the point of each instance (SPEC §2)."""
+    """How a step picks the point of each instance (docs/design.md, "The method")."""
 
     metric: str = "entropy"
     sets: list[str] = field(default_factory=lambda: ["anchors"])  # anchors, models, scales
@@ -127,7 +159,7 @@ class SelectionConfig:
 
 @dataclass
 class OracleConfig:
-    """The simulated annotator (SPEC §1 costs)."""
+    """The simulated annotator and the seconds each kind of annotation costs (docs/design.md, "The method")."""
 
     point_cost_s: float = 0.9
     mask_cost_s: float = 79.2
@@ -138,7 +170,7 @@ class OracleConfig:
 
 @dataclass
 class LoopConfig:
-    """The active-learning loop (SPEC §1)."""
+    """The active-learning loop (docs/design.md, "The method")."""
 
     steps: int = 3
     finetune_iters: int = 30000
@@ -148,7 +180,7 @@ class LoopConfig:
     points_loss_finetune: float = 1.0
     initial_run: str = ""  # another run dir with the same seed/data/M0 config: reuse its P0 and M0
     # Fine-tune with point-loss class weights that give the labelled points the object share of P0's random
-    # points (see ActiveLearningRun._prior_correction). Off by default: the paper trains on points unweighted.
+    # points (see apis.active.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
     point_prior_correction: bool = False
 
 
@@ -250,25 +282,72 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def config_from_dict(values: dict) -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig` from a nested dict."""
-    return _build(ExperimentConfig, values)
+def migrate(values: dict, version: int) -> dict:
+    """``values`` (a nested config dict written at ``version``) with the migrations since applied.
+
+    Raises:
+        ConfigError: ``version`` is not one this APIS knows.
+    """
+    if not (isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= CONFIG_VERSION):
+        raise ConfigError(f"config_version {version!r} is not one this APIS reads (1..{CONFIG_VERSION}); "
+                          "was it written by a newer APIS?")
+    migrated = dict(values)
+    for step in range(version, CONFIG_VERSION):
+        for dotted, old_value in MIGRATIONS[step].items():
+            *sections, key = dotted.split(".")
+            node = migrated
+            for section in sections:  # copies along the path: ``values`` is left as it was
+                if not isinstance(node.get(section, {}), dict):
+                    break  # not a mapping: building the config names the key
+                node[section] = node = dict(node.get(section, {}))
+            else:
+                node.setdefault(key, old_value)
+    return migrated
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config (``_base_: other.yaml`` chains are resolved relative to it) and apply overrides."""
-    values: dict = {}
-    if path is not None:
-        values = _read_yaml_with_base(Path(path))
-    values = _merge(values, parse_overrides(overrides or []))
-    cfg = config_from_dict(values)
+def config_from_dict(values: dict, overrides: list[str] | None = None, default_version: int = CONFIG_VERSION
+                     ) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a nested dict, then ``overrides``.
+
+    ``values`` may carry ``config_version``; without one it is read as ``default_version`` (a stored config
+    without it predates versioning: pass :data:`~apis.config_versions.UNVERSIONED`).
+    """
+    values = dict(values)
+    values = migrate(values, values.pop("config_version", default_version))
+    cfg = _build(ExperimentConfig, _merge(values, parse_overrides(overrides or [])))
     validate(cfg)
     return cfg
 
 
-def _read_yaml_with_base(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config and apply overrides.
+
+    ``path`` is a file or the name of a built-in config (:func:`find_config`); ``_base_: other.yaml`` chains
+    are resolved relative to the file (then among the built-in configs). A file without ``config_version`` is
+    read as written for this APIS.
+    """
+    if path is None:
+        return config_from_dict({}, overrides)
+    return _from_file(find_config(path), overrides, CONFIG_VERSION)
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config a run stored (``config.yaml``), migrated to this APIS (no ``config_version``: version 1)."""
+    return _from_file(Path(path), overrides, UNVERSIONED)
+
+
+def _from_file(path: Path, overrides: list[str] | None, default_version: int) -> ExperimentConfig:
+    values = _read_yaml_with_base(path)
+    try:
+        return config_from_dict(values, overrides, default_version)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _read_yaml_with_base(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    path = find_config(path)
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: its _base_ chain comes back to it ({' -> '.join(map(str, chain))})")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -277,7 +356,7 @@ def _read_yaml_with_base(path: Path) -> dict:
         raise ConfigError(f"{path}: top level must be a mapping")
     base = values.pop("_base_", None)
     if base is not None:
-        values = _merge(_read_yaml_with_base(path.parent / base), values)
+        values = _merge(_read_yaml_with_base(path.parent / base, (*chain, path.resolve())), values)
     return values
 
 
@@ -309,8 +388,8 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:
-    """Plain nested dict (for YAML dumps and checkpoints)."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict with its ``config_version`` (for YAML dumps and checkpoints)."""
+    return {"config_version": CONFIG_VERSION, **dataclasses.asdict(cfg)}
 
 
 def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
@@ -318,3 +397,46 @@ def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
     from apis.utils.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+RESUMABLE_KEYS = frozenset({"output_dir", "device", "data.num_workers", "loop.steps"})
+"""Keys that may change between a run and its resumption: where it lives, what it runs on, and more steps."""
+
+
+def flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``{"solver.max_iter": 90000, ...}``, every value as it reads back from YAML."""
+    def flatten(tree: dict, prefix: str) -> dict:
+        flat = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    return flatten(yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg))), "")
+
+
+def config_differences(old: ExperimentConfig, new: ExperimentConfig, ignore: Set[str] = frozenset()
+                       ) -> list[str]:
+    """``"key: old -> new"`` for every key (dotted, sorted) whose value differs, except those in ``ignore``."""
+    before, after = flat_config(old), flat_config(new)
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(before.keys() | after.keys())
+            if key not in ignore and before.get(key) != after.get(key)]
+
+
+def check_same_config(stored_path: str | Path, cfg: ExperimentConfig, may_change: Set[str] = RESUMABLE_KEYS
+                      ) -> None:
+    """Refuse to resume the run whose config is ``stored_path`` with a different ``cfg`` (nothing to do when
+    the file does not exist yet). Keys in ``may_change`` may differ.
+
+    Raises:
+        ConfigError: naming the file and each changed key with its stored and its new value.
+    """
+    stored_path = Path(stored_path)
+    if not stored_path.exists():
+        return
+    changed = config_differences(load_run_config(stored_path), cfg, may_change)
+    if changed:
+        raise ConfigError(f"{stored_path} was written by a run with a different config ({'; '.join(changed)}); "
+                          f"resume with the same config or choose another output_dir")

@@ -15,7 +15,7 @@ from pathlib import Path
 from apis.config import load_config
 
 DATA_DIR = Path("data/synth")
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "condinst_r18_cpu_synth.yaml"
+CONFIG = "condinst_r18_cpu_synth.yaml"  # built in (apis/configs/): the demo runs from any directory
 # A smoke-test schedule (seconds, not minutes): shows the mechanics, not the method's effect.
 QUICK_OVERRIDES = ["solver.max_iter=30", "loop.finetune_iters=10", "data.max_train_images=12",
                    "data.max_val_images=6", "solver.checkpoint_period=1000"]

@@ -1,11 +1,16 @@
 """Fixtures shared by every test package: one CPU thread, a tiny synthetic dataset."""
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# As the CLI does for its process (apis.cli.main): OpenMP threads wait without spinning, here and in the
+# processes tests start. Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from apis.data.synth import make_synthetic_dataset
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from apis.data.synth import make_synthetic_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,11 +1,18 @@
 """The command line: each subcommand reaches the Python API; bad input exits 2 with a named error."""
 
 import json
+import math
 
 import pytest
+import torch
 
 from apis.cli import main
+from apis.config import load_config, to_dict
 from apis.data.ledger import Answer, PointLedger
+from apis.engine.checkpoint import save_checkpoint
+from apis.evaluation.coco_eval import evaluate
+from apis.evaluation.results import load_results
+from apis.modeling.condinst import CondInst
 
 
 def test_data_synth_prints_summary(tmp_path, capsys):
@@ -54,3 +61,32 @@ def test_export_points_writes_pointsup(synth_dir, tmp_path, capsys):
     exported = json.loads((run_dir / "points_step000.json").read_text())
     first = next(a for a in exported["annotations"] if a["id"] == ann["id"])
     assert first["point_coords"] == [[int(x), int(y)]] and first["point_labels"] == [1]
+
+
+def _same_metrics(written: dict, computed: dict) -> bool:
+    """Equal, where the json file holds null for NaN."""
+    return written.keys() == computed.keys() and all(
+        math.isnan(computed[k]) if written[k] is None else math.isclose(written[k], computed[k]) for k in written)
+
+
+def test_eval_of_a_checkpoint_needs_no_config_and_equals_evaluate_on_its_results(synth_dir, tmp_path):
+    """The checkpoint stores its config; the metrics printed are evaluate() of the results file it writes."""
+    val = synth_dir / "annotations" / "val.json"
+    cfg = load_config(None, [f"data.val_json={val}", "device=cpu", "model.num_classes=4", "model.depth=18",
+                             "model.norm=bn", "model.fpn_channels=16", "model.mask_branch_channels=16",
+                             "model.head_convs=1", "model.score_threshold=0.0", "model.detections_per_image=5",
+                             "data.min_size_test=64", "data.max_size=96", "data.num_workers=0"])
+    torch.manual_seed(0)
+    model = CondInst.from_config(cfg.model, cfg.loss)
+    checkpoint = save_checkpoint(tmp_path / "model.pth", {"model": model.state_dict(), "iteration": 0,
+                                                          "config": to_dict(cfg)})
+    main(["eval", "--checkpoint", str(checkpoint), "--results", str(tmp_path / "r.json"), "--out",
+          str(tmp_path / "m.json")])
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert len(load_results(tmp_path / "r.json")) == 5 * len(json.loads(val.read_text())["images"])
+    assert _same_metrics(metrics, evaluate(str(val), str(tmp_path / "r.json")))
+    assert metrics["segm/AP"] is not None
+    # Overrides apply on top of the stored config.
+    main(["eval", "--checkpoint", str(checkpoint), "--results", str(tmp_path / "r1.json"), "data.max_val_images=1"])
+    first_image = json.loads(val.read_text())["images"][0]["id"]
+    assert {r["image_id"] for r in load_results(tmp_path / "r1.json")} == {first_image}

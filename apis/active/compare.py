@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apis.active.loop import read_stored_config
 from apis.active.strategies import available_metrics, get_metric
+from apis.config import ExperimentConfig, load_run_config
 from apis.utils.io import atomic_write_text
 
 TABLE_COLUMNS = (
@@ -32,9 +32,19 @@ How to read this: Pk = every training instance has k+1 labelled points. *mask AP
 validation set (percent). *new points misclassified*: the share of the points chosen at that step that
 the previous model got wrong (prediction > 0.5 vs the annotator's answer); informative points are the
 ones the model gets wrong. *distance to boundary*: mean distance in pixels from the new points to the
-GT mask outline. *annotation h*: cumulative annotation time, boxes (7 s each) plus points (0.9 s each).
+GT mask outline. *annotation h*: cumulative annotation time, {costs}.
 With several seeds a cell reads mean ± std (number of seeds).
 """
+
+
+def cost_note(configs: list[ExperimentConfig]) -> str:
+    """How *annotation h* counts: the costs the runs were configured with (``oracle.box_cost_s``,
+    ``oracle.point_cost_s``), or a pointer to them when the runs differ or none has a config."""
+    costs = {(cfg.oracle.box_cost_s, cfg.oracle.point_cost_s) for cfg in configs}
+    if len(costs) != 1:
+        return "boxes plus points at the costs of each run's config (oracle.box_cost_s, oracle.point_cost_s)"
+    ((box_s, point_s),) = costs
+    return f"boxes ({box_s:g} s each) plus points ({point_s:g} s each)"
 
 
 def read_run(run_dir: str | Path) -> list[dict]:
@@ -55,19 +65,21 @@ def run_label(rows: list[dict]) -> str:
     return f"{strategy} ({'+'.join(first.get('sets', ['anchors']))})"
 
 
-def prior_corrected(run_dir: str | Path) -> bool:
-    """Whether the run's ``config.yaml`` turns on ``loop.point_prior_correction`` (False without one)."""
+def run_config(run_dir: str | Path) -> ExperimentConfig | None:
+    """The run's ``config.yaml`` as it ran (migrated from an older config version), ``None`` without one."""
     path = Path(run_dir) / "config.yaml"
-    return path.exists() and bool(read_stored_config(path)[("loop", "point_prior_correction")])
+    return load_run_config(path) if path.exists() else None
 
 
 def group_runs(run_dirs: list[str | Path]) -> dict[str, list[list[dict]]]:
-    """Runs grouped by strategy label, in the order first seen."""
+    """Runs grouped by strategy label, in the order first seen; prior-corrected runs
+    (``loop.point_prior_correction``) form their own group."""
     groups: dict[str, list[list[dict]]] = defaultdict(list)
     for run_dir in run_dirs:
         rows = read_run(run_dir)
-        label = run_label(rows) + (", prior-corrected" if prior_corrected(run_dir) else "")
-        groups[label].append(rows)
+        cfg = run_config(run_dir)
+        corrected = cfg is not None and cfg.loop.point_prior_correction
+        groups[run_label(rows) + (", prior-corrected" if corrected else "")].append(rows)
     return dict(groups)
 
 
@@ -141,9 +153,10 @@ def plot_curves(groups: dict[str, list[list[dict]]], out_path: str | Path) -> No
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
     """Write ``curves.png`` and ``comparison.md`` into ``out_dir``; returns the markdown table."""
     groups = group_runs(run_dirs)
+    configs = [cfg for cfg in map(run_config, run_dirs) if cfg is not None]
     out_dir = Path(out_dir)
     plot_curves(groups, out_dir / "curves.png")
     table = markdown_table(groups)
     atomic_write_text(out_dir / "comparison.md", "# APIS run comparison\n\n![curves](curves.png)\n\n"
-                      + table + "\n" + COLUMN_NOTES)
+                      + table + "\n" + COLUMN_NOTES.format(costs=cost_note(configs)))
     return table

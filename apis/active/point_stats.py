@@ -1,5 +1,5 @@
-"""Analyses of the selected points (SPEC §5, paper Fig. 4b/4c): how often the previous model got them
-wrong, and how far they lie from the GT boundary.
+"""Analyses of the selected points (the paper's Fig. 4b/4c; docs/design.md, "Reading a run"): how often the
+previous model got them wrong, and how far they lie from the GT boundary.
 
 Points are integer pixel indices ``(x, y)``; distances are measured between pixel centres, in pixels.
 """
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from apis.active.oracle import UNSURE
-from apis.active.selection import SelectedPoint
+from apis.data.ledger import Answer
+from apis.data.points import UNSURE
+from apis.structures import SelectedPoint
 
 MASK_THRESHOLD = 0.5
 """A pixel is predicted foreground when its probability is strictly above this (CondInst's mask threshold)."""
@@ -115,3 +116,36 @@ def summarise_selection(points: Sequence[SelectedPoint], labels: Sequence[int],
         misclassified_share=sum(judged) / len(judged) if judged else math.nan,
         mean_boundary_distance=float(distances.mean()) if distances.size else math.nan,
     )
+
+
+SELECTED_POINT_FIELDS = [f.name for f in fields(SelectedPoint)]
+NULLABLE_FLOATS = {"prob_mean", "score", "uncertainty"}  # NaN in memory, null in strict JSON
+
+
+def point_from_json(entry: dict) -> SelectedPoint:
+    """A :class:`SelectedPoint` from its ``selection.json`` entry (extra keys such as ``image_id`` ignored)."""
+    return SelectedPoint(**{k: math.nan if entry[k] is None and k in NULLABLE_FLOATS else entry[k]
+                            for k in SELECTED_POINT_FIELDS})
+
+
+def selection_statistics(selection: dict, answers: Sequence[Answer],
+                         gt_mask_fn: Callable[[int], np.ndarray]) -> dict[str, float]:
+    """The loop's record of one step's selection: ``selection_seconds``, ``misclassified_share`` and
+    ``boundary_distance_px`` of the answered points (see :func:`summarise_selection`), and
+    ``empty_prediction_sets`` (points chosen from an empty set).
+
+    Args:
+        selection: the step's ``selection.json`` (``seconds`` and ``points``).
+        answers: the ledger's answers of that step.
+        gt_mask_fn: ``ann_id -> bool [H, W]``; an all-False mask (no GT, a person answering) gives NaN distances.
+    """
+    labels = {(a.ann_id, a.x, a.y): a.label for a in answers}
+    answered = [p for p in selection["points"] if (p["ann_id"], p["x"], p["y"]) in labels]
+    points = [point_from_json(p) for p in answered]
+    summary = summarise_selection(points, [labels[(p.ann_id, p.x, p.y)] for p in points], gt_mask_fn)
+    return {
+        "selection_seconds": selection["seconds"],
+        "misclassified_share": summary.misclassified_share,
+        "boundary_distance_px": summary.mean_boundary_distance,
+        "empty_prediction_sets": sum(1 for p in selection["points"] if p["k"] == 0),
+    }

@@ -1,7 +1,7 @@
-"""Point metrics: how informative each candidate pixel of one instance is (SPEC §2).
+"""Point metrics: how informative each candidate pixel of one instance is (docs/design.md, "The method").
 
 A metric turns the instance's prediction set ``probs [K, h, w]`` (K mask probability maps sampled at
-the candidate pixels of its GT box, see :class:`apis.active.selection.PredictionSet`) into a score map
+the candidate pixels of its GT box, see :class:`apis.structures.PredictionSet`) into a score map
 ``[h, w]`` where **higher means more informative**. Selection is always the argmax of the score, so the
 inverse strategies (least entropy, least error) return negated values.
 
@@ -150,7 +150,7 @@ class LeastEntropyMetric(PointMetric):
 class VarianceMetric(PointMetric):
     """Disagreement: population variance over the set, ``mean_k (p^k - p̄)^2``.
 
-    With a single member (K == 1) the variance is identically 0, so it uses ``H(p̄)`` instead (SPEC §2).
+    With a single member (K == 1) the variance is identically 0, so it uses ``H(p̄)`` instead.
     """
 
     name = "variance"

@@ -1,4 +1,4 @@
-"""The one place where APIS states its coordinate conventions.
+"""The coordinate conventions in code (docs/design.md, "Coordinates").
 
 * JSON points (PointSup's ``point_coords``) are **integer pixel indices** ``[x, y]``:
   ``x`` is the column, ``y`` the row, ``0 <= x < width``.
@@ -6,7 +6,7 @@
   so its centre is ``(x + 0.5, y + 0.5)``. Boxes are ``xyxy`` in the same continuous frame
   (COCO json boxes are ``xywh`` in that frame too).
 * A pixel belongs to a box when its **centre** lies inside the box; those pixels are the
-  candidate points of an instance (SPEC §2).
+  candidate points of an instance.
 """
 
 from __future__ import annotations

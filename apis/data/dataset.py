@@ -20,17 +20,17 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from apis.active.oracle import Oracle, SimulatedOracle
 from apis.config import DataConfig
 from apis.data.coco import CocoDataset, ImageRecord
 from apis.data.coords import box_pixel_range
 from apis.data.points import InstancePoints, to_tensors
+from apis.data.simulated_oracle import SimulatedOracle
 from apis.data.transforms import ResizeFlip, inference_transform, sample_train_transform
 
 NO_POINTS = InstancePoints(np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64))
 
 
-def random_points(coco: CocoDataset, n: int, seed: int, oracle: Oracle | None = None
+def random_points(coco: CocoDataset, n: int, seed: int, oracle: SimulatedOracle | None = None
                   ) -> dict[int, InstancePoints]:
     """``n`` points per non-crowd instance, uniform over its candidate pixels, labelled by an oracle.
 
@@ -38,7 +38,7 @@ def random_points(coco: CocoDataset, n: int, seed: int, oracle: Oracle | None = 
     Candidates are the pixels whose centres lie in the GT box (:func:`apis.data.coords.box_pixel_range`);
     points are distinct while the box has at least ``n`` pixels. Each instance draws from a generator
     seeded by ``(seed, ann_id)``, so its points do not depend on which other images are loaded.
-    ``oracle`` defaults to a noise-free :class:`~apis.active.oracle.SimulatedOracle` on the GT masks
+    ``oracle`` defaults to a noise-free :class:`~apis.data.simulated_oracle.SimulatedOracle` on the GT masks
     (read with purpose "oracle").
 
     Returns:

@@ -32,7 +32,8 @@ import torch
 from apis.data.coords import index_to_continuous
 from apis.utils.io import atomic_write_json
 
-POINT_LABELS = (1, 0, -1)
+UNSURE = -1  # an answer that marks the pixel as asked but carries no supervision
+POINT_LABELS = (1, 0, UNSURE)
 PADDING_LABEL = -1
 
 
@@ -181,9 +182,10 @@ def write_pointsup(coco_json: str | Path | dict, points: Mapping[int, InstancePo
 def to_tensors(points: Sequence[InstancePoints]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack the points of N instances for the point loss.
 
-    Returns ``coords`` float32 ``[N, P, 2]`` in continuous coordinates (pixel index + 0.5) and
-    ``labels`` float32 ``[N, P]``, ``P`` the largest point count; shorter instances are padded with
-    label -1 (ignored by the loss) at coordinate (0.5, 0.5).
+    Returns:
+        ``coords`` float32 ``[N, P, 2]`` in continuous coordinates (pixel index + 0.5) and ``labels``
+        float32 ``[N, P]``, ``P`` the largest point count; shorter instances are padded with label -1
+        (ignored by the loss) at coordinate (0.5, 0.5).
     """
     num_points = max((len(p) for p in points), default=0)
     coords = np.zeros((len(points), num_points, 2), dtype=np.int64)

@@ -18,19 +18,20 @@ from torch import nn
 from tqdm import tqdm
 
 from apis.config import ConfigError, ExperimentConfig, config_from_dict
+from apis.config_versions import UNVERSIONED
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.dataset import InferenceDataset, collate
 from apis.engine.checkpoint import load_checkpoint, load_model_weights
 from apis.evaluation.coco_eval import evaluate
 from apis.evaluation.results import detections_to_results, write_results
-from apis.modeling.condinst import build_condinst
+from apis.modeling.condinst import CondInst
 from apis.utils.device import resolve_device
 
 
-def load_model(checkpoint: str | Path | dict, cfg: ExperimentConfig, device: torch.device) -> nn.Module:
+def load_model(checkpoint: str | Path | dict, cfg: ExperimentConfig, device: torch.device) -> CondInst:
     """CondInst as ``cfg.model`` describes, with the checkpoint's weights (a file or a loaded
     checkpoint dict), on ``device``, in eval mode."""
-    model = build_condinst(cfg.model, cfg.loss)
+    model = CondInst.from_config(cfg.model, cfg.loss)
     load_model_weights(model, checkpoint)
     return model.to(device).eval()
 
@@ -72,13 +73,33 @@ def ground_truth_of(coco: CocoDataset) -> dict[str, Any]:
             "annotations": [a for a in data["annotations"] if a["image_id"] in image_ids]}
 
 
-def evaluate_checkpoint(checkpoint: str | Path, cfg: ExperimentConfig | None = None, gt_json: str | None = None,
-                        dataset: CocoDataset | None = None, results_path: str | Path | None = None,
-                        device: str | None = None, batch_size: int = 1) -> dict[str, float]:
+def checkpoint_config(checkpoint: str | Path | dict, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config a checkpoint was trained with (migrated from an older config version), then ``overrides``.
+
+    Raises:
+        ConfigError: the checkpoint stores no config, or one this APIS cannot read (naming the file).
+    """
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    return _stored_config(state, "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint), overrides)
+
+
+def _stored_config(state: dict, source: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    if "config" not in state:
+        raise ConfigError(f"{source} stores no config; pass the config it was trained with")
+    try:
+        return config_from_dict(state["config"], overrides, UNVERSIONED)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def evaluate_checkpoint(checkpoint: str | Path | dict, cfg: ExperimentConfig | None = None,
+                        gt_json: str | None = None, dataset: CocoDataset | None = None,
+                        results_path: str | Path | None = None, device: str | None = None,
+                        batch_size: int = 1) -> dict[str, float]:
     """Mask and box AP of a checkpoint (``apis eval --checkpoint``).
 
     Args:
-        checkpoint: a file written by the trainer.
+        checkpoint: a file written by the trainer, or its loaded dict.
         cfg: model and test-time resizing; ``None`` uses the config stored in the checkpoint.
         gt_json: the evaluation set (default ``cfg.data.val_json``), cut to ``data.max_val_images``.
         dataset: an already loaded evaluation set instead of ``gt_json`` (used as is).
@@ -88,9 +109,9 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: ExperimentConfig | None = N
     Returns:
         ``{"segm/AP": ..., "bbox/AP": ..., ...}`` in percent (see :func:`apis.evaluation.coco_eval.evaluate`).
     """
-    state = load_checkpoint(checkpoint)
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     if cfg is None:
-        cfg = config_from_dict(state["config"])
+        cfg = _stored_config(state, "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint))
     if dataset is None:
         gt_json = gt_json or cfg.data.val_json
         if not gt_json:

@@ -3,14 +3,16 @@
 ``train(cfg)`` trains CondInst on ``cfg.data.train_json`` with the mask losses ``cfg.loss`` switches
 on and writes into the output folder::
 
-    config.yaml          the resolved config
+    config.yaml          the resolved config, with its config_version
     metrics.jsonl        one JSON record per log period (see apis.engine.metrics_log)
     model_0005000.pth    every solver.checkpoint_period iterations
     model_final.pth      at the end
     last_checkpoint      names the newest checkpoint
 
 Running the same command again resumes from ``last_checkpoint`` and produces the batches, losses
-and weights an uninterrupted run would (the sampler, augmentation and every RNG are restored).
+and weights an uninterrupted run would (the sampler, augmentation and every RNG are restored). Like
+``apis run``, it refuses a config that differs from the stored ``config.yaml`` in anything but where the
+run lives, what it runs on and ``solver.max_iter`` (training longer).
 Under ``torchrun --nproc_per_node N`` each process trains on its share of every global batch of
 ``solver.batch_size`` images and only rank 0 writes files.
 """
@@ -34,11 +36,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from apis.active.oracle import SimulatedOracle
-from apis.config import ConfigError, ExperimentConfig, SolverConfig, dump_config, to_dict
+from apis.config import (
+    RESUMABLE_KEYS,
+    ConfigError,
+    ExperimentConfig,
+    SolverConfig,
+    check_same_config,
+    dump_config,
+    to_dict,
+)
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.dataset import InfiniteSampler, TrainingDataset, collate, random_points
 from apis.data.points import InstancePoints, read_pointsup
+from apis.data.simulated_oracle import SimulatedOracle
 from apis.engine.checkpoint import (
     FINAL_CHECKPOINT,
     capture_rng_state,
@@ -59,11 +69,13 @@ from apis.engine.distributed import (
     shutdown_process_group,
 )
 from apis.engine.metrics_log import MetricsLog
-from apis.modeling.condinst import build_condinst
+from apis.modeling.condinst import CondInst
 from apis.utils.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
+# A resumed training may differ from the stored config.yaml in these keys only (training longer is one of them).
+TRAINING_RESUMABLE_KEYS = RESUMABLE_KEYS | {"solver.max_iter"}
 # detectron2's default (SOLVER.WEIGHT_DECAY_NORM = 0), which CondInst/AdelaiDet train with.
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -232,6 +244,7 @@ def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = N
         cfg = dataclasses.replace(cfg, output_dir=str(output_dir))
     output_dir = Path(cfg.output_dir)
     check_inputs(cfg, init_weights, ctx.world_size)
+    check_same_config(output_dir / "config.yaml", cfg, TRAINING_RESUMABLE_KEYS)
     coco = load_coco(cfg.data.train_json, cfg.data.image_root or None)
     if cfg.model.num_classes != coco.num_classes:
         raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but "
@@ -256,7 +269,7 @@ class _Trainer:
         self.device = device
         self.output_dir = output_dir
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        self.model = build_condinst(cfg.model, cfg.loss)
+        self.model = CondInst.from_config(cfg.model, cfg.loss)
         if ctx.enabled and device.type == "cuda":
             # Batch statistics over the global batch (FrozenBatchNorm is left as it is).
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)

@@ -82,9 +82,13 @@ class DynamicMaskHead(nn.Module):
 
         Args:
             mask_features: ``[B, C, Hf, Wf]`` at ``feature_stride``.
-            params: ``[n, num_params]``; locations: ``[n, 2]`` (x, y) image coordinates of the FCOS
-                locations that emitted them; levels, image_index: ``[n]`` int64.
-        Returns: ``[n, Hf * f, Wf * f]`` logits with ``f = feature_stride / out_stride``.
+            params: ``[n, num_params]`` dynamic parameters, one row per instance.
+            locations: ``[n, 2]`` (x, y) image coordinates of the FCOS locations that emitted them.
+            levels: ``[n]`` int64 pyramid level of each location.
+            image_index: ``[n]`` int64 image of each instance in the batch.
+
+        Returns:
+            ``[n, Hf * f, Wf * f]`` logits with ``f = feature_stride / out_stride``.
         """
         height, width = mask_features.shape[-2:]
         n = params.shape[0]
@@ -134,11 +138,16 @@ class DynamicMaskHead(nn.Module):
 def sample_mask_logits(logits: Tensor, points: Tensor, stride: int) -> Tensor:
     """Bilinear samples of mask logits at continuous image coordinates.
 
+    With ``align_corners=False`` the map spans ``Wm * stride`` image pixels, so x maps to
+    ``2 x / (Wm * stride) - 1``; points nearer the border than half a cell take the border value.
+
     Args:
         logits: ``[n, Hm, Wm]``, cell ``i`` covering image ``[stride*i, stride*(i+1))``.
         points: ``[n, P, 2]`` (x, y) continuous image coordinates (pixel centres are ``index + 0.5``).
-    Returns: ``[n, P]``. With ``align_corners=False`` the map spans ``Wm * stride`` image pixels, so x maps to
-    ``2 x / (Wm * stride) - 1``; points nearer the border than half a cell take the border value.
+        stride: the stride of ``logits``.
+
+    Returns:
+        ``[n, P]`` logits.
     """
     height, width = logits.shape[-2:]
     scale = points.new_tensor([width * stride, height * stride])

@@ -116,8 +116,13 @@ def assign_locations(locations: Tensor, levels: Tensor, boxes: Tensor, strides: 
     several boxes goes to the one of smallest area.
 
     Args:
-        locations: ``[L, 2]`` (x, y) continuous image coordinates; levels: ``[L]`` level indices.
+        locations: ``[L, 2]`` (x, y) continuous image coordinates.
+        levels: ``[L]`` level index of each location.
         boxes: ``[N, 4]`` xyxy in the same frame (N may be 0).
+        strides: the stride of each level.
+        size_ranges: ``len(strides) + 1`` edges of the object sizes per level.
+        radius: centre sampling radius, in strides.
+
     Returns:
         ``gt_index [L]`` int64 (index into ``boxes``; -1 = negative) and ``ltrb [L, 4]`` distances in
         pixels from each location to the sides of its assigned box (zeros at negatives).
@@ -169,11 +174,17 @@ def fcos_losses(class_logits: Tensor, box_regression: Tensor, centreness_logits:
     """The three FCOS losses over all locations of a batch.
 
     Args:
-        class_logits: ``[n, C]``; class_targets: ``[n]`` int64 class of each location, -1 = background.
-        box_regression, box_targets: ``[n, 4]`` ltrb in the same units (the stride-normalised ones).
+        class_logits: ``[n, C]``.
+        box_regression: ``[n, 4]`` ltrb (stride-normalised).
         centreness_logits: ``[n]``.
-    Returns ``loss_fcos_cls`` (focal, summed / #positives), ``loss_fcos_box`` (GIoU weighted by the
-    centreness targets, normalised by their sum) and ``loss_fcos_ctr`` (BCE, mean over positives).
+        class_targets: ``[n]`` int64 class of each location, -1 = background.
+        box_targets: ``[n, 4]`` ltrb in the units of ``box_regression``.
+        focal_alpha: focal loss alpha.
+        focal_gamma: focal loss gamma.
+
+    Returns:
+        ``loss_fcos_cls`` (focal, summed / #positives), ``loss_fcos_box`` (GIoU weighted by the centreness
+        targets, normalised by their sum) and ``loss_fcos_ctr`` (BCE, mean over positives).
     """
     positive = class_targets >= 0
     num_positives = max(int(positive.sum()), 1)

@@ -47,8 +47,18 @@ def select_detections(class_logits: Tensor, centreness_logits: Tensor, box_regre
     Candidates are (location, class) pairs with ``sigmoid(cls) * sigmoid(ctr) > score_threshold``, the
     ``pre_nms_top_k`` best per level; score ``sqrt(cls * ctr)``; class-aware NMS; best ``max_detections``.
 
-    Args: class_logits ``[L, C]``, centreness_logits ``[L]``, box_regression ``[L, 4]`` (ltrb / stride),
-    locations ``[L, 2]``, levels ``[L]``; image_size ``(h, w)`` of the valid resized area.
+    Args:
+        class_logits: ``[L, C]``.
+        centreness_logits: ``[L]``.
+        box_regression: ``[L, 4]`` ltrb / stride.
+        locations: ``[L, 2]`` (x, y) in the resized frame.
+        levels: ``[L]`` level of each location.
+        strides: the stride of each level.
+        image_size: ``(h, w)`` of the valid resized area (boxes are clipped to it).
+        score_threshold: minimum ``sigmoid(cls) * sigmoid(ctr)``.
+        pre_nms_top_k: candidates kept per level before NMS.
+        nms_threshold: IoU threshold of the class-aware NMS.
+        max_detections: detections kept.
     """
     num_classes = class_logits.shape[1]
     probabilities = class_logits.sigmoid() * centreness_logits.sigmoid()[:, None]
@@ -94,7 +104,9 @@ def sample_box_grid(logits: Tensor, stride: int, box: tuple[float, float, float,
     The grid is :func:`apis.data.coords.box_pixel_range` of ``box`` (original frame). Pixel ``(x, y)``
     has centre ``(x + .5, y + .5)``, i.e. ``((x + .5) sx, (y + .5) sy)`` in the resized frame, where
     the stride-``stride`` logits ``[K, Hm, Wm]`` are sampled bilinearly (only over the box).
-    Returns ``origin (xs, ys)`` and logits ``[K, h, w]``, entry ``[k, i, j]`` at pixel ``(xs + j, ys + i)``.
+
+    Returns:
+        ``origin (xs, ys)`` and logits ``[K, h, w]``, entry ``[k, i, j]`` at pixel ``(xs + j, ys + i)``.
     """
     height, width = original_size
     xs, ys, xe, ye = box_pixel_range(*box, width, height)
@@ -114,8 +126,15 @@ def paste_masks(logits: Tensor, stride: int, boxes: Tensor, scale: tuple[float, 
                 original_size: tuple[int, int], threshold: float) -> Tensor:
     """Binary masks ``[M, H, W]`` at original resolution, zero outside each detection's box.
 
-    Args: logits ``[M, Hm, Wm]`` at ``stride`` in the padded resized frame; boxes ``[M, 4]`` in the
-    original frame. Inside its box, a pixel is on when ``sigmoid(logit) > threshold``.
+    Inside its box, a pixel is on when ``sigmoid(logit) > threshold``.
+
+    Args:
+        logits: ``[M, Hm, Wm]`` at ``stride`` in the padded resized frame.
+        stride: the stride of ``logits``.
+        boxes: ``[M, 4]`` in the original frame.
+        scale: ``(sx, sy) = resized / original``.
+        original_size: ``(H, W)``.
+        threshold: the mask probability threshold.
     """
     height, width = original_size
     masks = torch.zeros(logits.shape[0], height, width, dtype=torch.bool, device=logits.device)

@@ -1,8 +1,15 @@
-"""A tiny synthetic dataset and a tiny CPU config for the loop tests."""
+"""A tiny synthetic dataset and a tiny CPU config for the loop tests; each test sees only the built-in metrics."""
 
 import pytest
 
+from apis.active import strategies
 from apis.config import load_config
+
+
+@pytest.fixture(autouse=True)
+def metric_registry(monkeypatch):
+    """A copy of the metric registry for each test: metrics a test registers are gone after it."""
+    monkeypatch.setattr(strategies, "_REGISTRY", dict(strategies._REGISTRY))
 
 
 def _tiny_overrides(data_root, output_dir, *extra):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from apis.active.compare import compare_runs, group_runs, markdown_table
+from apis.config import dump_config, load_config
 
 
 def _run(tmp_path, name, strategy, aps, seed=0):
@@ -49,3 +50,18 @@ def test_missing_metrics_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty/metrics.jsonl"):
         compare_runs([tmp_path / "empty"], tmp_path)
+
+
+def test_the_notes_state_the_costs_the_runs_were_configured_with(tmp_path):
+    runs = [_run(tmp_path, "e0", "entropy", [10.0, 14.0]), _run(tmp_path, "r0", "random", [10.0, 12.0])]
+
+    def notes(*overrides_per_run):
+        for run_dir, overrides in zip(runs, overrides_per_run):
+            dump_config(load_config(None, overrides), run_dir / "config.yaml")
+        compare_runs(runs, tmp_path / "out")
+        return (tmp_path / "out" / "comparison.md").read_text()
+
+    assert "boxes (7 s each) plus points (0.9 s each)" in notes([], [])
+    costly = ["oracle.box_cost_s=5", "oracle.point_cost_s=2.5"]
+    assert "boxes (5 s each) plus points (2.5 s each)" in notes(costly, costly)
+    assert "at the costs of each run's config (oracle.box_cost_s, oracle.point_cost_s)" in notes(costly, [])

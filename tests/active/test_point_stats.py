@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from apis.active.point_stats import boundary_distance, mask_boundary, misclassified, summarise_selection
-from apis.active.selection import SelectedPoint
+from apis.structures import SelectedPoint
 
 
 def square_mask():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from apis.active.selection import PredictionSet, select_point
+from apis.active.selection import select_point
 from apis.active.strategies import (
     ENTROPY_EPS,
     PointMetric,
@@ -12,6 +12,7 @@ from apis.active.strategies import (
     get_metric,
     register_metric,
 )
+from apis.structures import PredictionSet
 
 BUILT_IN = ["entropy", "least-entropy", "least-error", "max-error", "random", "variance"]
 

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -10,20 +11,28 @@ from apis.data.coco import load_coco
 from apis.data.coords import box_pixel_range
 from apis.engine.checkpoint import CheckpointError, save_checkpoint
 from apis.engine.inference import evaluate_checkpoint, ground_truth_of, load_model, run_inference
+from apis.evaluation.coco_eval import evaluate
 from apis.evaluation.results import load_results
-from apis.modeling.condinst import build_condinst
+from apis.modeling.condinst import CondInst
 
 
 @pytest.fixture(scope="module")
-def untrained(tmp_path_factory, tiny_config):
-    """A checkpoint of a freshly initialised tiny model that keeps every candidate (threshold 0)."""
+def untrained_checkpoint(tmp_path_factory, tiny_config):
+    """A checkpoint of a freshly initialised tiny model that keeps every candidate (threshold 0), written once."""
     out = tmp_path_factory.mktemp("untrained")
     cfg = tiny_config(out, "model.score_threshold=0.0", "model.detections_per_image=5")
     torch.manual_seed(0)
-    model = build_condinst(cfg.model, cfg.loss)
+    model = CondInst.from_config(cfg.model, cfg.loss)
     path = save_checkpoint(out / "model_final.pth", {"model": model.state_dict(), "iteration": 0,
                                                      "config": to_dict(cfg)})
     return cfg, path
+
+
+@pytest.fixture
+def untrained(untrained_checkpoint):
+    """``(config, checkpoint)``; the config is each test's own copy, to change at will."""
+    cfg, path = untrained_checkpoint
+    return copy.deepcopy(cfg), path
 
 
 def test_results_are_in_original_coordinates_with_coco_category_ids(untrained, synth_dir):
@@ -56,7 +65,9 @@ def test_evaluate_checkpoint_writes_results_and_returns_ap(untrained, tmp_path, 
     results_path = tmp_path / "val_results.json"
     metrics = evaluate_checkpoint(path, None, results_path=results_path)  # config from the checkpoint
     assert {"segm/AP", "segm/AP50", "bbox/AP", "bbox/AP50"} <= metrics.keys()
-    assert all(np.isnan(v) or 0.0 <= v <= 100.0 for v in metrics.values())
+    expected = evaluate(str(synth_dir / "annotations" / "val.json"), str(results_path))
+    assert metrics.keys() == expected.keys()
+    assert all(a == b or (np.isnan(a) and np.isnan(b)) for a, b in zip(metrics.values(), expected.values()))
     val_ids = {im["id"] for im in json.loads((synth_dir / "annotations" / "val.json").read_text())["images"]}
     assert {entry["image_id"] for entry in load_results(results_path)} == val_ids
 

@@ -130,3 +130,14 @@ def test_bad_inputs_fail_before_training(tiny_config, tmp_path, monkeypatch, syn
     with pytest.raises(ConfigError, match="divisible by the number of processes"):
         train(tiny_config(out))
     assert not out.exists()  # nothing was written
+
+
+def test_resuming_with_another_config_is_refused(tiny_config, tmp_path):
+    """As ``apis run``: the stored config.yaml decides, except where the run lives and training longer."""
+    out = tmp_path / "strict"
+    train(tiny_config(out, "solver.max_iter=1"))
+    with pytest.raises(ConfigError, match=r"strict/config.yaml was written by a run with a different config "
+                                          r"\(solver.base_lr: 0.01 -> 0.02\)"):
+        train(tiny_config(out, "solver.max_iter=1", "solver.base_lr=0.02"))
+    final = train(tiny_config(out, "solver.max_iter=2"))
+    assert load_checkpoint(final)["iteration"] == 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from apis.config import LossConfig, ModelConfig
-from apis.modeling.condinst import build_condinst
+from apis.modeling.condinst import CondInst
 
 
 def _manual_bilinear(grid, x, y, stride):
@@ -45,7 +45,7 @@ def _tiny_model(loss: LossConfig | None = None, **model):
     """ResNet-18 CondInst with 32 FPN channels and one conv per tower; ``model`` overrides ModelConfig."""
     settings = dict(depth=18, norm="bn", num_classes=3, fpn_channels=32, mask_branch_channels=16, head_convs=1)
     settings.update(model)
-    return build_condinst(ModelConfig(**settings), loss or LossConfig())
+    return CondInst.from_config(ModelConfig(**settings), loss or LossConfig())
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
-"""CondInst end to end on tiny inputs: loss dicts, inference outputs, prediction sets, and learning."""
+"""CondInst end to end on tiny inputs: construction, loss dicts and inference outputs."""
 
+import dataclasses
+import inspect
 import math
 
 import pytest
@@ -7,9 +9,8 @@ import torch
 
 from apis.config import LossConfig, ModelConfig
 from apis.data.coords import box_pixel_range
-from apis.modeling.condinst import gather_training_points
-from apis.modeling.fcos import assign_locations, level_locations
-from apis.modeling.postprocess import sample_box_grid
+from apis.modeling.condinst import CondInst
+from apis.modeling.condinst_loss import CondInstLoss, gather_training_points
 
 HEIGHT, WIDTH = 64, 96
 
@@ -36,6 +37,39 @@ def batch(with_masks=True):
 
 
 FCOS_KEYS = {"loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr"}
+
+
+def test_keyword_defaults_are_the_config_defaults():
+    """A model built with plain keywords in a notebook is the one the config system builds by default."""
+    model_params = inspect.signature(CondInst).parameters
+    assert set(model_params) == {f.name for f in dataclasses.fields(ModelConfig)} | {"loss"}
+    for name, value in dataclasses.asdict(ModelConfig()).items():
+        default = model_params[name].default
+        assert (list(default) if name == "size_ranges" else default) == value, name
+    loss_params = inspect.signature(CondInstLoss).parameters
+    assert dataclasses.asdict(LossConfig()) == {name: p.default for name, p in loss_params.items()}
+
+
+def test_from_config_passes_every_key():
+    model_cfg = ModelConfig(num_classes=3, depth=18, norm="bn", fpn_channels=16, head_convs=1, mask_branch_channels=8,
+                            mask_channels=4, dynamic_channels=6, dynamic_layers=2, dynamic_init="zeros",
+                            dynamic_activation="leaky_relu", mask_out_stride=8, centre_sampling_radius=2.5,
+                            size_ranges=[0, 32, 64, 128, 256, math.inf], max_proposals=7, score_threshold=0.2,
+                            pre_nms_top_k=50, nms_threshold=0.4, detections_per_image=9, mask_threshold=0.3)
+    loss_cfg = LossConfig(focal_alpha=0.3, focal_gamma=1.5, points=0.5, full=0.25, box=2.0, pairwise_weight=0.7,
+                          pairwise_dilation=3, pairwise_colour_threshold=0.2, pairwise_warmup_iters=5,
+                          points_per_iter=2, point_positive_weight=1.5, point_negative_weight=0.5)
+    torch.manual_seed(0)
+    built = CondInst.from_config(model_cfg, loss_cfg)
+    torch.manual_seed(0)
+    by_hand = CondInst(**dataclasses.asdict(model_cfg), loss=CondInstLoss(**dataclasses.asdict(loss_cfg)))
+    assert vars(built.criterion) == vars(by_hand.criterion) == dataclasses.asdict(loss_cfg)
+    for name in ("num_classes", "centre_sampling_radius", "size_ranges", "max_proposals", "score_threshold",
+                 "pre_nms_top_k", "nms_threshold", "detections_per_image", "mask_threshold"):
+        assert getattr(built, name) == getattr(model_cfg, name), name
+    assert built.mask_stride == 8 and built.dynamic_head.shapes == by_hand.dynamic_head.shapes
+    assert built.state_dict().keys() == by_hand.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), by_hand.state_dict().values()))
 
 
 @pytest.mark.parametrize("loss, mask_keys", [
@@ -138,67 +172,25 @@ def test_predict_on_a_random_model(tiny_model):
             assert not outside.any()
 
 
-def test_prediction_sets_follow_the_assignment_and_the_box_grid(tiny_model):
-    model = tiny_model().eval()
-    images, sizes, targets = batch()
-    targets[0]["boxes"] = torch.cat([targets[0]["boxes"], torch.tensor([[30.0, 30.0, 31.0, 31.0]])])
-    targets[0]["labels"] = torch.tensor([0, 2, 1])
-    targets[0]["ann_ids"] = torch.tensor([11, 12, 13])
-    originals = [(120, 180), (64, 80)]
-    scales = [(90 / 180, 60 / 120), (1.0, 1.0)]
-    running_mean = model.mask_branch.refine[0][1].running_mean.clone()
-    sets = model.prediction_sets(images, sizes, targets, originals, scales)
-    assert torch.equal(model.mask_branch.refine[0][1].running_mean, running_mean)
-    assert sets[1] == {}
-    assert set(sets[0]) == {11, 12, 13}
-
-    pyramid_sizes = [(HEIGHT // s, WIDTH // s) for s in (8, 16, 32)] + [(1, 2), (1, 1)]  # P6, P7: stride-2 convs
-    locations, levels = level_locations(pyramid_sizes, (8, 16, 32, 64, 128), torch.device("cpu"))
-    gt_index, _ = assign_locations(locations, levels, targets[0]["boxes"], (8, 16, 32, 64, 128),
-                                   ModelConfig().size_ranges, 1.5)
-    for g, ann_id in enumerate([11, 12, 13]):
-        found = sets[0][ann_id]
-        x0, y0, x1, y1 = (targets[0]["boxes"][g] / torch.tensor([0.5, 0.5, 0.5, 0.5])).tolist()
-        xs, ys, xe, ye = box_pixel_range(x0, y0, x1, y1, 180, 120)
-        members = int((gt_index == g).sum())
-        assert found.ann_id == ann_id and found.origin == (xs, ys)
-        assert found.probs.shape == (members, ye - ys, xe - xs)
-        assert found.boxes.shape == (members, 4) and found.scores.shape == (members,)
-        assert ((found.probs >= 0) & (found.probs <= 1)).all()
-    assert sets[0][13].probs.shape[0] == 0  # 1-pixel box: no location strictly inside its centre region
-
-    model.train()
-    with pytest.raises(RuntimeError, match="eval"):
-        model.prediction_sets(images, sizes, targets, originals, scales)
-
-
-@pytest.mark.parametrize("chunk", [3, 128])
-def test_prediction_sets_members_match_a_direct_computation(monkeypatch, chunk, tiny_model):
-    """Members of each GT, their probabilities and scores, whether GTs share a dynamic-head pass (128) or
-    each needs its own (3 < members per GT)."""
-    import apis.modeling.condinst as condinst_module
-
-    model = tiny_model().eval()
-    images, sizes, targets = batch()
-    originals = [(120, 180), (64, 80)]
-    scales = [(0.5, 0.5), (1.0, 1.0)]
-    monkeypatch.setattr(condinst_module, "MEMBERS_PER_CHUNK", chunk)
-    sets = model.prediction_sets(images, sizes, targets, originals, scales)[0]
+def test_predict_scales_boxes_by_original_over_resized(tiny_model):
+    """At 1x the boxes are the network's; at 2x exactly twice those (boxes clamped to the image would hide
+    a scale applied the wrong way round in a check of bounds alone)."""
+    model = tiny_model(score_threshold=0.0, detections_per_image=7).eval()
+    images, sizes, _ = batch()
+    same = model.predict(images, sizes, sizes)
+    double = model.predict(images, sizes, [(2 * h, 2 * w) for h, w in sizes])
     with torch.no_grad():
-        forward = model._forward(images)
-        gt_index, _ = model._assign(forward, targets)
-        for g, ann_id in enumerate([11, 12]):
-            members = torch.nonzero(gt_index[0] == g).squeeze(1)
-            logits = model.dynamic_head(forward.mask_features, forward.head.controller[0, members],
-                                        forward.locations[members], forward.levels[members],
-                                        torch.zeros_like(members))
-            box = (targets[0]["boxes"][g] * 2).tolist()
-            origin, grid = sample_box_grid(logits, 4, box, (0.5, 0.5), (120, 180))
-            label = int(targets[0]["labels"][g])
-            scores = (forward.head.class_logits[0, members, label].sigmoid()
-                      * forward.head.centreness_logits[0, members].sigmoid()).sqrt()
-            found = sets[ann_id]
-            assert found.origin == origin
-            assert torch.allclose(found.probs, grid.sigmoid(), atol=1e-6)
-            assert torch.allclose(found.scores, scores, atol=1e-6)
-            assert len(members) > 3
+        outputs = model(images)
+    for i, (at_1x, at_2x) in enumerate(zip(same, double)):
+        assert len(at_1x.scores) > 0 and torch.equal(at_1x.scores, at_2x.scores)
+        height, width = sizes[i]
+        assert at_1x.masks.shape[-2:] == (height, width) and at_2x.masks.shape[-2:] == (2 * height, 2 * width)
+        assert torch.allclose(at_2x.boxes, 2 * at_1x.boxes)
+        # At 1x, the regressed boxes themselves (those inside the valid area, which clamping leaves alone).
+        boxes = at_1x.boxes
+        inside = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < width) & (boxes[:, 3] < height)
+        candidates = torch.nonzero(inside).squeeze(1)
+        assert len(candidates) > 0
+        decoded = model.decode_boxes(outputs, i, torch.arange(outputs.locations.shape[0]))
+        for box in at_1x.boxes[candidates]:
+            assert torch.isclose(decoded, box, atol=1e-4).all(dim=1).any()

@@ -125,9 +125,8 @@ def test_initial_masks_vary_over_the_image_only_with_fan_in_init(tiny_model, ini
     torch.manual_seed(0)
     model = tiny_model(norm="frozen_bn", dynamic_init=init)
     images = torch.rand(1, 3, 64, 64) * 255
-    forward = model._forward(images)
-    chosen = torch.randperm(forward.locations.shape[0])[:20]
-    logits = model.dynamic_head(forward.mask_features, forward.head.controller[0, chosen], forward.locations[chosen],
-                                forward.levels[chosen], torch.zeros(20, dtype=torch.long))
+    outputs = model(images)
+    chosen = torch.randperm(outputs.locations.shape[0])[:20]
+    logits = model.mask_logits(outputs, torch.zeros(20, dtype=torch.long), chosen)
     spread = float(logits.flatten(1).std(dim=1).median())
     assert low <= spread < high

@@ -84,7 +84,6 @@ def test_paste_masks_thresholds_inside_the_box_only(manual_bilinear):
             if abs(value) > 1e-4:  # the sign at an exact zero crossing is a rounding matter
                 assert bool(masks[0, y, x]) == (value > 0)
     # Everywhere-positive logits: exactly the pixels whose centre lies in the box.
-    xs, ys, xe, ye = box_pixel_range(2.2, 3.0, 7.6, 9.4, 16, 12)
     expected = torch.zeros(12, 16, dtype=torch.bool)
-    expected[ys:ye, xs:xe] = True
+    expected[3:9, 2:8] = True  # centres 2.5..7.5 in [2.2, 7.6], 3.5..8.5 in [3.0, 9.4]
     assert torch.equal(masks[1], expected)

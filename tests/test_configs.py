@@ -1,13 +1,37 @@
-"""The shipped configs load, inherit through ``_base_`` and take overrides."""
+"""The shipped configs (package data in apis/configs/) load by name, inherit through ``_base_`` and take
+overrides."""
 
 from pathlib import Path
 
 import pytest
 
-from apis.config import load_config
+from apis.config import BUILTIN_CONFIGS, ConfigError, builtin_configs, find_config, load_config
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = BUILTIN_CONFIGS
+
+
+def test_built_in_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    assert builtin_configs() == ["condinst_r18_cpu_dsb.yaml", "condinst_r18_cpu_synth.yaml",
+                                 "condinst_r50_1x_coco.yaml"]
+    monkeypatch.chdir(tmp_path)
+    by_name = load_config("condinst_r18_cpu_synth.yaml")
+    assert load_config("condinst_r18_cpu_synth") == by_name == load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
+    assert by_name.name == "condinst_r18_cpu_synth" and by_name.solver.momentum == 0.9  # its _base_ chain
+    # A command written for a checkout (configs/ was at the repository root) still finds it.
+    assert load_config("configs/condinst_r18_cpu_synth.yaml") == by_name
+    # A config of one's own may extend a built-in one.
+    (tmp_path / "mine.yaml").write_text("_base_: condinst_r18_cpu_synth.yaml\nseed: 7\n")
+    mine = load_config("mine.yaml")
+    assert mine.seed == 7 and mine.solver == by_name.solver
+    # A file of a built-in config's name in the working directory wins over the built-in one.
+    (tmp_path / "condinst_r18_cpu_synth.yaml").write_text("_base_: mine.yaml\nseed: 8\n")
+    assert find_config("condinst_r18_cpu_synth.yaml") == Path("condinst_r18_cpu_synth.yaml")
+    with pytest.raises(ConfigError, match="_base_ chain comes back to it"):
+        load_config("condinst_r18_cpu_synth.yaml")  # mine.yaml's base is now this file
+    with pytest.raises(ConfigError, match="config file not found: nothing.yaml \\(built-in configs: "
+                                          "condinst_r18_cpu_dsb.yaml, "):
+        load_config("nothing.yaml")
 
 
 def test_paper_schedule_for_coco():

@@ -1,13 +1,18 @@
 import numpy as np
 import pytest
 
-from apis.active.oracle import AnnotationCosts, Oracle, SimulatedOracle, annotation_seconds
+from apis.active.oracle import Oracle
+from apis.data.simulated_oracle import SimulatedOracle
 
 
 def masks():
     a = np.zeros((4, 6), bool)
     a[1:3, 2:5] = True  # rows 1-2, columns 2-4
     return {7: a, 8: ~a}
+
+
+def answers(oracle, points):
+    return [oracle.answer(ann_id, x, y) for ann_id, x, y in points]
 
 
 def test_answer_is_mask_at_row_y_column_x_and_costs_time():
@@ -21,9 +26,9 @@ def test_answer_is_mask_at_row_y_column_x_and_costs_time():
     assert oracle.spent_s == pytest.approx(4 * 0.9)
 
 
-def test_answer_many_follows_order():
+def test_cost_per_question_is_configurable():
     oracle = SimulatedOracle(masks().__getitem__, point_cost_s=2.0)
-    assert oracle.answer_many([(7, 2, 1), (7, 5, 1), (8, 2, 1)]) == [1, 0, 0]
+    assert answers(oracle, [(7, 2, 1), (7, 5, 1), (8, 2, 1)]) == [1, 0, 0]
     assert (oracle.questions, oracle.spent_s) == (3, pytest.approx(6.0))
 
 
@@ -31,19 +36,19 @@ def test_flip_prob_one_inverts_every_answer():
     truthful = SimulatedOracle(masks().__getitem__)
     liar = SimulatedOracle(masks().__getitem__, flip_prob=1.0)
     points = [(7, x, y) for y in range(4) for x in range(6)]
-    assert liar.answer_many(points) == [1 - label for label in truthful.answer_many(points)]
+    assert answers(liar, points) == [1 - label for label in answers(truthful, points)]
 
 
 def test_unsure_rate_one_answers_minus_one_and_still_costs():
     oracle = SimulatedOracle(masks().__getitem__, unsure_rate=1.0, flip_prob=1.0)
-    assert oracle.answer_many([(7, 3, 1), (7, 0, 0)]) == [-1, -1]
+    assert answers(oracle, [(7, 3, 1), (7, 0, 0)]) == [-1, -1]
     assert (oracle.questions, oracle.spent_s) == (2, pytest.approx(1.8))
 
 
 def test_noise_is_seeded_and_near_its_rate():
     points = [(7, 3, 1)] * 2000
-    first = SimulatedOracle(masks().__getitem__, flip_prob=0.3, seed=5).answer_many(points)
-    second = SimulatedOracle(masks().__getitem__, flip_prob=0.3, seed=5).answer_many(points)
+    first = answers(SimulatedOracle(masks().__getitem__, flip_prob=0.3, seed=5), points)
+    second = answers(SimulatedOracle(masks().__getitem__, flip_prob=0.3, seed=5), points)
     assert first == second
     flipped = first.count(0) / len(points)
     assert 0.25 < flipped < 0.35  # binomial sd ~0.01
@@ -60,13 +65,3 @@ def test_bad_input_is_rejected():
         SimulatedOracle(masks().__getitem__, flip_prob=1.5)
     with pytest.raises(ValueError, match="unsure_rate"):
         SimulatedOracle(masks().__getitem__, unsure_rate=-0.1)
-
-
-def test_annotation_seconds_by_hand():
-    assert AnnotationCosts() == AnnotationCosts(point_s=0.9, mask_s=79.2, box_s=7.0)
-    assert annotation_seconds(3, 2, 1) == pytest.approx(3 * 0.9 + 2 * 7.0 + 79.2)
-    assert annotation_seconds(88, 0) == pytest.approx(annotation_seconds(0, 0, 1))
-    custom = AnnotationCosts(point_s=1.0, mask_s=10.0, box_s=5.0)
-    assert annotation_seconds(2, 1, 3, custom) == pytest.approx(2 + 5 + 30)
-    with pytest.raises(ValueError):
-        annotation_seconds(-1, 0)

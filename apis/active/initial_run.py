@@ -1,0 +1,50 @@
+"""``loop.initial_run``: start a run from another run's P0 and M0, so that the strategies of an experiment
+are compared from the same starting point (docs/design.md, "The method")."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from apis.active.run_dir import RunDirectory
+from apis.config import RESUMABLE_KEYS, ConfigError, ExperimentConfig, config_differences, flat_config, load_run_config
+from apis.data.ledger import PointLedger
+
+# What M0 depends on: these sections and keys must be equal in both runs.
+M0_SECTIONS = ("seed", "data", "model", "solver")
+M0_KEYS = {"loss.points", "loss.full", "loss.box", "loop.points_loss_m0"}
+
+
+def _trains_m0(key: str) -> bool:
+    return key.split(".")[0] in M0_SECTIONS or key in M0_KEYS
+
+
+def reuse_initial_run(source: Path, cfg: ExperimentConfig, run_dir: RunDirectory, ledger: PointLedger,
+                      strategy: str) -> None:
+    """Copy P0 (the ledger's step-0 answers) and M0 (every member's step-0 training) of ``source`` into
+    ``run_dir``, and its step-0 metrics with ``strategy`` as this run's strategy. Resumable: files already
+    copied are kept.
+
+    Raises:
+        ConfigError: ``source`` has not finished step 0, has no model for a member, or trained M0 with another
+            seed, data, model, solver or M0 loss.
+    """
+    source_dir = RunDirectory(source, run_dir.members)
+    if not source_dir.is_done(0) or not source_dir.config_path.exists():
+        raise ConfigError(f"loop.initial_run={source}: that run has not finished step 0")
+    stored = load_run_config(source_dir.config_path)
+    ignore = RESUMABLE_KEYS | {key for key in flat_config(cfg) if not _trains_m0(key)}
+    changed = config_differences(stored, cfg, ignore)
+    if changed:
+        raise ConfigError(f"loop.initial_run={source}: its M0 was trained differently ({'; '.join(changed)})")
+    with PointLedger(source_dir.ledger_path) as other:
+        ledger.record(other.answers(max_step=0))
+    for index in range(run_dir.members):
+        src, dst = source_dir.member(0, index), run_dir.member(0, index)
+        if not src.exists():
+            raise ConfigError(f"loop.initial_run={source}: it has no trained model {src}")
+        if not dst.exists():
+            shutil.copytree(src, dst)
+    record = source_dir.step_metrics(0)
+    record["strategy"] = strategy
+    run_dir.finish_step(0, record, cfg.loop.steps)

@@ -1,0 +1,31 @@
+"""The history of the config schema: one migration per version, so that a config written by an older APIS
+reads as it behaved then.
+
+Every run writes ``config_version`` into its ``config.yaml`` and into the config each checkpoint stores.
+Reading one of an older version applies, in order, the migrations from its version up: each names the keys
+added after that version with the value that was in effect before they existed. An old run therefore resumes
+with the behaviour it had, and refuses a config that asks for another value (``apis run`` / ``apis train``
+compare the two; see docs/design.md, "Config versions").
+
+To add a config key: give its dataclass field a default, then add one line here, the next version number
+mapping the key (dotted) to the value that reproduces the behaviour before it existed, e.g.
+``2: {"loss.new_weight": 0.0},``. ``CONFIG_VERSION`` follows; save the config the new version writes as
+``tests/fixtures/config_v<CONFIG_VERSION>.yaml`` (``dump_config(ExperimentConfig(), ...)``), and
+tests/test_config_versions.py checks that no key was left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIGRATIONS: dict[int, dict[str, Any]] = {
+    # Version 1: every config written before config_version existed (runs may lack any of these keys).
+    1: {"model.dynamic_init": "zeros", "model.dynamic_activation": "relu", "loss.point_positive_weight": 1.0,
+        "loss.point_negative_weight": 1.0, "loop.point_prior_correction": False},
+}
+
+CONFIG_VERSION = max(MIGRATIONS) + 1
+"""The version this APIS writes: one after the last migration."""
+
+UNVERSIONED = 1
+"""The version of a stored config (a run's config.yaml, a checkpoint's) without ``config_version``."""
