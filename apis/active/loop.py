@@ -16,6 +16,10 @@ Why this order is safe: a step's selected points are written before the oracle i
 crash during asking re-asks the *same* points (never new ones); the answers of a step are stored
 in one ledger transaction (all or none), and the ledger never stores a point twice; a step counts
 as done only once its ``metrics.json`` exists.
+
+With ``oracle.kind=human`` people answer instead of the simulated oracle: a step's points are stored as
+questions in the ledger and the run stops (:class:`apis.active.questions.AnswersPending`) until they are
+answered; run again, it merges the answers and goes on (docs/annotate.md).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import yaml
 
 from apis.active.oracle import Oracle, SimulatedOracle
 from apis.active.point_stats import summarise_selection
+from apis.active.questions import QuestionQueue
 from apis.active.selection import SelectedPoint
 from apis.active.strategies import get_metric
 from apis.config import ConfigError, ExperimentConfig, dump_config, to_dict
@@ -51,7 +56,7 @@ RESUMABLE_CHANGES = {("loop", "steps"), ("output_dir",), ("data", "num_workers")
 # Config keys added after runs were written, with the value that was in effect before they existed.
 KEYS_ADDED_LATER = {("model", "dynamic_init"): "zeros", ("model", "dynamic_activation"): "relu",
                     ("loss", "point_positive_weight"): 1.0, ("loss", "point_negative_weight"): 1.0,
-                    ("loop", "point_prior_correction"): False}
+                    ("loop", "point_prior_correction"): False, ("oracle", "kind"): "simulated"}
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
@@ -117,7 +122,8 @@ def _check_same_config(stored_path: Path, cfg: ExperimentConfig) -> None:
 class ActiveLearningRun:
     """One resumable APIS run in ``cfg.output_dir``. Call :meth:`run`.
 
-    ``oracle``: who answers (default: :class:`SimulatedOracle` from the training GT masks).
+    ``oracle``: who answers (default: :class:`SimulatedOracle` from the training GT masks); with
+    ``oracle.kind=human`` people answer through the ledger's questions and ``oracle`` must be None.
     """
 
     def __init__(self, cfg: ExperimentConfig, oracle: Oracle | None = None):
@@ -125,10 +131,15 @@ class ActiveLearningRun:
         self.run_dir = Path(cfg.output_dir)
         self.metric = get_metric(cfg.selection.metric)  # unknown names fail before any work
         self.train_set, self.val_set = load_datasets(cfg)
-        self.train_masks = self.train_set.masks("oracle") if oracle is None or self.metric.needs_gt else None
+        self.human = cfg.oracle.kind == "human"
+        if self.human and oracle is not None:
+            raise ConfigError("oracle.kind=human: people answer through `apis annotate`; do not pass an oracle")
+        simulated = oracle is None and not self.human
+        self.train_masks = self.train_set.masks("oracle") if simulated or self.metric.needs_gt else None
         self.val_set.masks("evaluation")  # refuses a validation set without masks, now
-        self.oracle = oracle or SimulatedOracle(self.train_masks.mask, cfg.oracle.point_cost_s,
-                                                cfg.oracle.flip_prob, cfg.oracle.unsure_rate, seed=cfg.seed)
+        self.oracle = None if self.human else oracle or SimulatedOracle(
+            self.train_masks.mask, cfg.oracle.point_cost_s, cfg.oracle.flip_prob, cfg.oracle.unsure_rate,
+            seed=cfg.seed)
         self.num_instances = sum(len(im.instances) for im in self.train_set.images)
         if self.num_instances == 0:
             raise ConfigError(f"{cfg.data.train_json}: no non-crowd instance to annotate")
@@ -178,7 +189,10 @@ class ActiveLearningRun:
                                                                                                self.cfg.seed)]
         else:
             chosen = self._select(step)
-        self._ask_and_record(step, chosen)
+        if self.human:
+            self._answers_from_people(step, chosen)
+        else:
+            self._ask_and_record(step, chosen)
         return self._selection_stats(step)
 
     def _select(self, step: int) -> list[tuple[int, int, int, int, str]]:
@@ -211,6 +225,15 @@ class ActiveLearningRun:
                                   cost_s=self.cfg.oracle.point_cost_s))
         stored = self.ledger.record(answers)  # one transaction: all of this step or nothing
         logger.info("step %d: %d answers stored (%d asked)", step, stored, len(answers))
+
+    def _answers_from_people(self, step: int, chosen: list[tuple[int, int, int, int, str]]) -> None:
+        """Store the step's questions (once) and merge their answers; AnswersPending while some are missing."""
+        with QuestionQueue(self.ledger.path) as queue:
+            posted = queue.post(step, chosen)
+            if posted:
+                logger.info("step %d: %d questions stored for people to answer", step, posted)
+            stored = queue.merge(step)
+        logger.info("step %d: %d answers from people merged into the ledger", step, stored)
 
     def _selection_stats(self, step: int) -> dict:
         """Misclassified share and boundary distance of the step's new points (SPEC §5)."""
