@@ -277,6 +277,7 @@ def serve(app: AnnotationApp, host: str = "127.0.0.1", port: int = 8765, out=sys
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(128)  # connections made once the URL is printed wait in the backlog until uvicorn accepts them
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"apis annotate: answering the questions of {app.ledger_path.parent}", file=out)
