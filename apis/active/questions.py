@@ -27,12 +27,13 @@ ones included: that is the annotation time the point cost.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,11 +269,12 @@ class QuestionQueue(PointLedger):
         None when there is no such question.
         """
         check_annotator(annotator)
-        with self._transaction():
+        with self._lease_commits(), self._transaction():
             now = self._clock()
             self._conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+            # CROSS JOIN keeps the (few) leases as the outer loop, not the thousands of open questions.
             row = self._conn.execute(
-                "SELECT q.id FROM leases l JOIN questions q ON q.id = l.question_id "
+                "SELECT q.id FROM leases l CROSS JOIN questions q ON q.id = l.question_id "
                 "WHERE l.annotator = ? AND q.complete = 0 AND NOT EXISTS (SELECT 1 FROM responses r "
                 "WHERE r.question_id = q.id AND r.annotator = ? AND r.undone_at IS NULL) "
                 "ORDER BY q.step, q.position LIMIT 1", (annotator, annotator)).fetchone()
@@ -446,6 +448,17 @@ class QuestionQueue(PointLedger):
         return [summaries[step] for step in sorted(summaries)]
 
     # ---- helpers -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lease_commits(self) -> Iterator[None]:
+        """Commit without waiting for the disk: a lease is worthless after a power cut, and the next answer's
+        ``synchronous=FULL`` commit syncs the write-ahead log, this commit included. (An answer's commit
+        is what a person waits for; a lease's is not worth an fsync on every "next question".)"""
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._conn.execute("PRAGMA synchronous=FULL")
+
     def _merged(self, step: int) -> bool:
         return self._conn.execute("SELECT 1 FROM answers WHERE step = ? LIMIT 1", (step,)).fetchone() is not None
 
