@@ -103,7 +103,7 @@ class NewResponse:
 
     question_id: int
     annotator: str
-    label: int
+    label: int | str  # 1 / 0 / -1 or "yes" / "no" / "unsure"
     seconds: float
     answered_at: str
     source: str
@@ -290,7 +290,8 @@ class QuestionQueue(PointLedger):
             self._lease(row[0], annotator, now, lease_s)
             return self._question(row[0])
 
-    def answer(self, annotator: str, question_id: int, label: int, seconds: float, source: str = "web") -> Response:
+    def answer(self, annotator: str, question_id: int, label: int | str, seconds: float, source: str = "web"
+               ) -> Response:
         """Store ``annotator``'s answer to a question, at once (its own transaction); returns it.
 
         QuestionNotFound for an unknown id; QuestionConflict when the step is merged, the annotator
