@@ -13,6 +13,9 @@ from pathlib import Path
 
 from apis import __version__
 
+# `apis run` exit statuses: 0 done, 2 bad input, 3 stopped to wait for people's answers, 130 interrupted.
+EXIT_WAITING_FOR_ANSWERS = 3
+
 
 def _cmd_data_synth(args: argparse.Namespace) -> None:
     from apis.data.synth import make_synthetic_dataset
@@ -95,6 +98,62 @@ def _cmd_export_points(args: argparse.Namespace) -> None:
     print(f"wrote {out}: points of {count} annotations known at step {step}")
 
 
+# ---- people answering (oracle.kind=human; docs/annotate.md) ------------------------------------------
+def _cmd_status(args: argparse.Namespace) -> None:
+    from apis.active.questions import QuestionQueue, format_status
+    from apis.active.run_dir import RunDirectory
+    from apis.config import ConfigError
+
+    run = RunDirectory(args.run_dir)
+    if not run.ledger_path.is_file():
+        raise ConfigError(f"{run.root}: no ledger.sqlite (is this a run directory?)")
+    with QuestionQueue(run.ledger_path) as queue:
+        summaries = queue.summaries()
+    trained = {s.step for s in summaries if run.is_done(s.step)}
+    print(f"{run.root}:")
+    print(format_status(summaries, trained))
+
+
+def _cmd_annotate(args: argparse.Namespace) -> None:
+    from apis.active.human import open_human_run
+    from apis.annotate.server import TOKEN_ENV, Access, AnnotationApp, serve
+
+    run = open_human_run(args.run_dir)
+    access = Access.create(os.environ.get(TOKEN_ENV), args.annotator)
+    app = AnnotationApp(run.ledger_path, run.train_set, access, lease_s=args.lease_seconds,
+                        answers_per_question=args.answers_per_question)
+    serve(app, host=args.host, port=args.port)
+
+
+def _cmd_export_tasks(args: argparse.Namespace) -> None:
+    from apis.active.human import open_human_run
+    from apis.active.questions import QuestionQueue
+    from apis.interop.label_studio import export_tasks
+
+    run = open_human_run(args.run_dir)
+    with QuestionQueue(run.ledger_path) as queue:
+        step = queue.progress().step if args.step is None else args.step
+        if step is None:
+            raise SystemExit(f"{run.run_dir}: no questions yet; run `apis run` first")
+        count, config_path = export_tasks(queue, run.train_set, step, args.out, args.image_url_prefix)
+    print(f"wrote {args.out}: {count} Label Studio tasks (step {step}); labelling config: {config_path}")
+
+
+def _cmd_import_answers(args: argparse.Namespace) -> None:
+    from apis.active.human import open_human_run
+    from apis.active.questions import QuestionQueue
+    from apis.interop.label_studio import read_answers
+
+    run = open_human_run(args.run_dir)
+    with QuestionQueue(run.ledger_path) as queue:
+        if args.answers_per_question is not None:
+            queue.set_answers_wanted(args.answers_per_question)
+        summary = read_answers(queue, args.export)
+        progress = queue.progress()
+    print(summary.format())
+    print(f"step {progress.step}: {progress.answered:,} of {progress.total:,} questions answered")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from apis.demo import run_demo
 
@@ -141,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("overrides", nargs="*", help="key=value, e.g. data.train_json=... solver.max_iter=600")
     pre.add_argument("--out", type=Path, required=True, help="the backbone file to write (.pth)")
     pre.set_defaults(handler=_cmd_pretrain)
-    run = sub.add_parser("run", help="run or resume the active-learning loop")
+    run = sub.add_parser("run", help="run or resume the active-learning loop",
+                         epilog="exit status: 0 done; 2 bad input; 3 stopped because a step's questions wait for "
+                                "people's answers (oracle.kind=human: answer them with `apis annotate RUN_DIR`, "
+                                "then run the same command again); 130 interrupted")
     run.add_argument("config")
     run.add_argument("overrides", nargs="*", help="key=value, e.g. selection.metric=random loop.steps=3")
     run.set_defaults(handler=_cmd_run)
@@ -156,6 +218,35 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--step", type=int, help="default: the last step with answers")
     exp.add_argument("--out", type=Path, help="default: RUN_DIR/points_stepNNN.json")
     exp.set_defaults(handler=_cmd_export_points)
+
+    status = sub.add_parser("status", help="per step: questions, answers, waiting, annotators, measured seconds")
+    status.add_argument("run_dir")
+    status.set_defaults(handler=_cmd_status)
+
+    ann = sub.add_parser("annotate", help="web page on which people answer a run's questions (oracle.kind=human)")
+    ann.add_argument("run_dir")
+    ann.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    ann.add_argument("--port", type=int, default=8765, help="0: any free port")
+    ann.add_argument("--annotator", action="append", default=[], metavar="NAME",
+                     help="give NAME their own URL (repeat per person); default: one URL with a login form")
+    ann.add_argument("--answers-per-question", type=int, help="answers each question needs (redundancy; default 1)")
+    ann.add_argument("--lease-seconds", type=float, default=300.0,
+                     help="how long a question stays with the annotator it was shown to")
+    ann.set_defaults(handler=_cmd_annotate)
+
+    ext = sub.add_parser("export-tasks", help="a step's open questions as Label Studio tasks + labelling config")
+    ext.add_argument("run_dir")
+    ext.add_argument("out", type=Path, help="tasks json to write (the config goes next to it)")
+    ext.add_argument("--step", type=int, help="default: the latest step with questions")
+    ext.add_argument("--format", choices=("label-studio",), default="label-studio")
+    ext.add_argument("--image-url-prefix", help="prefix of the image URLs (default: Label Studio local files)")
+    ext.set_defaults(handler=_cmd_export_tasks)
+
+    imp = sub.add_parser("import-answers", help="answers from a Label Studio JSON export into the ledger")
+    imp.add_argument("run_dir")
+    imp.add_argument("export", type=Path)
+    imp.add_argument("--answers-per-question", type=int, help="answers each question needs (redundancy)")
+    imp.set_defaults(handler=_cmd_import_answers)
 
     demo = sub.add_parser("demo", help="built-in data -> random vs entropy for 3 steps -> report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -173,14 +264,18 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from apis.active.questions import AnswersPending, QuestionError
     from apis.config import ConfigError
     from apis.data.coco import DatasetError
 
     try:
         args.handler(args)
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, DatasetError, QuestionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except AnswersPending as exc:  # oracle.kind=human: the run waits for people (docs/annotate.md)
+        print(exc)
+        raise SystemExit(EXIT_WAITING_FOR_ANSWERS) from None
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None

@@ -159,8 +159,13 @@ class SelectionConfig:
 
 @dataclass
 class OracleConfig:
-    """The simulated annotator and the seconds each kind of annotation costs (docs/design.md, "The method")."""
+    """Who answers the point questions, and the seconds each kind of annotation costs (docs/design.md,
+    "The method")."""
 
+    # "simulated" answers from the GT masks inside `apis run`; "human" stores each step's questions and stops
+    # until people have answered them (`apis annotate`, docs/annotate.md), and the measured seconds of their
+    # answers replace point_cost_s.
+    kind: str = "simulated"
     point_cost_s: float = 0.9
     mask_cost_s: float = 79.2
     box_cost_s: float = 7.0
@@ -371,6 +376,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_choice("model.norm", cfg.model.norm, ("frozen_bn", "bn"))
     _check_choice("model.dynamic_init", cfg.model.dynamic_init, ("fan_in", "zeros"))
     _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))
+    _check_choice("oracle.kind", cfg.oracle.kind, ("simulated", "human"))
     for name in cfg.selection.sets:
         _check_choice("selection.sets", name, ("anchors", "models", "scales"))
     if not cfg.selection.sets:

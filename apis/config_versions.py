@@ -9,7 +9,7 @@ compare the two; see docs/design.md, "Config versions").
 
 To add a config key: give its dataclass field a default, then add one line here, the next version number
 mapping the key (dotted) to the value that reproduces the behaviour before it existed, e.g.
-``2: {"loss.new_weight": 0.0},``. ``CONFIG_VERSION`` follows; save the config the new version writes as
+``3: {"loss.new_weight": 0.0},``. ``CONFIG_VERSION`` follows; save the config the new version writes as
 ``tests/fixtures/config_v<CONFIG_VERSION>.yaml`` (``dump_config(ExperimentConfig(), ...)``), and
 tests/test_config_versions.py checks that no key was left out.
 """
@@ -22,6 +22,8 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     # Version 1: every config written before config_version existed (runs may lack any of these keys).
     1: {"model.dynamic_init": "zeros", "model.dynamic_activation": "relu", "loss.point_positive_weight": 1.0,
         "loss.point_negative_weight": 1.0, "loop.point_prior_correction": False},
+    # Version 2: before people could answer (apis annotate), the simulated oracle answered every run.
+    2: {"oracle.kind": "simulated"},
 }
 
 CONFIG_VERSION = max(MIGRATIONS) + 1

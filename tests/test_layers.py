@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "apis"
 # sits beside modeling: the engine uses both, neither uses the other.
 LAYERS = {
     "cli": 7,
-    "demo": 6,
+    "demo": 6, "annotate": 6, "interop": 6,
     "active": 5,
     "engine": 4,
     "modeling": 3, "evaluation": 3,

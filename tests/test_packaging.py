@@ -64,6 +64,13 @@ def test_the_wheel_holds_the_configs(installed):
     assert sorted(Path(n).name for n in names if n.startswith("apis/configs/")) == shipped
 
 
+def test_the_wheel_holds_the_annotation_page(installed):
+    _, wheel, _ = installed
+    names = zipfile.ZipFile(wheel).namelist()
+    page = sorted(path.name for path in (REPO / "apis" / "annotate" / "static").iterdir())
+    assert sorted(Path(n).name for n in names if n.startswith("apis/annotate/static/")) == page
+
+
 def test_the_installed_package_runs_from_any_directory(installed):
     python, _, work = installed
     location = _run([python, "-c", "import apis; print(apis.__file__)"], cwd=work).strip()

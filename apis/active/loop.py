@@ -10,6 +10,11 @@ stores a point twice; a step counts as done only once its ``metrics.json`` exist
 The pieces: what each step trains (:mod:`apis.active.schedule`), sharing P0 and M0 with another run
 (:mod:`apis.active.initial_run`), the statistics of a selection (:mod:`apis.active.point_stats`), prediction
 sets and point selection (:mod:`apis.active.prediction`).
+
+With ``oracle.kind=human`` people answer instead of the simulated oracle: a step's points are stored as
+questions in the ledger (:mod:`apis.active.questions`) and the run stops
+(:class:`~apis.active.questions.AnswersPending`) until they are answered; run again, it merges the answers
+and goes on (docs/annotate.md).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 from apis.active.initial_run import reuse_initial_run
 from apis.active.oracle import Oracle
 from apis.active.point_stats import selection_statistics
+from apis.active.questions import QuestionQueue
 from apis.active.run_dir import RunDirectory, step_dir
 from apis.active.schedule import member_seeds, point_prior_weights, train_config
 from apis.active.strategies import get_metric
@@ -38,11 +44,11 @@ logger = logging.getLogger(__name__)
 
 P0_CHOSEN_BY = "p0-random"
 
-__all__ = ["ActiveLearningRun", "Question", "draw_initial_points", "load_datasets", "run_active_loop", "step_dir"]
+__all__ = ["ActiveLearningRun", "PointToAsk", "draw_initial_points", "load_datasets", "run_active_loop", "step_dir"]
 
 
 @dataclass(frozen=True)
-class Question:
+class PointToAsk:
     """A point to ask about: pixel ``(x, y)`` (integer indices) of instance ``ann_id``, and how it was chosen."""
 
     ann_id: int
@@ -63,7 +69,7 @@ def load_datasets(cfg: ExperimentConfig) -> tuple[CocoDataset, CocoDataset]:
     return train, val
 
 
-def draw_initial_points(dataset: CocoDataset, seed: int) -> list[Question]:
+def draw_initial_points(dataset: CocoDataset, seed: int) -> list[PointToAsk]:
     """P0: one pixel per instance, uniform over its box's candidate pixels.
 
     Depends only on the seed and the dataset (not on the strategy), so every strategy of an
@@ -74,8 +80,8 @@ def draw_initial_points(dataset: CocoDataset, seed: int) -> list[Question]:
     for image in dataset.images:
         for inst in image.instances:
             xs, ys, xe, ye = box_pixel_range(*inst.bbox_xyxy, image.width, image.height)
-            points.append(Question(inst.ann_id, image.image_id, int(rng.integers(xs, xe)), int(rng.integers(ys, ye)),
-                                   P0_CHOSEN_BY))
+            points.append(PointToAsk(inst.ann_id, image.image_id, int(rng.integers(xs, xe)),
+                                     int(rng.integers(ys, ye)), P0_CHOSEN_BY))
     return points
 
 
@@ -83,17 +89,23 @@ class ActiveLearningRun:
     """One resumable APIS run in ``cfg.output_dir``. Call :meth:`run`.
 
     ``oracle``: who answers (default: :class:`~apis.data.simulated_oracle.SimulatedOracle` from the training
-    GT masks).
+    GT masks); with ``oracle.kind=human`` people answer through the ledger's questions and ``oracle`` must
+    be None.
     """
 
     def __init__(self, cfg: ExperimentConfig, oracle: Oracle | None = None):
         self.cfg = cfg
         self.metric = get_metric(cfg.selection.metric)  # unknown names fail before any work
         self.train_set, self.val_set = load_datasets(cfg)
-        self.train_masks = self.train_set.masks("oracle") if oracle is None or self.metric.needs_gt else None
+        self.human = cfg.oracle.kind == "human"
+        if self.human and oracle is not None:
+            raise ConfigError("oracle.kind=human: people answer through `apis annotate`; do not pass an oracle")
+        simulated = oracle is None and not self.human
+        self.train_masks = self.train_set.masks("oracle") if simulated or self.metric.needs_gt else None
         self.val_set.masks("evaluation")  # refuses a validation set without masks, now
-        self.oracle = oracle or SimulatedOracle(self.train_masks.mask, cfg.oracle.point_cost_s,
-                                                cfg.oracle.flip_prob, cfg.oracle.unsure_rate, seed=cfg.seed)
+        self.oracle = None if self.human else oracle or SimulatedOracle(
+            self.train_masks.mask, cfg.oracle.point_cost_s, cfg.oracle.flip_prob, cfg.oracle.unsure_rate,
+            seed=cfg.seed)
         self.num_instances = sum(len(im.instances) for im in self.train_set.images)
         if self.num_instances == 0:
             raise ConfigError(f"{cfg.data.train_json}: no non-crowd instance to annotate")
@@ -136,9 +148,12 @@ class ActiveLearningRun:
         if step in {a.step for a in self.ledger.answers()}:
             return
         questions = draw_initial_points(self.train_set, self.cfg.seed) if step == 0 else self._select(step)
-        self._ask_and_record(step, questions)
+        if self.human:
+            self._answers_from_people(step, questions)
+        else:
+            self._ask_and_record(step, questions)
 
-    def _select(self, step: int) -> list[Question]:
+    def _select(self, step: int) -> list[PointToAsk]:
         """Choose one point per instance with M(step-1), persisted before anyone is asked."""
         if self.dir.read_selection(step) is None:
             from apis.active.prediction import select_with_models
@@ -155,16 +170,25 @@ class ActiveLearningRun:
                            for p in selected],
             })
         selection = self.dir.read_selection(step)
-        return [Question(p["ann_id"], p["image_id"], p["x"], p["y"], selection["metric"])
+        return [PointToAsk(p["ann_id"], p["image_id"], p["x"], p["y"], selection["metric"])
                 for p in selection["points"]]
 
-    def _ask_and_record(self, step: int, questions: list[Question]) -> None:
+    def _ask_and_record(self, step: int, questions: list[PointToAsk]) -> None:
         answers = [Answer(ann_id=q.ann_id, image_id=q.image_id, x=q.x, y=q.y,
                           label=self.oracle.answer(q.ann_id, q.x, q.y), step=step, chosen_by=q.chosen_by,
                           annotator=self.oracle.name, cost_s=self.cfg.oracle.point_cost_s)
                    for q in questions]
         stored = self.ledger.record(answers)  # one transaction: all of this step or nothing
         logger.info("step %d: %d answers stored (%d asked)", step, stored, len(answers))
+
+    def _answers_from_people(self, step: int, questions: list[PointToAsk]) -> None:
+        """Store the step's questions (once) and merge their answers; AnswersPending while some are missing."""
+        with QuestionQueue(self.ledger.path) as queue:
+            posted = queue.post(step, questions)
+            if posted:
+                logger.info("step %d: %d questions stored for people to answer", step, posted)
+            stored = queue.merge(step)
+        logger.info("step %d: %d answers from people merged into the ledger", step, stored)
 
     def _selection_stats(self, step: int) -> dict:
         """Misclassified share and boundary distance of the step's new points (docs/design.md, "Reading a run")."""

@@ -5,6 +5,10 @@ point was chosen, who answered, when, and its cost in seconds) is one row of ``a
 candidate boxes of the instances live in ``instances`` so that an answer can be checked before it
 is stored. ``P(s)``, the point set of step ``s``, is every answer with ``step <= s``.
 
+Schema version 2 adds the tables of questions waiting for people (``ledger_info``, ``questions``,
+``responses``, ``leases``; used by :mod:`apis.active.questions`). A version-1 ledger is upgraded in
+place when opened: the new tables are created empty and nothing stored before changes.
+
 Durability: the database runs in WAL mode with ``synchronous=FULL`` and each :meth:`PointLedger.record`
 call is one transaction, so a crash (even SIGKILL) loses at most the batch being written, never part
 of one. Each :class:`PointLedger` owns its connection; open one per thread or process.
@@ -26,7 +30,7 @@ import numpy as np
 from apis.data.coords import point_in_box
 from apis.data.points import POINT_LABELS, InstancePoints, write_pointsup
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -58,6 +62,55 @@ CREATE TABLE IF NOT EXISTS answers (
 );
 CREATE INDEX IF NOT EXISTS answers_by_step ON answers (step);
 """
+
+# Version 2: questions put to people (apis.active.questions). A question is one (instance, point) of a step;
+# each person's answer to it is a row of ``responses`` (an undone one keeps its row, with ``undone_at`` set);
+# a lease hands a question to one annotator until ``expires_at`` (unix seconds). When every question of a
+# step has its answers, they are merged into one ``answers`` row each, the table training reads.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS ledger_info (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS questions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    step INTEGER NOT NULL CHECK (step >= 0),
+    position INTEGER NOT NULL,
+    ann_id INTEGER NOT NULL REFERENCES instances (ann_id),
+    image_id INTEGER NOT NULL,
+    x INTEGER NOT NULL,
+    y INTEGER NOT NULL,
+    chosen_by TEXT NOT NULL,
+    answers_wanted INTEGER NOT NULL DEFAULT 1 CHECK (answers_wanted >= 1),
+    complete INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (ann_id, x, y),
+    UNIQUE (step, position)
+);
+CREATE INDEX IF NOT EXISTS questions_open ON questions (complete, step, position);
+CREATE TABLE IF NOT EXISTS responses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    question_id INTEGER NOT NULL REFERENCES questions (id),
+    annotator TEXT NOT NULL,
+    label INTEGER NOT NULL CHECK (label IN (1, 0, -1)),
+    seconds REAL NOT NULL CHECK (seconds >= 0),
+    answered_at TEXT NOT NULL,
+    source TEXT NOT NULL,
+    undone_at TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_response_per_annotator ON responses (question_id, annotator)
+    WHERE undone_at IS NULL;
+CREATE INDEX IF NOT EXISTS responses_by_annotator ON responses (annotator, id);
+CREATE TABLE IF NOT EXISTS leases (
+    question_id INTEGER NOT NULL REFERENCES questions (id),
+    annotator TEXT NOT NULL,
+    granted_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (question_id, annotator)
+);
+"""
+# Versions this code opens; older ones are upgraded by creating the tables they lack.
+_READABLE_VERSIONS = ([1], [SCHEMA_VERSION])
+
 
 def utc_now() -> str:
     """The current time as ISO-8601 UTC, e.g. ``2024-05-01T12:00:00.123456+00:00``."""
@@ -133,10 +186,14 @@ class PointLedger:
                 if statement.strip():
                     self._conn.execute(statement)
             versions = [row[0] for row in self._conn.execute("SELECT version FROM schema_version")]
-            if not versions:
-                self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif versions != [SCHEMA_VERSION]:
+            if versions and versions not in _READABLE_VERSIONS:
                 raise ValueError(f"{self.path}: ledger schema version {versions}, expected {SCHEMA_VERSION}")
+            for statement in _SCHEMA_V2.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            if versions != [SCHEMA_VERSION]:  # a new ledger, or a version-1 one now upgraded
+                self._conn.execute("DELETE FROM schema_version")
+                self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -185,16 +242,22 @@ class PointLedger:
         already stored (or repeated within the batch) is skipped: the first answer is kept.
         """
         with self._transaction():
-            for answer in answers:
-                self._check(answer)
-            cursor = self._conn.executemany(
-                f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (ann_id, x, y) DO NOTHING",
-                [astuple(answer) for answer in answers])
-            return max(cursor.rowcount, 0)
+            return self._insert_answers(answers)
+
+    def _insert_answers(self, answers: Sequence[Answer]) -> int:
+        """:meth:`record` inside a transaction the caller holds."""
+        for answer in answers:
+            self._check(answer)
+        cursor = self._conn.executemany(
+            f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (ann_id, x, y) DO NOTHING",
+            [astuple(answer) for answer in answers])
+        return max(cursor.rowcount, 0)
 
     def _check(self, answer: Answer) -> None:
-        where = f"{self.path}: answer for annotation {answer.ann_id} at point ({answer.x}, {answer.y})"
+        """Raise ValueError unless ``answer`` (or anything with ``ann_id``, ``image_id``, ``x``, ``y``, such as
+        a question of :mod:`apis.active.questions`) is a candidate point of a registered instance."""
+        where = f"{self.path}: annotation {answer.ann_id} at point ({answer.x}, {answer.y})"
         instance = self._conn.execute(
             "SELECT image_id, x0, y0, x1, y1, width, height FROM instances WHERE ann_id = ?",
             (answer.ann_id,)).fetchone()

@@ -159,7 +159,7 @@ def test_reopen_sees_the_same_answers_and_concurrent_readers_see_commits(tmp_pat
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(ValueError, match=r"ledger schema version \[99\], expected 1"):
+    with pytest.raises(ValueError, match=r"ledger schema version \[99\], expected 2"):
         PointLedger(path)
 
 

@@ -1,0 +1,1 @@
+"""Round trips with other annotation tools (docs/annotate.md)."""

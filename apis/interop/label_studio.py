@@ -1,0 +1,259 @@
+"""Label Studio round trip: a step's questions out as tasks, the team's answers back into the ledger.
+
+Label Studio's formats are documented JSON, so no SDK is needed:
+
+* **tasks** (Label Studio's import format): one task per open question, ``data`` holding the image URL, the
+  class name and the ids that bring the answer back (``apis_run``, ``apis_question``, ``apis_step``,
+  ``apis_ann_id``, ``apis_image_id``, ``apis_x``, ``apis_y``), and one prediction drawing the instance's box
+  (``rectanglelabels``) and the point (``keypointlabels``). Label Studio stores positions as percentages of
+  the original image size; the point is written at its pixel's centre, ``(x + 0.5) / width * 100``.
+* **labelling config** (:data:`LABEL_CONFIG`): the image, the box, the point and a required single choice
+  yes / no / unsure (hotkeys Y / N / U).
+* **export** (Label Studio's "JSON" export): the tasks with their ``annotations``; each annotation's choice
+  becomes one answer with ``completed_by`` as annotator and ``lead_time`` (seconds Label Studio measured)
+  as its seconds.
+
+:func:`read_answers` checks everything before anything is stored, naming the task in every message: a task
+of another run, unknown or edited ids, a moved point, a missing or unknown choice, one person answering the
+same question differently, a step already trained on. The answers are then stored in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+from apis.active.questions import (
+    LABEL_NAMES,
+    LABELS,
+    NewResponse,
+    Question,
+    QuestionError,
+    QuestionNotFound,
+    QuestionQueue,
+    check_annotator,
+)
+from apis.data.coco import CocoDataset
+from apis.data.ledger import utc_now
+from apis.utils.io import atomic_write_json, atomic_write_text
+
+LABEL_CONFIG = """<View>
+  <Header value="Is the centre of the red point on the $category inside the blue box?"/>
+  <Image name="image" value="$image" zoom="true" zoomControl="true"/>
+  <RectangleLabels name="box" toName="image">
+    <Label value="box" background="#1e88e5"/>
+  </RectangleLabels>
+  <KeyPointLabels name="point" toName="image">
+    <Label value="point" background="#e53935"/>
+  </KeyPointLabels>
+  <Choices name="answer" toName="image" choice="single-radio" required="true" showInline="true">
+    <Choice value="yes" hotkey="y"/>
+    <Choice value="no" hotkey="n"/>
+    <Choice value="unsure" hotkey="u"/>
+  </Choices>
+</View>
+"""
+POINT_SIZE_PERCENT = 0.6  # the drawn size of the keypoint in Label Studio, in percent of the image width
+DATA_IDS = ("apis_step", "apis_ann_id", "apis_image_id", "apis_x", "apis_y")
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What :func:`read_answers` did: tasks read, answers stored, tasks without a (non-cancelled) annotation,
+    answers skipped because the ledger already had them."""
+
+    tasks: int
+    stored: int
+    unanswered: int
+    repeated: int
+    without_lead_time: int
+
+    def format(self) -> str:
+        text = (f"{self.tasks:,} tasks read: {self.stored:,} answers stored, {self.repeated:,} already in the "
+                f"ledger, {self.unanswered:,} tasks without an answer")
+        if self.without_lead_time:
+            text += f"; {self.without_lead_time:,} answers had no lead_time and count as 0 s"
+        return text
+
+
+def export_tasks(queue: QuestionQueue, dataset: CocoDataset, step: int, out_path: str | Path,
+                 image_url_prefix: str | None = None) -> tuple[int, Path]:
+    """Write step ``step``'s open questions as Label Studio tasks to ``out_path`` and the labelling config
+    next to it (``<stem>.label_config.xml``); returns the number of tasks and the config's path.
+
+    ``image_url_prefix`` + the image's ``file_name`` is the URL Label Studio loads; the default,
+    ``/data/local-files/?d=<image folder name>/``, fits Label Studio's local-files storage with its document
+    root at the image folder's parent (docs/annotate.md).
+    """
+    if queue.is_merged(step):
+        raise QuestionError(f"step {step} was merged and trained on already; there is nothing to ask")
+    questions = queue.questions(step, open_only=True)
+    if not questions and not queue.questions(step):
+        raise QuestionError(f"{queue.path}: step {step} has no questions (run `apis run` to select them)")
+    prefix = image_url_prefix if image_url_prefix is not None else f"/data/local-files/?d={dataset.image_root.name}/"
+    names = {c["id"]: str(c.get("name", c["id"])) for c in dataset.categories}
+    run_id = queue.run_id
+    tasks = [_task(q, dataset, names, run_id, prefix) for q in questions]
+    out_path = Path(out_path)
+    atomic_write_json(out_path, tasks, indent=1)
+    config_path = out_path.with_name(f"{out_path.stem}.label_config.xml")
+    atomic_write_text(config_path, LABEL_CONFIG)
+    return len(tasks), config_path
+
+
+def _task(question: Question, dataset: CocoDataset, names: dict, run_id: str, prefix: str) -> dict:
+    record = dataset.image(question.image_id)
+    instance = dataset.instance(question.ann_id)
+    width, height = record.width, record.height
+    x0, y0, x1, y1 = instance.bbox_xyxy
+    region = {"to_name": "image", "original_width": width, "original_height": height, "image_rotation": 0}
+    return {
+        "data": {
+            "image": prefix + quote(record.file_name), "category": names.get(instance.category_id, "object"),
+            "apis_run": run_id, "apis_question": question.id, "apis_step": question.step,
+            "apis_ann_id": question.ann_id, "apis_image_id": question.image_id,
+            "apis_x": question.x, "apis_y": question.y,
+        },
+        "predictions": [{
+            "model_version": f"apis step {question.step} ({question.chosen_by})",
+            "result": [
+                {"id": f"box{question.id}", "from_name": "box", "type": "rectanglelabels", **region,
+                 "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
+                           "height": 100 * (y1 - y0) / height, "rotation": 0, "rectanglelabels": ["box"]}},
+                {"id": f"point{question.id}", "from_name": "point", "type": "keypointlabels", **region,
+                 "value": {"x": 100 * (question.x + 0.5) / width, "y": 100 * (question.y + 0.5) / height,
+                           "width": POINT_SIZE_PERCENT, "keypointlabels": ["point"]}},
+            ],
+        }],
+    }
+
+
+def read_answers(queue: QuestionQueue, export_path: str | Path) -> ImportSummary:
+    """Store the answers of a Label Studio JSON export in the ledger, all or none (see the module docstring).
+
+    Raises QuestionError (or a subclass) naming the file and the task when anything is wrong; nothing is
+    stored then.
+    """
+    export_path = Path(export_path)
+    try:
+        tasks = json.loads(export_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise QuestionError(f"{export_path}: not a readable JSON file: {error}") from None
+    if not isinstance(tasks, list):
+        raise QuestionError(f"{export_path}: a Label Studio JSON export is a list of tasks, got {type(tasks).__name__}")
+    run_id = queue.run_id
+    new: list[NewResponse] = []
+    seen: dict[tuple[int, str], tuple[int, str]] = {}  # (question, annotator) -> (label, where)
+    unanswered = without_lead_time = 0
+    for index, task in enumerate(tasks):
+        name = f"{export_path}: task {task.get('id', f'#{index}') if isinstance(task, dict) else f'#{index}'}"
+        question = _question_of(queue, task, name, run_id)
+        answers = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        unanswered += not answers
+        for annotation in answers:
+            where = f"{name} (question {question.id}), annotation {annotation.get('id', '?')}"
+            label = _choice(annotation, where)
+            _check_point(annotation, question, where)
+            annotator = _annotator(annotation.get("completed_by"), where)
+            earlier = seen.get((question.id, annotator))
+            if earlier is not None:
+                if earlier[0] != label:
+                    raise QuestionError(f"{where}: {annotator} answered {LABEL_NAMES[label]} here but "
+                                        f"{LABEL_NAMES[earlier[0]]} "
+                                        f"in {earlier[1]}; keep one answer per person and question")
+                continue
+            seen[(question.id, annotator)] = (label, where)
+            lead_time = annotation.get("lead_time")
+            if lead_time is None:
+                without_lead_time += 1
+                lead_time = 0.0
+            new.append(NewResponse(question_id=question.id, annotator=annotator, label=label, seconds=lead_time,
+                                   answered_at=_utc(annotation.get("created_at"), where), source="label-studio",
+                                   where=where))
+    stored = queue.add_responses(new, skip_repeats=True)
+    return ImportSummary(tasks=len(tasks), stored=len(stored), unanswered=unanswered,
+                         repeated=len(new) - len(stored), without_lead_time=without_lead_time)
+
+
+def _question_of(queue: QuestionQueue, task: object, name: str, run_id: str) -> Question:
+    """The ledger's question of a task, after checking the task's ids against it."""
+    data = task.get("data") if isinstance(task, dict) else None
+    if not isinstance(data, dict) or "apis_question" not in data:
+        raise QuestionError(f"{name}: no apis_question in its data; export the tasks with `apis export-tasks`")
+    if data.get("apis_run") != run_id:
+        raise QuestionError(f"{name}: comes from another run (apis_run {data.get('apis_run')!r}, this run's ledger "
+                            f"is {run_id!r})")
+    question_id = _integer(data["apis_question"], f"{name}: apis_question")
+    try:
+        question = queue.question(question_id)
+    except QuestionNotFound:
+        raise QuestionNotFound(f"{name}: question {question_id} is not in {queue.path}") from None
+    expected = dict(zip(DATA_IDS, (question.step, question.ann_id, question.image_id, question.x, question.y)))
+    edited = [key for key, value in expected.items() if data.get(key) != value]
+    if edited:
+        raise QuestionError(f"{name}: its data ({', '.join(f'{k}={data.get(k)!r}' for k in edited)}) do not match "
+                            f"question {question.id} (step {question.step}, annotation {question.ann_id}, image "
+                            f"{question.image_id}, point ({question.x}, {question.y})); was the task edited?")
+    return question
+
+
+def _choice(annotation: dict, where: str) -> int:
+    choices = [c for item in annotation.get("result") or [] if isinstance(item, dict) and item.get("type") == "choices"
+               for c in (item.get("value") or {}).get("choices") or []]
+    if len(choices) != 1:
+        raise QuestionError(f"{where}: expected one choice of yes / no / unsure, got {choices}")
+    if not isinstance(choices[0], str) or choices[0].lower() not in LABELS:
+        raise QuestionError(f"{where}: choice {choices[0]!r} is not one of yes, no, unsure")
+    return LABELS[choices[0].lower()]
+
+
+def _check_point(annotation: dict, question: Question, where: str) -> None:
+    """A keypoint in the annotation must still be on the question's pixel: APIS asks about that pixel only."""
+    for item in annotation.get("result") or []:
+        if not isinstance(item, dict) or item.get("type") != "keypointlabels":
+            continue
+        value = item.get("value") or {}
+        try:
+            width, height = float(item["original_width"]), float(item["original_height"])
+            x, y = math.floor(float(value["x"]) / 100 * width), math.floor(float(value["y"]) / 100 * height)
+        except (KeyError, TypeError, ValueError):
+            raise QuestionError(f"{where}: a keypoint without x, y, original_width, original_height") from None
+        if (x, y) != (question.x, question.y):
+            raise QuestionError(f"{where}: the point was moved from ({question.x}, {question.y}) to ({x}, {y}); the "
+                                "question is about the original pixel: undo the move and answer again")
+
+
+def _annotator(completed_by: object, where: str) -> str:
+    """Label Studio's ``completed_by``: a user id (``label-studio-user-ID``) or a user object with an e-mail."""
+    if isinstance(completed_by, dict):
+        completed_by = completed_by.get("email") or completed_by.get("id")
+    if isinstance(completed_by, int) and not isinstance(completed_by, bool):
+        return f"label-studio-user-{completed_by}"
+    if isinstance(completed_by, str):
+        try:
+            return check_annotator(completed_by)
+        except QuestionError as error:
+            raise QuestionError(f"{where}: {error}") from None
+    raise QuestionError(f"{where}: completed_by {completed_by!r} names no annotator")
+
+
+def _utc(stamp: object, where: str) -> str:
+    if stamp is None:
+        return utc_now()
+    try:
+        parsed = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        raise QuestionError(f"{where}: created_at {stamp!r} is not an ISO-8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc).isoformat()
+
+
+def _integer(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise QuestionError(f"{where} {value!r} is not an integer")
+    return value

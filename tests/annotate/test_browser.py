@@ -1,0 +1,182 @@
+"""The page in a real browser: headless Chromium (Debian's package, driven by Playwright) answers a step with
+the keyboard against a real `apis annotate` server, undoes an answer, survives the server being killed and
+restarted, finishes the step; then `apis run` trains on the answers.
+
+Needs /usr/bin/chromium (`make test` installs it with apt-get when run as root, as CI does). Without it the
+test is skipped, unless APIS_REQUIRE_BROWSER=1 (set by .ci/run), where it fails. APIS_SCREENSHOT=PATH also
+saves the screenshot there (docs/annotate.png is made so).
+"""
+
+import http.client
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from apis.active.questions import QuestionQueue
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "browser-test-secret"
+KEYS = {"y": 1, "n": 0, "u": -1}
+TIMEOUT_MS = 20_000
+
+
+def find_chromium() -> str:
+    for candidate in (os.environ.get("APIS_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    reason = "Debian's chromium is not installed (`apt-get install chromium`; `make test` does it as root)"
+    if os.environ.get("APIS_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+class AnnotateServer:
+    """`apis annotate RUN_DIR --port 0` in a child process; ``url`` is the address it printed."""
+
+    def __init__(self, run_dir: Path):
+        env = {**os.environ, "APIS_ANNOTATE_TOKEN": TOKEN}
+        self.process = subprocess.Popen([sys.executable, "-m", "apis.cli", "annotate", str(run_dir), "--port", "0"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.url = self._read_url(deadline=time.monotonic() + 60)
+
+    def _read_url(self, deadline: float) -> str:
+        lines: queue.Queue = queue.Queue()  # a reader thread: readline() alone could block past the deadline
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
+        printed = []
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            printed.append(line)
+            if "http://" in line:
+                return line[line.index("http://"):].split("?")[0]
+        self.kill()
+        pytest.fail("apis annotate printed no URL:\n" + "".join(printed))
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL: no chance to flush or clean up
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def shown_question(page, previous) -> int:
+    """Wait until the page shows a question other than ``previous``, with no request in flight."""
+    page.wait_for_function(
+        "previous => { const stage = document.querySelector('#stage');"
+        " return document.body.dataset.busy === '0' && stage.dataset.ready === '1'"
+        " && stage.dataset.questionId !== previous; }", arg=str(previous), timeout=TIMEOUT_MS)
+    return int(page.get_attribute("#stage", "data-question-id"))
+
+
+def ledger_state(run_dir):
+    with QuestionQueue(run_dir / "ledger.sqlite") as questions:
+        return questions.responses(0), questions.responses(0, include_undone=True), len(questions.questions(0))
+
+
+def raw_get(url: str, path: str) -> int:
+    """Status of a GET sent byte for byte (no client-side normalisation of ``..``)."""
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+    status = connection.getresponse().status
+    connection.close()
+    return status
+
+
+def test_answer_a_step_in_chromium_with_a_server_restart(human_run, tmp_path):
+    executable = find_chromium()
+    from playwright.sync_api import sync_playwright
+
+    config_path, run_dir = human_run("browser")
+    expected: dict[int, int] = {}
+    server = AnnotateServer(run_dir)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            page.goto(f"{server.url}?token={TOKEN}")
+            page.fill("#login-name", "tester")
+            page.keyboard.press("Enter")
+            current = shown_question(page, None)
+            keys = "ynuyn"
+            for key in keys:  # answer five questions with the keyboard, at a (fast) person's pace
+                expected[current] = KEYS[key]
+                answered = current
+                page.wait_for_timeout(400)
+                page.keyboard.press(key)
+                current = shown_question(page, answered)
+            page.keyboard.press("z")  # undo: the last answered question comes back
+            assert shown_question(page, current) == answered
+            del expected[answered]
+            assert "taken back" in page.inner_text("#message")
+            responses, every, total = ledger_state(run_dir)
+            assert {r.question_id: r.label for r in responses} == expected
+            assert len(every) == len(keys) and sum(r.undone_at is not None for r in every) == 1
+            expected[answered] = KEYS["y"]
+            page.keyboard.press("y")
+            shown_question(page, answered)
+
+            server.kill()  # nothing answered may be lost
+            assert {r.question_id: r.label for r in ledger_state(run_dir)[0]} == expected
+            server = AnnotateServer(run_dir)  # same secret: the browser's cookie is valid again
+            assert raw_get(server.url, "/static/../../pyproject.toml") == 404
+            assert raw_get(server.url, "/static/..%2F..%2Fpyproject.toml") == 404
+            page.goto(server.url)
+            current = shown_question(page, None)
+            assert current not in expected
+            screenshot = tmp_path / "annotate.png"
+            page.screenshot(path=str(screenshot))
+            assert screenshot.stat().st_size > 10_000
+            if os.environ.get("APIS_SCREENSHOT"):
+                shutil.copy(screenshot, os.environ["APIS_SCREENSHOT"])
+
+            for _ in range(total):  # answer the rest, then the page says the step is done
+                key = "ynu"[len(expected) % 3]
+                expected[current] = KEYS[key]
+                page.keyboard.press(key)
+                page.wait_for_function(
+                    "previous => document.body.dataset.busy === '0' && (!document.querySelector('#empty').hidden"
+                    " || document.querySelector('#stage').dataset.questionId !== previous"
+                    " && document.querySelector('#stage').dataset.ready === '1')", arg=str(current), timeout=TIMEOUT_MS)
+                if page.is_visible("#empty"):
+                    break
+                current = int(page.get_attribute("#stage", "data-question-id"))
+            assert "have their answers" in page.inner_text("#empty")
+            assert page.inner_text("#progress-text") == f"step 0: {total} / {total} answered (you: {total})"
+            browser.close()
+    finally:
+        server.stop()
+
+    responses, every, total = ledger_state(run_dir)
+    assert len(responses) == total and {r.question_id: r.label for r in responses} == expected
+    assert {r.annotator for r in every} == {"tester"} and all(0 < r.seconds < 60 for r in every)
+
+    done = subprocess.run([sys.executable, "-m", "apis.cli", "run", str(config_path)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "P0: mask AP" in done.stdout
+    with QuestionQueue(run_dir / "ledger.sqlite") as ledger:
+        merged = {(a.ann_id, a.x, a.y): a.label for a in ledger.answers()}
+        questions = {q.id: (q.ann_id, q.x, q.y) for q in ledger.questions(0)}
+    assert merged == {questions[question_id]: label for question_id, label in expected.items()}
+    metrics = json.loads((run_dir / "step_000" / "metrics.json").read_text())
+    boxes_s = total * 7.0
+    assert metrics["annotation_seconds"] == pytest.approx(sum(r.seconds for r in every) + boxes_s)
