@@ -1,7 +1,8 @@
 """The benchmark that matters: random vs entropy point selection, P0..P3, several seeds.
 
 Runs ``apis run`` for every (seed, strategy); the random run of a seed reuses that seed's P0 and
-M0 from the entropy run (SPEC §1: all strategies of an experiment start from the same model).
+M0 from the entropy run (all strategies of an experiment start from the same model; docs/design.md,
+"The method").
 Every run resumes, so the benchmark can be stopped and restarted at any time; finished steps are
 kept. At the end it writes ``curves.png`` and ``comparison.md`` into ``--out`` and prints the table.
 ``--m0-from`` an earlier benchmark's ``--out`` makes every run reuse that benchmark's P0 and M0 of the

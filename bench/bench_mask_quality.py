@@ -46,7 +46,7 @@ import torch
 from apis.active.loop import load_datasets, step_dir
 from apis.active.prediction import SelectionImages, iter_prediction_sets
 from apis.active.selection import crop_to_grid
-from apis.config import load_config
+from apis.config import load_run_config
 from apis.data.dataset import collate
 from apis.data.transforms import resized_size
 from apis.engine.inference import load_model
@@ -164,7 +164,7 @@ def checkpoints_of(run_dir: Path) -> list[tuple[str, Path]]:
 
 def print_run(run_dir: Path, max_images: int, device: torch.device) -> None:
     """One table row per final checkpoint of ``run_dir``."""
-    cfg = load_config(run_dir / "config.yaml", [f"data.max_val_images={max_images}"])
+    cfg = load_run_config(run_dir / "config.yaml", [f"data.max_val_images={max_images}"])
     _, val = load_datasets(cfg)
     for step, checkpoint in checkpoints_of(run_dir):
         for summary in step_quality(checkpoint, cfg, val, device):

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 
-import apis  # noqa: F401  (imported before torch: it sets OMP_WAIT_POLICY)
+# As the CLI does (apis.cli.main): OpenMP threads wait without spinning, which on a shared CPU keeps training
+# from slowing down many times under load. Set before torch is imported, here and in the subprocesses.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _batch(size: int, batch: int):

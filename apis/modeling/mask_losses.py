@@ -21,9 +21,17 @@ def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int, pos
                 negative_weight: float = 1.0) -> dict[str, Tensor]:
     """PointSup: BCE of the logits sampled bilinearly at labelled points, mean over points with label 0/1.
 
-    Args: logits ``[n, Hm, Wm]``; points ``[n, P, 2]`` continuous image (x, y); labels ``[n, P]`` in
-    {1, 0, -1}, -1 = padding (ignored). ``positive_weight`` / ``negative_weight`` weight the points
-    labelled 1 / 0; the mean is then weighted (sum of weighted terms over sum of weights).
+    Args:
+        logits: ``[n, Hm, Wm]`` mask logits at ``stride``.
+        points: ``[n, P, 2]`` (x, y) continuous image coordinates.
+        labels: ``[n, P]`` in {1, 0, -1}; -1 is padding or an unsure answer (ignored).
+        stride: the stride of ``logits``.
+        positive_weight: weight of the points labelled 1.
+        negative_weight: weight of the points labelled 0.
+
+    Returns:
+        ``{"loss_mask_points": scalar}``: the weighted mean (sum of weighted terms over sum of weights);
+        0 (keeping the graph) when no point is labelled 0 or 1.
     """
     valid = labels >= 0
     if not bool(valid.any()):
@@ -37,7 +45,17 @@ def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int, pos
 
 @torch.no_grad()
 def point_accuracy(logits: Tensor, points: Tensor, labels: Tensor, stride: int) -> tuple[int, int]:
-    """``(correct, counted)``: labelled points (label 0/1) whose sampled logit has the label's sign."""
+    """How many labelled points the mask logits classify right.
+
+    Args:
+        logits: ``[n, Hm, Wm]`` mask logits at ``stride``.
+        points: ``[n, P, 2]`` (x, y) continuous image coordinates.
+        labels: ``[n, P]`` in {1, 0, -1}; -1 is not counted.
+        stride: the stride of ``logits``.
+
+    Returns:
+        ``(correct, counted)``: points labelled 0/1 whose sampled logit has the label's sign, and their number.
+    """
     valid = labels >= 0
     if not bool(valid.any()):
         return 0, 0
@@ -64,10 +82,19 @@ def masks_at_stride(masks: Tensor, stride: int) -> Tensor:
 
 
 def box_masks_at_stride(boxes: Tensor, height: int, width: int, stride: int) -> Tensor:
-    """``[N, height, width]`` bool: cells whose centre lies in the box (xyxy, continuous image coords).
+    """The cells of a stride grid whose centre lies in each box.
 
     Along an axis where no cell centre falls inside the box, the cell holding the box centre is used, so a
     tiny box still marks one cell (the same rule as :func:`apis.data.coords.box_pixel_range`).
+
+    Args:
+        boxes: ``[N, 4]`` xyxy in continuous image coordinates.
+        height: rows of the grid.
+        width: columns of the grid.
+        stride: cell size in pixels.
+
+    Returns:
+        ``[N, height, width]`` bool.
     """
     def axis_mask(low: Tensor, high: Tensor, size: int) -> Tensor:
         first = torch.ceil(low / stride - 0.5)
@@ -115,8 +142,16 @@ def loss_box_pairwise(logits: Tensor, box_masks: Tensor, colour_similarity: Tens
                       threshold: float) -> dict[str, Tensor]:
     """BoxInst pairwise term over cells inside the box whose neighbour has a similar colour.
 
-    Args: box_masks ``[n, H, W]`` bool; colour_similarity ``[n, 8, H, W]`` in [0, 1] (0 for neighbours
-    outside the image).
+    Args:
+        logits: ``[n, H, W]`` mask logits.
+        box_masks: ``[n, H, W]`` bool, the cells inside each instance's box.
+        colour_similarity: ``[n, 8, H, W]`` in [0, 1], each cell's with its 8 neighbours (0 for neighbours
+            outside the image).
+        dilation: distance of the neighbours in cells.
+        threshold: pairs less similar than this are left out.
+
+    Returns:
+        ``{"loss_mask_box_pairwise": scalar}``: mean disagreement over the pairs counted.
     """
     weights = (colour_similarity >= threshold).to(logits.dtype) * box_masks[:, None].to(logits.dtype)
     loss = (pairwise_disagreement(logits, dilation) * weights).sum() / weights.sum().clamp(min=1.0)
@@ -140,8 +175,14 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
 def colour_similarity(images: Tensor, image_sizes: list[tuple[int, int]], stride: int, dilation: int) -> Tensor:
     """BoxInst colour affinity ``exp(-||lab_i - lab_j|| / 2)`` of each stride cell with its 8 neighbours.
 
-    Args: images ``[B, 3, Hp, Wp]`` RGB 0..255 (padded); image_sizes ``(h, w)`` of the valid areas.
-    Returns ``[B, 8, Hp/stride, Wp/stride]``; pairs with a neighbour outside the valid area get 0.
+    Args:
+        images: ``[B, 3, Hp, Wp]`` RGB in 0..255, padded.
+        image_sizes: ``(h, w)`` of each image's valid area.
+        stride: cell size in pixels (the images are average-pooled to it).
+        dilation: distance of the neighbours in cells.
+
+    Returns:
+        ``[B, 8, Hp/stride, Wp/stride]``; pairs with a neighbour outside the valid area get 0.
     """
     pooled = F.avg_pool2d(images.float(), kernel_size=stride, stride=stride)
     lab = rgb_to_lab(pooled)
