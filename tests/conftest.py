@@ -32,6 +32,21 @@ def synth_dir(tmp_path_factory) -> Path:
     return out
 
 
+class Clock:
+    """A settable clock in unix seconds, for the question queue's leases (``clock.now += seconds``)."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
 # A tiny CPU run answered by people (oracle.kind=human), for the annotation page, the Label Studio round
 # trip and the browser test. Training settings as small as tests/active's, so `apis run` resumes in seconds.
 HUMAN_RUN_SETTINGS = {

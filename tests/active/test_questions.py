@@ -24,21 +24,6 @@ STEP0 = [PointToAsk(1, 10, 2, 3, "p0-random"), PointToAsk(2, 11, 1, 1, "p0-rando
 LEASE_S = 60.0
 
 
-class Clock:
-    """A settable clock in unix seconds."""
-
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def queue(tmp_path, clock):
     with QuestionQueue(tmp_path / "ledger.sqlite", clock=clock) as queue:

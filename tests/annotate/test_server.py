@@ -15,19 +15,6 @@ SECRET = "s3cret-token"
 LEASE_S = 60.0
 
 
-class Clock:
-    def __init__(self):
-        self.now = 2_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def served(human_run, clock):
     """``(annotators=(), **app_options) -> (client, app, run)``: the app of a run waiting at step 0."""
