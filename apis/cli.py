@@ -61,7 +61,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     from apis.config import load_config
     from apis.engine.pretrain import pretrain
 
-    out = pretrain(load_config(args.config, args.overrides), args.out)
+    out = pretrain(load_config(args.config, args.overrides), args.out, half=args.half)
     print(f"wrote {out} (use it with model.backbone_weights={out})")
 
 
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("config", help="a config whose data is the SOURCE dataset (categories not in the target)")
     pre.add_argument("overrides", nargs="*", help="key=value, e.g. data.train_json=... solver.max_iter=600")
     pre.add_argument("--out", type=Path, required=True, help="the backbone file to write (.pth)")
+    pre.add_argument("--half", action="store_true", help="store the weights as float16 (half the file size)")
     pre.set_defaults(handler=_cmd_pretrain)
     run = sub.add_parser("run", help="run or resume the active-learning loop",
                          epilog="exit status: 0 done; 2 bad input; 3 stopped because a step's questions wait for "

@@ -58,6 +58,7 @@ def test_cpu_configs_scale_the_paper_schedule(name, num_classes, factor):
     assert round(cfg.loss.pairwise_warmup_iters * factor, -3) == paper.loss.pairwise_warmup_iters == 10000
     # The recipe: box terms with the points, point weight 0.1 (chosen by the sweep in docs/benchmarks.md).
     assert (cfg.loss.box, cfg.loop.points_loss_m0, cfg.loop.points_loss_finetune) == (1.0, 0.1, 0.1)
+    assert cfg.model.dynamic_activation == "leaky_relu"
 
 
 def test_dsb_config_scales_the_learning_rate_with_the_batch():
@@ -95,3 +96,23 @@ def test_overrides_apply_on_top_of_the_inherited_values():
                                                                "data.min_size_train=[96,128]"])
     assert (cfg.solver.max_iter, cfg.model.depth, cfg.data.min_size_train) == (7, 34, [96, 128])
     assert cfg.solver.momentum == 0.9 and cfg.model.mask_channels == 8  # from the base file
+
+
+def test_demo_config_starts_from_the_bundled_source_backbone():
+    """The synthetic config's backbone is the shipped file pretrained on the source family: it loads
+    (backbone + FPN) without any download, and its record names a source disjoint from the demo's data."""
+    import json
+
+    import torch
+
+    from apis.modeling.backbone import BUNDLED_WEIGHTS, build_backbone
+
+    cfg = load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
+    assert cfg.model.backbone_weights == "synth-source-r18"
+    backbone = build_backbone(cfg.model.depth, cfg.model.norm, cfg.model.backbone_weights, cfg.model.fpn_channels)
+    weights = REPO / "apis" / "weights" / BUNDLED_WEIGHTS["synth-source-r18"]
+    stored = torch.load(weights, weights_only=True)
+    assert torch.equal(backbone.layer4[0].conv1.weight, stored["layer4.0.conv1.weight"].float())
+    assert torch.equal(backbone.fpn.layer_blocks[0][0].weight, stored["fpn.layer_blocks.0.0.weight"].float())
+    record = json.loads(weights.with_name(weights.name + ".json").read_text())
+    assert "--family source" in record["made_by"] and "synth_source" in record["source_train_json"]

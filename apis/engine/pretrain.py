@@ -35,26 +35,34 @@ def full_mask_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, loss=loss, data=data, model=model)
 
 
-def export_backbone(checkpoint: str | Path, cfg: ExperimentConfig, out: str | Path) -> Path:
-    """Write the backbone + FPN of a CondInst ``checkpoint`` (trained with ``cfg``) to ``out`` (atomically)."""
+def export_backbone(checkpoint: str | Path, cfg: ExperimentConfig, out: str | Path, half: bool = False) -> Path:
+    """Write the backbone + FPN of a CondInst ``checkpoint`` (trained with ``cfg``) to ``out`` (atomically).
+
+    ``half`` stores floating-point tensors as float16: half the size (23 MB for ResNet-18), for a file that
+    ships with a package; loading casts them back to float32.
+    """
     model = build_condinst(cfg.model, cfg.loss)
     model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    state = backbone_state_dict(model.backbone)
+    if half:
+        state = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(out, backbone_state_dict(model.backbone))
+    return save_checkpoint(out, state)
 
 
-def pretrain(cfg: ExperimentConfig, out: str | Path) -> Path:
-    """Train ``cfg`` with full masks (resumable in ``cfg.output_dir``), evaluate it on ``data.val_json`` when
-    given, and write its backbone + FPN to ``out`` with a ``.json`` record beside it. Returns ``out``."""
+def pretrain(cfg: ExperimentConfig, out: str | Path, half: bool = False) -> Path:
+    """Train ``cfg`` with full masks (resumable in ``cfg.output_dir``: a finished run is only exported
+    again), evaluate it on ``data.val_json`` when given, and write its backbone + FPN to ``out`` (float16 with
+    ``half``) with a ``.json`` record beside it. Returns ``out``."""
     from apis.engine.inference import evaluate_checkpoint
 
     cfg = full_mask_config(cfg)
     checkpoint = train(cfg)
-    out = export_backbone(checkpoint, cfg, out)
+    out = export_backbone(checkpoint, cfg, out, half)
     metrics = evaluate_checkpoint(checkpoint, cfg) if cfg.data.val_json else {}
     record = {"source_train_json": cfg.data.train_json, "source_val_json": cfg.data.val_json,
               "source_val_mask_AP": metrics.get("segm/AP"), "source_val_box_AP": metrics.get("bbox/AP"),
-              "checkpoint": str(checkpoint), "config": to_dict(cfg)}
+              "checkpoint": str(checkpoint), "half": half, "config": to_dict(cfg)}
     atomic_write_json(out.with_name(out.name + ".json"), record, indent=2)
     logger.info("wrote %s (source val mask AP %s)", out, record["source_val_mask_AP"])
     return out

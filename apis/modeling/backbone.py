@@ -6,11 +6,17 @@ CondInst. ImageNet weights are read only from local files: nothing is ever downl
 ``model.backbone_weights`` takes a torchvision-layout ResNet state dict (``conv1.*``, ``bn1.*``,
 ``layer1.*`` ... ``layer4.*``; a classifier ``fc.*`` is ignored). A file written by ``apis pretrain``
 (:func:`backbone_state_dict`) has the same layout plus the FPN's weights under ``fpn.*``, which are
-loaded too when the FPN has the same width.
+loaded too when the FPN has the same width. Tensors stored in half precision are loaded as float32.
+
+Besides a path, ``model.backbone_weights`` takes the name of a file shipped in ``apis/weights/``
+(:data:`BUNDLED_WEIGHTS`): ``synth-source-r18`` is the demo's backbone, pretrained by ``apis pretrain`` on
+the synthetic *source* family, whose shapes and hues the demo's data does not have (the command that
+made it is in ``apis/weights/r18_synth_source.pth.json`` and docs/design.md, "Pretraining").
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 FPN_STRIDES = (8, 16, 32, 64, 128)
+BUNDLED_WEIGHTS = {"synth-source-r18": "r18_synth_source.pth"}
 FPN_PREFIX = "fpn."
 # ResNetFPN keeps torchvision's stem as one Sequential: its keys <-> torchvision's.
 _STEM_KEYS = {"stem.0.": "conv1.", "stem.1.": "bn1."}
@@ -85,7 +92,7 @@ def build_backbone(depth: int, norm: str, weights: str, fpn_channels: int) -> Re
     resnet = constructor(weights=None, norm_layer=norm_layers[norm])
     fpn_state: dict[str, Tensor] = {}
     if weights != "none":
-        path = _imagenet_file(depth, weight_enum) if weights == "imagenet" else Path(weights)
+        path = _weights_file(weights, depth, weight_enum)
         fpn_state = _load_resnet_weights(resnet, path)
         for module in (resnet.conv1, resnet.bn1, resnet.layer1):
             module.requires_grad_(False)
@@ -98,6 +105,15 @@ def build_backbone(depth: int, norm: str, weights: str, fpn_channels: int) -> Re
                              f"{fpn_channels} (its shapes: {sorted(found.items())[:2]} ...)")
         backbone.fpn.load_state_dict(fpn_state)
     return backbone
+
+
+def _weights_file(weights: str, depth: int, weight_enum) -> Path:
+    """The file ``model.backbone_weights`` names: torchvision's ImageNet file, a bundled file or a path."""
+    if weights == "imagenet":
+        return _imagenet_file(depth, weight_enum)
+    if weights in BUNDLED_WEIGHTS:
+        return Path(str(importlib.resources.files("apis") / "weights" / BUNDLED_WEIGHTS[weights]))
+    return Path(weights)
 
 
 def _imagenet_file(depth: int, weight_enum) -> Path:
@@ -117,7 +133,8 @@ def _load_resnet_weights(resnet: torchvision.models.ResNet, path: Path) -> dict[
     """Load a torchvision-layout ResNet state dict (the classifier ``fc.*`` is ignored) into ``resnet``;
     returns the file's FPN weights (``fpn.*``, prefix removed), empty when it has none."""
     if not path.is_file():
-        raise FileNotFoundError(f"model.backbone_weights: no such file {path}")
+        raise FileNotFoundError(f"model.backbone_weights: no such file {path} (a path, 'none', 'imagenet' or one "
+                                f"of the bundled names {', '.join(BUNDLED_WEIGHTS)})")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"model.backbone_weights: {path} does not hold a state dict")
@@ -132,5 +149,5 @@ def _load_resnet_weights(resnet: torchvision.models.ResNet, path: Path) -> dict[
     if missing or unexpected:
         raise ValueError(f"model.backbone_weights: {path} is not a torchvision ResNet state dict of this depth "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    resnet.load_state_dict(state, strict=False)
+    resnet.load_state_dict(state, strict=False)  # copies cast half-precision files to float32
     return fpn_state
