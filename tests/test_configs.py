@@ -79,8 +79,9 @@ def test_demo_config_shortens_fine_tuning_as_documented():
     """The synthetic demo shortens the scaled fine-tuning (200 -> 50) to fit 10 minutes on 2 cores."""
     cfg = load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
     assert (cfg.loop.finetune_iters, cfg.loop.finetune_steps) == (50, [33])
-    # The paper's learning rate despite batch 4 (documented in the config): a from-scratch model in minutes.
-    assert cfg.solver.base_lr == cfg.loop.finetune_lr == 0.01
+    # The paper's learning rate for M0 despite batch 4 (documented in the config): a model in minutes; a tenth
+    # of it for 50-iteration fine-tuning steps (measured in docs/results.md).
+    assert (cfg.solver.base_lr, cfg.loop.finetune_lr) == (0.01, 0.001)
 
 
 def test_dsb_config_points_at_the_shared_data():
