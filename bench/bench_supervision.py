@@ -28,6 +28,7 @@ ROWS = {
     "full masks": ["loss.full=1.0", "loss.box=0.0", *NO_POINTS],
     "boxes only (BoxInst)": ["loss.full=0.0", "loss.box=1.0", *NO_POINTS],
     "boxes + 1 point": ["loss.full=0.0", "loss.box=0.0", "data.random_points_per_instance=1"],
+    "boxes + 3 points": ["loss.full=0.0", "loss.box=0.0", "data.random_points_per_instance=3"],
     "boxes + 10 points": ["loss.full=0.0", "loss.box=0.0", "data.random_points_per_instance=10"],
     "boxes + 1 point + box terms": ["loss.full=0.0", "loss.box=1.0", "data.random_points_per_instance=1"],
     "boxes + 10 points + box terms": ["loss.full=0.0", "loss.box=1.0", "data.random_points_per_instance=10"],
