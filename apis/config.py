@@ -24,9 +24,10 @@ from typing import Any
 import yaml
 
 from apis.config_versions import CONFIG_VERSION, MIGRATIONS, UNVERSIONED
+from apis.utils.errors import ApisError
 
 
-class ConfigError(ValueError):
+class ConfigError(ApisError, ValueError):
     """A config key or value is wrong; the message names the key and what is allowed."""
 
 

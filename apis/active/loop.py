@@ -39,6 +39,7 @@ from apis.data.coco import CocoDataset, load_coco
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import Answer, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
+from apis.utils.lock import FolderLock
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +112,25 @@ class ActiveLearningRun:
             raise ConfigError(f"{cfg.data.train_json}: no non-crowd instance to annotate")
         self.seeds = member_seeds(cfg)
         self.dir = RunDirectory(cfg.output_dir, members=len(self.seeds))
-        check_same_config(self.dir.config_path, cfg)
-        self.dir.root.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, self.dir.config_path)
-        self.ledger = PointLedger(self.dir.ledger_path)
-        self.ledger.register_instances(
-            (inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
-            for im in self.train_set.images for inst in im.instances
-        )
+        # One process per run dir, from before the config is compared until close() (docs/design.md,
+        # "The run directory"): two runs would interleave their answers.
+        self.lock = FolderLock(self.dir.root).acquire()
+        try:
+            check_same_config(self.dir.config_path, cfg)
+            dump_config(cfg, self.dir.config_path)
+            self.ledger = PointLedger(self.dir.ledger_path)
+            self.ledger.register_instances(
+                (inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
+                for im in self.train_set.images for inst in im.instances
+            )
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        """Close the ledger and release the run dir's lock."""
+        self.ledger.close()
+        self.lock.release()
 
     @property
     def run_dir(self) -> Path:
@@ -253,4 +265,4 @@ def run_active_loop(cfg: ExperimentConfig, oracle: Oracle | None = None) -> list
     try:
         return run.run()
     finally:
-        run.ledger.close()
+        run.close()

@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from apis.utils.errors import ApisError
+
 logger = logging.getLogger(__name__)
 
 MASK_PURPOSES = ("oracle", "evaluation", "full-supervision")
 
 
-class DatasetError(ValueError):
+class DatasetError(ApisError, ValueError):
     """The dataset is malformed; the message names the file and the offending id."""
 
 

@@ -71,6 +71,7 @@ from apis.engine.distributed import (
 from apis.engine.metrics_log import MetricsLog
 from apis.modeling.condinst import CondInst
 from apis.utils.device import resolve_device
+from apis.utils.lock import FolderLock
 
 logger = logging.getLogger(__name__)
 
@@ -251,11 +252,17 @@ def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = N
                           f"{cfg.data.train_json} has {coco.num_classes} categories")
     points = training_points(cfg, coco, points)
     dataset = TrainingDataset(coco, points, cfg.data, with_masks=cfg.loss.full > 0, seed=cfg.seed)
+    # One process (group) per output folder: rank 0 holds the lock for the whole training.
+    lock = FolderLock(output_dir) if ctx.is_main else None
+    if lock is not None:
+        lock.acquire()
     created = init_process_group(ctx, device)
     try:
         return _Trainer(cfg, dataset, ctx, device, output_dir, init_weights).run()
     finally:
         shutdown_process_group(created)
+        if lock is not None:
+            lock.release()
 
 
 class _Trainer:

@@ -23,6 +23,7 @@ from apis.data.ledger import Answer, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
 from apis.engine.checkpoint import load_checkpoint
 from apis.engine.metrics_log import read_metrics
+from apis.utils.lock import FolderLocked
 
 
 def _answers(run_dir):
@@ -195,12 +196,12 @@ def test_sigkill_during_training_resumes(synth_dir, tiny_overrides, tmp_path):
 
 def test_resuming_with_another_config_is_refused(tiny_config):
     cfg = tiny_config("strict")
-    ActiveLearningRun(cfg).ledger.close()
+    ActiveLearningRun(cfg).close()
     changed = tiny_config("strict", "selection.metric=variance")
     with pytest.raises(ConfigError, match="different config.*selection.metric: 'entropy' -> 'variance'"):
         ActiveLearningRun(changed)
     more_steps = tiny_config("strict", "loop.steps=5", "data.num_workers=1")
-    ActiveLearningRun(more_steps).ledger.close()  # more steps, other workers: the same run
+    ActiveLearningRun(more_steps).close()  # more steps, other workers: the same run
 
 
 @pytest.mark.parametrize(("key", "old_value", "new_value"), [("dynamic_init", "zeros", "fan_in"),
@@ -210,13 +211,13 @@ def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_value(ti
     """Runs written before ``model.<key>`` existed (and before config_version) behaved as ``old_value``: they
     resume with it and refuse another value."""
     cfg = tiny_config("legacy", f"model.{key}={old_value}")
-    ActiveLearningRun(cfg).ledger.close()
+    ActiveLearningRun(cfg).close()
     config_path = Path(cfg.output_dir) / "config.yaml"
     lines = config_path.read_text().splitlines(keepends=True)
     config_path.write_text("".join(line for line in lines if line not in (f"  {key}: {old_value}\n",)
                                    and not line.startswith("config_version:")))
     assert key not in config_path.read_text() and "config_version" not in config_path.read_text()
-    ActiveLearningRun(cfg).ledger.close()
+    ActiveLearningRun(cfg).close()
     assert f"config_version: {CONFIG_VERSION}" in config_path.read_text()  # written again, with its version
     with pytest.raises(ConfigError, match=f"different config.*model.{key}"):
         ActiveLearningRun(tiny_config("legacy", f"model.{key}={new_value}"))
@@ -244,14 +245,14 @@ def test_point_prior_correction_gives_the_points_the_p0_object_share(tiny_config
     assert positives / (positives + negatives) == pytest.approx(pi)
     assert positives + negatives == pytest.approx(7)
     assert run._train_config(0, seed=0).loss.point_positive_weight == 1.0  # M0 trains on P0 itself
-    run.ledger.close()
+    run.close()
 
     plain = ActiveLearningRun(tiny_config("plain"))
     _record(plain, 0, [1, 1, 1, 0])
     _record(plain, 1, [0, 0, 1, -1])
     plain_loss = plain._train_config(1, seed=0).loss
     assert (plain_loss.point_positive_weight, plain_loss.point_negative_weight) == (1.0, 1.0)
-    plain.ledger.close()
+    plain.close()
 
 
 def test_bad_metric_and_missing_masks_fail_before_work(tiny_config, tmp_path):
@@ -268,3 +269,16 @@ def test_bad_metric_and_missing_masks_fail_before_work(tiny_config, tmp_path):
     with pytest.raises(DatasetError, match="oracle needs GT masks"):
         ActiveLearningRun(cfg)
 
+
+
+def test_a_second_run_on_the_same_directory_is_refused_before_it_touches_it(tiny_config):
+    """Issue 13, case 1: two runs on one directory interleaved their answers and overwrote config.yaml."""
+    first = ActiveLearningRun(tiny_config("shared"))
+    config_yaml = (first.run_dir / "config.yaml").read_text()
+    try:
+        with pytest.raises(FolderLocked, match=rf"shared: in use by another apis process \(pid {os.getpid()}\)"):
+            ActiveLearningRun(tiny_config("shared", "selection.metric=random"))
+        assert (first.run_dir / "config.yaml").read_text() == config_yaml
+    finally:
+        first.close()
+    ActiveLearningRun(tiny_config("shared")).close()  # free again once the first one closed
