@@ -37,7 +37,7 @@ from apis.active.strategies import get_metric
 from apis.config import ConfigError, ExperimentConfig, check_same_config, dump_config
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.coords import box_pixel_range
-from apis.data.ledger import Answer, PointLedger
+from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
 from apis.utils.lock import FolderLock
 
@@ -119,6 +119,7 @@ class ActiveLearningRun:
             check_same_config(self.dir.config_path, cfg)
             dump_config(cfg, self.dir.config_path)
             self.ledger = PointLedger(self.dir.ledger_path)
+            self._check_ledger_holds_finished_steps()
             self.ledger.register_instances(
                 (inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
                 for im in self.train_set.images for inst in im.instances
@@ -126,6 +127,17 @@ class ActiveLearningRun:
         except BaseException:
             self.lock.release()
             raise
+
+    def _check_ledger_holds_finished_steps(self) -> None:
+        """Refuse a ledger that lost the answers of steps the run finished (emptied, replaced, deleted): going
+        on would train on fewer points than the run's records say."""
+        missing = sorted(set(self.dir.done_steps()) - self.ledger.steps())
+        if missing:
+            self.ledger.close()
+            raise LedgerError(
+                f"{self.dir.ledger_path}: holds no answers for step(s) {', '.join(map(str, missing))}, which "
+                f"{self.dir.root} finished (step_NNN/metrics.json): the ledger was emptied, replaced or deleted. "
+                "Restore ledger.sqlite from a backup, or start again in a new output_dir")
 
     def close(self) -> None:
         """Close the ledger and release the run dir's lock."""
@@ -157,7 +169,7 @@ class ActiveLearningRun:
 
     def _ensure_points(self, step: int) -> None:
         """Make sure the ledger holds step ``step``'s answers."""
-        if step in {a.step for a in self.ledger.answers()}:
+        if step in self.ledger.steps():
             return
         questions = draw_initial_points(self.train_set, self.cfg.seed) if step == 0 else self._select(step)
         if self.human:

@@ -83,6 +83,10 @@ class RunDirectory:
         """Whether the step finished (its ``metrics.json`` exists)."""
         return (self.step(step) / "metrics.json").exists()
 
+    def done_steps(self) -> list[int]:
+        """Every finished step found in the folder, in order (whatever ``loop.steps`` now says)."""
+        return sorted(int(path.parent.name[len("step_"):]) for path in self.root.glob("step_[0-9]*/metrics.json"))
+
     def step_metrics(self, step: int) -> dict:
         return json.loads((self.step(step) / "metrics.json").read_text())
 

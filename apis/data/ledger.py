@@ -29,6 +29,7 @@ import numpy as np
 
 from apis.data.coords import point_in_box
 from apis.data.points import POINT_LABELS, InstancePoints, write_pointsup
+from apis.utils.errors import ApisError
 
 SCHEMA_VERSION = 2
 
@@ -112,6 +113,10 @@ CREATE TABLE IF NOT EXISTS leases (
 _READABLE_VERSIONS = ([1], [SCHEMA_VERSION])
 
 
+class LedgerError(ApisError):
+    """The ledger file is unreadable, corrupt or does not fit its run; the message names the file and what to do."""
+
+
 def utc_now() -> str:
     """The current time as ISO-8601 UTC, e.g. ``2024-05-01T12:00:00.123456+00:00``."""
     return datetime.now(timezone.utc).isoformat()
@@ -175,10 +180,27 @@ class PointLedger:
         # isolation_level=None: no implicit transactions; record() and register_instances() open
         # their own with BEGIN IMMEDIATE so validation and writing see the same database state.
         self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._create_schema()
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._check_integrity()
+            self._create_schema()
+        except sqlite3.DatabaseError as error:
+            self._conn.close()
+            raise LedgerError(f"{self.path}: not a readable answer ledger ({error}). Nothing was changed; restore "
+                              "the file from a backup, or move it aside and start the run again in a new "
+                              "output_dir") from error
+
+    def _check_integrity(self) -> None:
+        """Raise on a file SQLite cannot read whole (truncated, overwritten): checked at open, not mid-run."""
+        problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems[:3]))
+
+    def steps(self) -> set[int]:
+        """The steps that have at least one stored answer."""
+        return {row[0] for row in self._conn.execute("SELECT DISTINCT step FROM answers")}
 
     def _create_schema(self) -> None:
         with self._transaction():

@@ -19,7 +19,7 @@ from apis.config import ConfigError
 from apis.config_versions import CONFIG_VERSION
 from apis.data.coco import DatasetError, load_coco
 from apis.data.coords import box_pixel_range, point_in_box
-from apis.data.ledger import Answer, PointLedger
+from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
 from apis.engine.checkpoint import load_checkpoint
 from apis.engine.metrics_log import read_metrics
@@ -282,3 +282,23 @@ def test_a_second_run_on_the_same_directory_is_refused_before_it_touches_it(tiny
     finally:
         first.close()
     ActiveLearningRun(tiny_config("shared")).close()  # free again once the first one closed
+
+
+@pytest.mark.parametrize("loss", ["emptied", "deleted"])
+def test_a_ledger_that_lost_finished_steps_is_refused(tiny_config, loss):
+    """Issue 13, case 2: a 0-byte ledger made the run go on as if no point had been asked."""
+    cfg = tiny_config("lost")
+    run = ActiveLearningRun(cfg)
+    _record(run, 0, [1, 0, 1, 1])
+    run.dir.finish_step(0, {"step": 0}, cfg.loop.steps)
+    run.close()
+    ledger = Path(cfg.output_dir) / "ledger.sqlite"
+    if loss == "emptied":
+        ledger.write_bytes(b"")
+    else:
+        ledger.unlink()
+    with pytest.raises(LedgerError, match=rf"{ledger}: holds no answers for step\(s\) 0, which .*lost finished "
+                                          "\\(step_NNN/metrics.json\\).*Restore ledger.sqlite from a backup"):
+        ActiveLearningRun(cfg)
+    with pytest.raises(LedgerError):
+        ActiveLearningRun(cfg)  # and its own, too: refused again, not "in use"
