@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from apis.data.coords import index_to_continuous
+from apis.data.coco import DatasetError, is_finite_number
+from apis.data.coords import index_to_continuous, point_in_box, xywh_to_xyxy
 from apis.utils.io import atomic_write_json
 
 UNSURE = -1  # an answer that marks the pixel as asked but carries no supervision
@@ -97,6 +98,12 @@ def _parse_points(ann: dict, image: dict | None) -> InstancePoints:
         outside = [c for c in coords if not (0 <= c[0] < width and 0 <= c[1] < height)]
         if outside:
             raise ValueError(f"points {outside} lie outside the {width}x{height} image {image['id']}")
+        box = ann.get("bbox")
+        if isinstance(box, list) and len(box) == 4 and all(is_finite_number(v) for v in box):
+            x0, y0, x1, y1 = xywh_to_xyxy(box)
+            outside = [c for c in coords if not point_in_box(c[0], c[1], x0, y0, x1, y1, width, height)]
+            if outside:  # a point is about its instance: only its box's candidate pixels (docs/design.md)
+                raise ValueError(f"points {outside} lie outside the annotation's box {box} (x, y, w, h)")
     return InstancePoints(np.array(coords, dtype=np.int64).reshape(-1, 2), np.array(labels, dtype=np.int64))
 
 
@@ -107,9 +114,17 @@ def read_pointsup(path: str | Path) -> dict[int, InstancePoints]:
     are absent. Malformed fields raise ValueError naming the file and the annotation id.
     """
     path = Path(path)
-    with path.open() as handle:
-        coco = json.load(handle)
-    images = {image["id"]: image for image in coco.get("images", [])}
+    try:
+        coco = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from error
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot be read ({error.strerror or error})") from error
+    if not (isinstance(coco, dict) and isinstance(coco.get("images", []), list)
+            and isinstance(coco.get("annotations", []), list)
+            and all(isinstance(item, dict) for item in (*coco.get("images", []), *coco.get("annotations", [])))):
+        raise DatasetError(f"{path}: not a COCO instance file (needs lists of objects 'images' and 'annotations')")
+    images = {image.get("id"): image for image in coco.get("images", [])}
     points: dict[int, InstancePoints] = {}
     for ann in coco.get("annotations", []):
         has_coords, has_labels = "point_coords" in ann, "point_labels" in ann
@@ -122,8 +137,8 @@ def read_pointsup(path: str | Path) -> dict[int, InstancePoints]:
             if ann_id in points:
                 raise ValueError("annotation id occurs twice")
             instance_points = _parse_points(ann, images.get(ann.get("image_id")))
-        except ValueError as error:
-            raise ValueError(f"{path}: annotation {ann_id}: {error}") from None
+        except (ValueError, TypeError, KeyError) as error:
+            raise DatasetError(f"{path}: annotation {ann_id}: {error}") from None
         if len(instance_points):
             points[ann_id] = instance_points
     return points

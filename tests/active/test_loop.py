@@ -302,3 +302,23 @@ def test_a_ledger_that_lost_finished_steps_is_refused(tiny_config, loss):
         ActiveLearningRun(cfg)
     with pytest.raises(LedgerError):
         ActiveLearningRun(cfg)  # and its own, too: refused again, not "in use"
+
+
+@pytest.mark.parametrize(("split", "key", "value", "message"), [
+    ("val", "segmentation", [[1, 1, 5, 1]], "a polygon needs at least 3"),
+    ("val", "segmentation", {"size": [64, 64], "counts": [0, 10]}, "RLE counts cover 10 pixels"),
+    ("train", "segmentation", {"size": [64, 64], "counts": "\x7f"}, "not a valid compressed RLE string"),
+    ("train", "bbox", [1.0, float("nan"), 4.0, 4.0], "bbox must be"),
+])
+def test_bad_masks_and_boxes_fail_before_the_run_dir_is_touched(tiny_config, tmp_path, split, key, value, message):
+    """Issue 13, cases 4 and 6: a bad val mask passed until after M0; a NaN box ended in sqlite3.IntegrityError."""
+    cfg = tiny_config("x")
+    source = Path(getattr(cfg.data, f"{split}_json"))
+    data = json.loads(source.read_text())
+    data["annotations"][0][key] = value
+    broken = tmp_path / f"{split}.json"
+    broken.write_text(json.dumps(data))
+    cfg = tiny_config("broken", f"data.{split}_json={broken}", f"data.image_root={source.parent.parent / 'images'}")
+    with pytest.raises(DatasetError, match=rf"{broken}: annotation {data['annotations'][0]['id']}: .*{message}"):
+        ActiveLearningRun(cfg)
+    assert not Path(cfg.output_dir).exists()
