@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import types
 import typing
 from collections.abc import Set
@@ -392,6 +393,32 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'solver.batch_size' must be >= 1")
     if list(cfg.solver.steps) != sorted(cfg.solver.steps):
         raise ConfigError("config key 'solver.steps' must be increasing")
+    if list(cfg.loop.finetune_steps) != sorted(cfg.loop.finetune_steps):
+        raise ConfigError("config key 'loop.finetune_steps' must be increasing")
+    # Checked here, before any work: a bad schedule found by the optimiser (or after M0) names no key.
+    _check_range("solver.base_lr", cfg.solver.base_lr, minimum=0.0, strict=True)
+    _check_range("loop.finetune_lr", cfg.loop.finetune_lr, minimum=0.0, strict=True)
+    _check_range("solver.max_iter", cfg.solver.max_iter, minimum=1)
+    _check_range("loop.finetune_iters", cfg.loop.finetune_iters, minimum=1)
+    _check_range("loop.steps", cfg.loop.steps, minimum=0)
+    _check_range("solver.momentum", cfg.solver.momentum, minimum=0.0)
+    _check_range("solver.weight_decay", cfg.solver.weight_decay, minimum=0.0)
+    _check_range("solver.gamma", cfg.solver.gamma, minimum=0.0, strict=True)
+    _check_range("solver.warmup_iters", cfg.solver.warmup_iters, minimum=0)
+    for key in ("point_cost_s", "mask_cost_s", "box_cost_s"):
+        _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0)
+    for key in ("flip_prob", "unsure_rate"):
+        _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0, maximum=1.0)
+
+
+def _check_range(key: str, value: float, minimum: float, strict: bool = False, maximum: float | None = None
+                 ) -> None:
+    """ConfigError naming ``key`` unless ``value`` is finite, ``>= minimum`` (``>`` when ``strict``) and
+    ``<= maximum``."""
+    low_ok = value > minimum if strict else value >= minimum
+    if not (math.isfinite(value) and low_ok and (maximum is None or value <= maximum)):
+        bounds = f"{'>' if strict else '>='} {minimum}" + ("" if maximum is None else f" and <= {maximum}")
+        raise ConfigError(f"config key '{key}' is {value!r}; it must be {bounds}")
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:
