@@ -342,7 +342,7 @@ class PointLedger:
         """
         has_step = self._conn.execute("SELECT 1 FROM answers WHERE step = ? LIMIT 1", (step,)).fetchone()
         if has_step is None:
-            raise ValueError(f"{self.path}: no answers at step {step} (last step: {self.last_step()})")
+            raise LedgerError(f"{self.path}: no answers at step {step} (last step: {self.last_step()})")
         return write_pointsup(coco_json, self.points(max_step=step), out_path, drop_masks=True)
 
     def close(self) -> None:

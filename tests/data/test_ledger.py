@@ -143,7 +143,7 @@ def test_export_pointsup_at_a_step(ledger, tmp_path):
     np.testing.assert_array_equal(read[1].labels, [1, 0])
     np.testing.assert_array_equal(read[2].coords, [[1, 1]])  # the unsure answer is not exported
 
-    with pytest.raises(ValueError, match=r"no answers at step 2 \(last step: 1\)"):
+    with pytest.raises(LedgerError, match=r"no answers at step 2 \(last step: 1\)"):
         ledger.export_pointsup(coco, out, step=2)
 
 
