@@ -90,7 +90,7 @@ def _cmd_export_points(args: argparse.Namespace) -> None:
 
     run_dir = Path(args.run_dir)
     cfg = load_run_config(run_dir / "config.yaml")
-    with PointLedger(run_dir / "ledger.sqlite") as ledger:
+    with PointLedger(run_dir / "ledger.sqlite", read_only=True) as ledger:  # never creates or changes one
         step = ledger.last_step() if args.step is None else args.step
         if step is None:
             raise SystemExit(f"{run_dir}: the ledger holds no answers yet")

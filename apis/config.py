@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import math
+import os
 import types
 import typing
 from collections.abc import Set
@@ -339,8 +340,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """The config a run stored (``config.yaml``), migrated to this APIS (no ``config_version``: version 1)."""
-    return _from_file(Path(path), overrides, UNVERSIONED)
+    """The config a run stored (``config.yaml``), migrated to this APIS (no ``config_version``: version 1).
+
+    Runs store absolute paths (:func:`absolute_paths`); a relative path in an older run's config is read, as
+    that run read it, against the current directory.
+    """
+    return absolute_paths(_from_file(Path(path), overrides, UNVERSIONED))
+
+
+# Config keys holding a path to a file or folder (docs/design.md, "Config versions"); model.backbone_weights
+# also takes names ("none", "imagenet", a bundled file), which have neither a folder nor a file suffix.
+PATH_KEYS = ("data.train_json", "data.val_json", "data.image_root", "data.val_image_root", "data.train_points",
+             "loop.initial_run", "model.backbone_weights")
+
+
+def absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> ExperimentConfig:
+    """``cfg`` with every relative path of :data:`PATH_KEYS` made absolute against ``base`` (default: the
+    current directory), so that a run's stored config means the same files from any directory."""
+    base = Path.cwd() if base is None else Path(base)
+    sections = {}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        is_path = key != "model.backbone_weights" or "/" in value or Path(value).suffix
+        if value and is_path and not Path(value).is_absolute():
+            sections.setdefault(section, {})[name] = os.path.normpath(base / value)
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)
+                                       for section, values in sections.items()})
 
 
 def _from_file(path: Path, overrides: list[str] | None, default_version: int) -> ExperimentConfig:

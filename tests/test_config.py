@@ -2,7 +2,7 @@
 
 import pytest
 
-from apis.config import ConfigError, ExperimentConfig, dump_config, load_config, parse_overrides
+from apis.config import ConfigError, ExperimentConfig, absolute_paths, dump_config, load_config, parse_overrides
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
@@ -68,3 +68,16 @@ def test_a_base_chain_that_comes_back_is_refused(tmp_path):
         load_config(tmp_path / "self.yaml")
     with pytest.raises(ConfigError, match=r"a.yaml: its _base_ chain comes back to it \(.*a.yaml -> .*b.yaml\)"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_absolute_paths_resolves_relative_paths_and_leaves_names(tmp_path):
+    cfg = load_config(None, ["data.train_json=a/train.json", "data.image_root=../images", "data.val_json=/v.json",
+                             "model.backbone_weights=synth-source-r18", "loop.initial_run=runs/p0"])
+    resolved = absolute_paths(cfg, tmp_path / "here")
+    assert resolved.data.train_json == str(tmp_path / "here" / "a" / "train.json")
+    assert resolved.data.image_root == str(tmp_path / "images")
+    assert resolved.data.val_json == "/v.json" and resolved.data.train_points == ""
+    assert resolved.model.backbone_weights == "synth-source-r18"  # a bundled name, not a path
+    assert resolved.loop.initial_run == str(tmp_path / "here" / "runs" / "p0")
+    weights = absolute_paths(load_config(None, ["model.backbone_weights=w/r18.pth"]), tmp_path)
+    assert weights.model.backbone_weights == str(tmp_path / "w" / "r18.pth")

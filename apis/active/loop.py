@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,10 @@ from apis.active.initial_run import reuse_initial_run
 from apis.active.oracle import Oracle
 from apis.active.point_stats import selection_statistics
 from apis.active.questions import QuestionQueue
-from apis.active.run_dir import RunDirectory, step_dir
+from apis.active.run_dir import RunDirectory, RunDirectoryError, step_dir
 from apis.active.schedule import member_seeds, point_prior_weights, train_config
 from apis.active.strategies import get_metric
-from apis.config import ConfigError, ExperimentConfig, check_same_config, dump_config
+from apis.config import ConfigError, ExperimentConfig, absolute_paths, check_same_config, dump_config
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import Answer, LedgerError, PointLedger
@@ -95,6 +96,7 @@ class ActiveLearningRun:
     """
 
     def __init__(self, cfg: ExperimentConfig, oracle: Oracle | None = None):
+        cfg = absolute_paths(cfg)  # stored so: the run's config means the same files from any directory
         self.cfg = cfg
         self.metric = get_metric(cfg.selection.metric)  # unknown names fail before any work
         self.train_set, self.val_set = load_datasets(cfg)
@@ -117,16 +119,29 @@ class ActiveLearningRun:
         self.lock = FolderLock(self.dir.root).acquire()
         try:
             check_same_config(self.dir.config_path, cfg)
-            dump_config(cfg, self.dir.config_path)
-            self.ledger = PointLedger(self.dir.ledger_path)
-            self._check_ledger_holds_finished_steps()
-            self.ledger.register_instances(
-                (inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
-                for im in self.train_set.images for inst in im.instances
-            )
+            if self.dir.root.is_dir() and not os.access(self.dir.root, os.W_OK):
+                self._open_read_only()
+            else:
+                dump_config(cfg, self.dir.config_path)
+                self.ledger = PointLedger(self.dir.ledger_path)
+                self._check_ledger_holds_finished_steps()
+                self.ledger.register_instances(
+                    (inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
+                    for im in self.train_set.images for inst in im.instances
+                )
         except BaseException:
             self.lock.release()
             raise
+
+    def _open_read_only(self) -> None:
+        """A run dir that cannot be written: a finished run (an archive) reads its records, nothing more."""
+        unfinished = [step for step in range(self.cfg.loop.steps + 1) if not self.dir.is_done(step)]
+        if unfinished:
+            raise RunDirectoryError(f"{self.dir.root}: cannot be written, but step(s) "
+                                    f"{', '.join(map(str, unfinished))} are not finished; make it writable "
+                                    "(chmod -R u+w) to go on")
+        self.ledger = PointLedger(self.dir.ledger_path, read_only=True)
+        self._check_ledger_holds_finished_steps()
 
     def _check_ledger_holds_finished_steps(self) -> None:
         """Refuse a ledger that lost the answers of steps the run finished (emptied, replaced, deleted): going

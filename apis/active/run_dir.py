@@ -17,7 +17,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from apis.utils.errors import ApisError
 from apis.utils.io import atomic_write_json, atomic_write_text
+
+
+class RunDirectoryError(ApisError):
+    """A run directory is in a state a command cannot go on from; the message says what to do."""
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:

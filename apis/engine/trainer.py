@@ -41,6 +41,7 @@ from apis.config import (
     ConfigError,
     ExperimentConfig,
     SolverConfig,
+    absolute_paths,
     check_same_config,
     dump_config,
     to_dict,
@@ -243,6 +244,7 @@ def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = N
     device = resolve_device(cfg.device, ctx.local_rank if ctx.enabled else None)
     if output_dir is not None:  # config.yaml and the checkpoints then say where the run really lives
         cfg = dataclasses.replace(cfg, output_dir=str(output_dir))
+    cfg = absolute_paths(cfg)  # stored so: the run's config.yaml means the same files from any directory
     output_dir = Path(cfg.output_dir)
     check_inputs(cfg, init_weights, ctx.world_size)
     check_same_config(output_dir / "config.yaml", cfg, TRAINING_RESUMABLE_KEYS)

@@ -37,6 +37,8 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         """Take the lock; :class:`FolderLocked` naming the holder's pid when another process has it."""
+        if self.folder.is_dir() and not os.access(self.folder, os.W_OK):
+            return self
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from apis.active.loop import ActiveLearningRun, draw_initial_points, run_active_loop
-from apis.active.run_dir import step_dir
+from apis.active.run_dir import RunDirectoryError, step_dir
 from apis.config import ConfigError
 from apis.config_versions import CONFIG_VERSION
 from apis.data.coco import DatasetError, load_coco
@@ -322,3 +322,76 @@ def test_bad_masks_and_boxes_fail_before_the_run_dir_is_touched(tiny_config, tmp
     with pytest.raises(DatasetError, match=rf"{broken}: annotation {data['annotations'][0]['id']}: .*{message}"):
         ActiveLearningRun(cfg)
     assert not Path(cfg.output_dir).exists()
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: os.access says ``folder`` cannot be written (chmod does not stop root, who runs CI)."""
+    real_access = os.access
+
+    def make(folder):
+        def access(path, mode, **kwargs):
+            return False if mode & os.W_OK and Path(path) == folder else real_access(path, mode, **kwargs)
+        monkeypatch.setattr(os, "access", access)
+    return make
+
+
+def test_a_finished_run_in_a_read_only_directory_reads_back_and_writes_nothing(finished_runs, read_only, tmp_path,
+                                                                               capsys):
+    """Issue 13, case 11: re-running a finished read-only run or exporting its points hit sqlite3.OperationalError."""
+    from apis.cli import main
+
+    cfg, rows = finished_runs["entropy"]
+    run_dir = Path(cfg.output_dir)
+    read_only(run_dir)
+    before = _snapshot(run_dir)
+    assert run_active_loop(cfg) == rows
+    main(["export-points", str(run_dir), "--out", str(tmp_path / "points.json")])
+    assert "points of" in capsys.readouterr().out and (tmp_path / "points.json").is_file()
+    assert _snapshot(run_dir) == before  # not even SQLite's -shm / -wal files
+
+
+def test_an_unfinished_run_in_a_read_only_directory_says_what_to_do(tiny_config, read_only):
+    cfg = tiny_config("ro")
+    ActiveLearningRun(cfg).close()
+    read_only(Path(cfg.output_dir))
+    with pytest.raises(RunDirectoryError, match=r"ro: cannot be written, but step\(s\) 0, 1, 2 are not finished; "
+                                                r"make it writable"):
+        ActiveLearningRun(cfg)
+
+
+def test_export_points_without_a_ledger_creates_none(tmp_path, capsys):
+    """Issue 13, case 11: export-points on a folder with only config.yaml created an empty ledger.sqlite."""
+    from apis.cli import main
+
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(SystemExit) as info:
+        main(["export-points", str(tmp_path)])
+    assert info.value.code == 2 and f"{tmp_path / 'ledger.sqlite'}: no ledger" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_relative_paths_are_stored_absolute_and_read_from_any_directory(synth_dir, tmp_path, monkeypatch,
+                                                                        tiny_overrides, capsys):
+    """Issue 13, case 12: `apis export-points RUN` from another directory failed to find the train json."""
+    from apis.cli import main
+    from apis.config import load_config
+
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "data").symlink_to(synth_dir)
+    monkeypatch.chdir(tmp_path / "project")
+    cfg = load_config(None, tiny_overrides("data", "runs/rel"))
+    assert cfg.data.train_json == "data/annotations/train.json"
+    run = ActiveLearningRun(cfg)
+    _record(run, 0, [1, 0])
+    run.close()
+    stored = (tmp_path / "project" / "runs" / "rel" / "config.yaml").read_text()
+    assert f"train_json: {tmp_path / 'project' / 'data' / 'annotations' / 'train.json'}" in stored
+    ActiveLearningRun(cfg).close()  # the same run, given with the same relative paths
+    monkeypatch.chdir(tmp_path)
+    main(["export-points", "project/runs/rel", "--out", "points.json"])
+    assert "points of 2 annotations known at step 0" in capsys.readouterr().out
