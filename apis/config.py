@@ -422,8 +422,8 @@ def validate(cfg: ExperimentConfig) -> None:
     if list(cfg.loop.finetune_steps) != sorted(cfg.loop.finetune_steps):
         raise ConfigError("config key 'loop.finetune_steps' must be increasing")
     # Checked here, before any work: a bad schedule found by the optimiser (or after M0) names no key.
-    _check_range("solver.base_lr", cfg.solver.base_lr, minimum=0.0, strict=True)
-    _check_range("loop.finetune_lr", cfg.loop.finetune_lr, minimum=0.0, strict=True)
+    _check_range("solver.base_lr", cfg.solver.base_lr, minimum=0.0)
+    _check_range("loop.finetune_lr", cfg.loop.finetune_lr, minimum=0.0)
     _check_range("solver.max_iter", cfg.solver.max_iter, minimum=1)
     _check_range("loop.finetune_iters", cfg.loop.finetune_iters, minimum=1)
     _check_range("loop.steps", cfg.loop.steps, minimum=0)

@@ -46,9 +46,9 @@ def test_parse_overrides_yaml_values():
 @pytest.mark.parametrize(("override", "message"), [
     ("loop.finetune_iters=0", "'loop.finetune_iters' is 0; it must be >= 1"),
     ("loop.steps=-1", "'loop.steps' is -1; it must be >= 0"),
-    ("solver.base_lr=-1", r"'solver.base_lr' is -1.0; it must be > 0.0"),
-    ("solver.base_lr=0", r"'solver.base_lr' is 0.0; it must be > 0.0"),
-    ("loop.finetune_lr=0", r"'loop.finetune_lr' is 0.0; it must be > 0.0"),
+    ("solver.base_lr=-1", r"'solver.base_lr' is -1.0; it must be >= 0.0"),
+    ("loop.finetune_lr=-0.5", r"'loop.finetune_lr' is -0.5; it must be >= 0.0"),
+    ("solver.gamma=0", r"'solver.gamma' is 0.0; it must be > 0.0"),
     ("oracle.flip_prob=1.5", r"'oracle.flip_prob' is 1.5; it must be >= 0.0 and <= 1.0"),
     ("loop.finetune_steps=[20,10]", "'loop.finetune_steps' must be increasing"),
 ])
