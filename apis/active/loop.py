@@ -40,6 +40,7 @@ from apis.data.coco import CocoDataset, load_coco
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
+from apis.utils.io import remove_temporaries
 from apis.utils.lock import FolderLock
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class ActiveLearningRun:
             if self.dir.root.is_dir() and not os.access(self.dir.root, os.W_OK):
                 self._open_read_only()
             else:
+                for folder in (self.dir.root, *self.dir.root.glob("step_[0-9]*")):
+                    remove_temporaries(folder)  # of a killed run; the trainers clean their own folders
                 dump_config(cfg, self.dir.config_path)
                 self.ledger = PointLedger(self.dir.ledger_path)
                 self._check_ledger_holds_finished_steps()

@@ -395,3 +395,16 @@ def test_relative_paths_are_stored_absolute_and_read_from_any_directory(synth_di
     monkeypatch.chdir(tmp_path)
     main(["export-points", "project/runs/rel", "--out", "points.json"])
     assert "points of 2 annotations known at step 0" in capsys.readouterr().out
+
+
+def test_temporaries_of_a_killed_run_are_removed_when_it_resumes(tiny_config):
+    """Issue 13, case 13: a kill during a checkpoint write left .model_*.pth.*.tmp files for good."""
+    cfg = tiny_config("tmp")
+    ActiveLearningRun(cfg).close()
+    run_dir = Path(cfg.output_dir)
+    (run_dir / "step_000").mkdir()
+    leftovers = [run_dir / ".metrics.jsonl.a1.tmp", run_dir / "step_000" / ".selection.json.b2.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    ActiveLearningRun(cfg).close()
+    assert not any(path.exists() for path in leftovers)
