@@ -36,7 +36,7 @@ from apis.active.run_dir import RunDirectory, RunDirectoryError, step_dir
 from apis.active.schedule import member_seeds, point_prior_weights, train_config
 from apis.active.strategies import get_metric
 from apis.config import ConfigError, ExperimentConfig, absolute_paths, check_same_config, dump_config
-from apis.data.coco import CocoDataset, load_coco
+from apis.data.coco import CocoDataset, DatasetError, load_coco
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
@@ -128,10 +128,7 @@ class ActiveLearningRun:
                 dump_config(cfg, self.dir.config_path)
                 self.ledger = PointLedger(self.dir.ledger_path)
                 self._check_ledger_holds_finished_steps()
-                self.ledger.register_instances(
-                    (inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
-                    for im in self.train_set.images for inst in im.instances
-                )
+                self._register_instances()
         except BaseException:
             self.lock.release()
             raise
@@ -145,6 +142,26 @@ class ActiveLearningRun:
                                     "(chmod -R u+w) to go on")
         self.ledger = PointLedger(self.dir.ledger_path, read_only=True)
         self._check_ledger_holds_finished_steps()
+
+    def _register_instances(self) -> None:
+        """Register the training instances in the ledger, refusing a training set that lost instances or moved
+        boxes since the run registered them: their answers would fit no instance, and the run could not train."""
+        gone = sorted(self.ledger.instance_ids() - {inst.ann_id for inst in self.train_set.instances()})
+        how = (f"restore {self.cfg.data.train_json} as it was when the run started (the ledger keeps what was "
+               "asked), or start a new run in a new output_dir with the new file")
+        if gone:
+            shown = ", ".join(map(str, gone[:10])) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+            self.ledger.close()
+            raise DatasetError(f"{self.cfg.data.train_json}: annotation(s) {shown} were in it when {self.dir.root} "
+                               f"started, and are gone; {how}")
+        try:
+            self.ledger.register_instances(
+                (inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
+                for im in self.train_set.images for inst in im.instances)
+        except ValueError as error:
+            self.ledger.close()
+            raise DatasetError(f"{self.cfg.data.train_json} changed since {self.dir.root} started ({error}); "
+                               f"{how}") from None
 
     def _check_ledger_holds_finished_steps(self) -> None:
         """Refuse a ledger that lost the answers of steps the run finished (emptied, replaced, deleted): going

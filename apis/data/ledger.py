@@ -230,6 +230,10 @@ class PointLedger:
         if problems != ["ok"]:
             raise sqlite3.DatabaseError("; ".join(problems[:3]))
 
+    def instance_ids(self) -> set[int]:
+        """The annotation ids of every registered instance."""
+        return {row[0] for row in self._conn.execute("SELECT ann_id FROM instances")}
+
     def steps(self) -> set[int]:
         """The steps that have at least one stored answer."""
         return {row[0] for row in self._conn.execute("SELECT DISTINCT step FROM answers")}

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -408,3 +409,28 @@ def test_temporaries_of_a_killed_run_are_removed_when_it_resumes(tiny_config):
         path.write_bytes(b"half")
     ActiveLearningRun(cfg).close()
     assert not any(path.exists() for path in leftovers)
+
+
+@pytest.mark.parametrize("change", ["deleted", "moved"])
+def test_a_training_set_changed_mid_run_is_named_with_how_to_go_on(tiny_config, tmp_path, change):
+    """Issue 13, case 14: an annotation deleted from train.json after its answers were stored left the run stuck."""
+    source = Path(tiny_config("x").data.train_json)
+    train_json = tmp_path / "train.json"
+    shutil.copy(source, train_json)
+    cfg = tiny_config("changed", f"data.train_json={train_json}", f"data.image_root={source.parent.parent / 'images'}")
+    run = ActiveLearningRun(cfg)
+    _record(run, 0, [1, 0, 1, 1])
+    run.close()
+    data = json.loads(train_json.read_text())
+    first = data["annotations"][0]
+    if change == "deleted":
+        data["annotations"] = data["annotations"][1:]
+        message = rf": annotation\(s\) {first['id']} were in it when .*changed started, and are gone"
+    else:
+        first["bbox"] = [first["bbox"][0] + 1, *first["bbox"][1:]]
+        message = rf" changed since .*changed started \(.*instance {first['id']} is already registered"
+    train_json.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=rf"{train_json}{message}"):
+        ActiveLearningRun(cfg)
+    with pytest.raises(DatasetError, match="restore .*train.json as it was when the run started"):
+        ActiveLearningRun(cfg)  # refused again (the lock was released), and says how to go on
