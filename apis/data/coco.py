@@ -209,8 +209,8 @@ def _unique_ids(items: list, kind: str, json_path: Path) -> dict[int, dict]:
     by_id: dict[int, dict] = {}
     for item in items:
         item_id = item.get("id") if isinstance(item, dict) else None
-        if not isinstance(item_id, int):
-            raise DatasetError(f"{json_path}: a {kind} entry has no integer 'id': {str(item)[:120]}")
+        if not _is_int(item_id):
+            raise DatasetError(f"{json_path}: an entry of the {kind} list has no integer 'id': {str(item)[:120]}")
         if item_id in by_id:
             raise DatasetError(f"{json_path}: duplicate {kind} id {item_id}")
         by_id[item_id] = item
@@ -255,6 +255,18 @@ def _clip_box(json_path: Path, ann: dict, width: int, height: int) -> tuple[floa
         logger.warning("%s: annotation %d: bbox %s extends outside image %d (%dx%d); clipped",
                        json_path, ann["id"], bbox, ann["image_id"], width, height)
     return x0, y0, x1, y1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _area(json_path: Path, ann: dict, box: tuple[float, float, float, float]) -> float:
+    """The annotation's ``area``, or its box's when it has none."""
+    area = ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))
+    if not is_finite_number(area) or area < 0:
+        raise DatasetError(f"{json_path}: annotation {ann['id']}: area must be a number >= 0, got {area!r}")
+    return float(area)
 
 
 def is_finite_number(value: object) -> bool:
@@ -355,18 +367,21 @@ def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: 
     per_image: dict[int, list[InstanceRecord]] = {i: [] for i in images_by_id}
     segmentations: dict[int, object] = {}
     for ann in anns_by_id.values():
-        image = images_by_id.get(ann.get("image_id"))
+        # Ids are compared only once they are integers: a list or an object as an id is unhashable.
+        image = images_by_id.get(ann.get("image_id")) if _is_int(ann.get("image_id")) else None
         if image is None:
             raise DatasetError(f"{json_path}: annotation {ann['id']}: unknown image_id {ann.get('image_id')!r}")
-        if ann.get("category_id") not in label_of:
+        if not _is_int(ann.get("category_id")) or ann["category_id"] not in label_of:
             raise DatasetError(
                 f"{json_path}: annotation {ann['id']}: unknown category_id {ann.get('category_id')!r}"
             )
+        if ann.get("iscrowd", 0) not in (0, 1):  # True and False included: they equal 1 and 0
+            raise DatasetError(f"{json_path}: annotation {ann['id']}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
         box = _clip_box(json_path, ann, image["width"], image["height"])
         per_image[image["id"]].append(InstanceRecord(
             ann_id=ann["id"], image_id=image["id"], category_id=ann["category_id"],
             label=label_of[ann["category_id"]], bbox_xyxy=box, iscrowd=bool(ann.get("iscrowd", 0)),
-            area=float(ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))),
+            area=_area(json_path, ann, box),
         ))
         if "segmentation" in ann:
             problem = segmentation_problem(ann["segmentation"], image["width"], image["height"])

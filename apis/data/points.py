@@ -94,7 +94,9 @@ def _parse_points(ann: dict, image: dict | None) -> InstancePoints:
     if not all(_is_json_int(v) and v in (0, 1) for v in labels):
         raise ValueError(f"point_labels must be 0 or 1, got {labels!r}")
     if image is not None:
-        width, height = image["width"], image["height"]
+        width, height = image.get("width"), image.get("height")
+        if not (_is_json_int(width) and _is_json_int(height) and width > 0 and height > 0):
+            raise ValueError(f"its image {image['id']} has no valid 'width' and 'height'")
         outside = [c for c in coords if not (0 <= c[0] < width and 0 <= c[1] < height)]
         if outside:
             raise ValueError(f"points {outside} lie outside the {width}x{height} image {image['id']}")
@@ -124,7 +126,7 @@ def read_pointsup(path: str | Path) -> dict[int, InstancePoints]:
             and isinstance(coco.get("annotations", []), list)
             and all(isinstance(item, dict) for item in (*coco.get("images", []), *coco.get("annotations", [])))):
         raise DatasetError(f"{path}: not a COCO instance file (needs lists of objects 'images' and 'annotations')")
-    images = {image.get("id"): image for image in coco.get("images", [])}
+    images = {image["id"]: image for image in coco.get("images", []) if _is_json_int(image.get("id"))}
     points: dict[int, InstancePoints] = {}
     for ann in coco.get("annotations", []):
         has_coords, has_labels = "point_coords" in ann, "point_labels" in ann
@@ -134,10 +136,13 @@ def read_pointsup(path: str | Path) -> dict[int, InstancePoints]:
         try:
             if has_coords != has_labels:
                 raise ValueError("has only one of point_coords and point_labels")
+            if not _is_json_int(ann_id):
+                raise ValueError("has points but no integer 'id'")
             if ann_id in points:
                 raise ValueError("annotation id occurs twice")
-            instance_points = _parse_points(ann, images.get(ann.get("image_id")))
-        except (ValueError, TypeError, KeyError) as error:
+            image_id = ann.get("image_id")
+            instance_points = _parse_points(ann, images.get(image_id) if _is_json_int(image_id) else None)
+        except ValueError as error:
             raise DatasetError(f"{path}: annotation {ann_id}: {error}") from None
         if len(instance_points):
             points[ann_id] = instance_points

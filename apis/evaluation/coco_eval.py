@@ -67,6 +67,11 @@ def evaluate(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     gt_dataset, gt_source = _load_gt(gt)
+    if "segm" in iou_types:
+        unmasked = [ann["id"] for ann in gt_dataset["annotations"] if not ann.get("segmentation")]
+        if unmasked:
+            raise DatasetError(f"{gt_source}: annotation(s) {', '.join(map(str, unmasked[:10]))} have no "
+                               "segmentation, which mask AP needs (evaluate with iou_types=['bbox'] only)")
     if isinstance(results, (str, Path)):
         results_source = str(results)
         results = load_results(results)

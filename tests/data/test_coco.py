@@ -151,6 +151,12 @@ BAD_ANNOTATIONS = [
     (_set_ann(0, "segmentation", {"size": [30, 40], "counts": "02"}), "annotation 10: RLE counts cover 2 pixels"),
     (_set_ann(0, "segmentation", {"size": [30, 40], "counts": None}), "annotation 10: RLE counts must be a string"),
     (_set_ann(0, "segmentation", "cell"), "annotation 10: segmentation must be polygons or an RLE object, got str"),
+    # Found by tests/test_fuzz_readers.py: each was a TypeError or ValueError without the file.
+    (_set_ann(0, "image_id", [1]), r"annotation 10: unknown image_id \[1\]"),
+    (_set_ann(0, "category_id", {}), "annotation 10: unknown category_id {}"),
+    (_set_ann(0, "iscrowd", [0]), r"annotation 10: iscrowd must be 0 or 1, got \[0\]"),
+    (_set_ann(0, "area", "big"), "annotation 10: area must be a number >= 0, got 'big'"),
+    (_set_ann(0, "id", False), "an entry of the annotation list has no integer 'id'"),
 ]
 
 

@@ -212,3 +212,19 @@ def test_a_malformed_points_file_is_named(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(DatasetError, match=rf"{path}: not (valid JSON|a COCO instance file)"):
         read_pointsup(path)
+
+
+@pytest.mark.parametrize(("image_fields", "problem"), [({"width": None}, "its image 10 has no valid 'width'"),
+                                                       ({"id": [10]}, "")])
+def test_points_of_an_image_without_a_valid_size_or_id_are_named(tmp_path, image_fields, problem):
+    """Found by tests/test_fuzz_readers.py: a KeyError or TypeError without the file name."""
+    coco = small_coco()
+    coco["images"][0].update(image_fields)
+    coco["annotations"][0].update(point_coords=[[3, 3]], point_labels=[1])
+    path = tmp_path / "points.json"
+    path.write_text(json.dumps(coco))
+    if problem:
+        with pytest.raises(DatasetError, match=rf"points\.json: annotation 1: {problem}"):
+            read_pointsup(path)
+    else:  # an image without an integer id is no image of the annotation: its points are not range-checked
+        assert read_pointsup(path)[1].coords.tolist() == [[3, 3]]
