@@ -14,6 +14,7 @@ from pathlib import Path
 from apis import __version__
 
 # `apis run` exit statuses: 0 done, 2 bad input, 3 stopped to wait for people's answers, 130 interrupted.
+EXIT_BAD_INPUT = 2
 EXIT_WAITING_FOR_ANSWERS = 3
 
 
@@ -89,7 +90,7 @@ def _cmd_export_points(args: argparse.Namespace) -> None:
 
     run_dir = Path(args.run_dir)
     cfg = load_run_config(run_dir / "config.yaml")
-    with PointLedger(run_dir / "ledger.sqlite") as ledger:
+    with PointLedger(run_dir / "ledger.sqlite", read_only=True) as ledger:  # never creates or changes one
         step = ledger.last_step() if args.step is None else args.step
         if step is None:
             raise SystemExit(f"{run_dir}: the ledger holds no answers yet")
@@ -163,6 +164,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="apis", description="Active pointly-supervised instance segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--version", action="version", version=f"apis {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -265,21 +267,28 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from apis.active.questions import AnswersPending, QuestionError
-    from apis.config import ConfigError
-    from apis.data.coco import DatasetError
+    from apis.active.questions import AnswersPending
+    from apis.utils.errors import ApisError
 
     try:
         args.handler(args)
-    except (ConfigError, DatasetError, QuestionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     except AnswersPending as exc:  # oracle.kind=human: the run waits for people (docs/annotate.md)
         print(exc)
         raise SystemExit(EXIT_WAITING_FOR_ANSWERS) from None
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         raise SystemExit(130) from None
+    except (ApisError, OSError) as exc:  # bad input, or a file the system refused: the message names it
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except Exception as exc:  # a bug: say so, and keep the traceback for --debug
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (an APIS bug; run again with --debug and report the "
+              "traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

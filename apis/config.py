@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
+import os
 import types
 import typing
 from collections.abc import Set
@@ -24,9 +26,10 @@ from typing import Any
 import yaml
 
 from apis.config_versions import CONFIG_VERSION, MIGRATIONS, UNVERSIONED
+from apis.utils.errors import ApisError
 
 
-class ConfigError(ValueError):
+class ConfigError(ApisError, ValueError):
     """A config key or value is wrong; the message names the key and what is allowed."""
 
 
@@ -337,8 +340,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """The config a run stored (``config.yaml``), migrated to this APIS (no ``config_version``: version 1)."""
-    return _from_file(Path(path), overrides, UNVERSIONED)
+    """The config a run stored (``config.yaml``), migrated to this APIS (no ``config_version``: version 1).
+
+    Runs store absolute paths (:func:`absolute_paths`); a relative path in an older run's config is read, as
+    that run read it, against the current directory.
+    """
+    return absolute_paths(_from_file(Path(path), overrides, UNVERSIONED))
+
+
+# Config keys holding a path to a file or folder (docs/design.md, "Config versions"); model.backbone_weights
+# also takes names ("none", "imagenet", a bundled file), which have neither a folder nor a file suffix.
+PATH_KEYS = ("data.train_json", "data.val_json", "data.image_root", "data.val_image_root", "data.train_points",
+             "loop.initial_run", "model.backbone_weights")
+
+
+def absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> ExperimentConfig:
+    """``cfg`` with every relative path of :data:`PATH_KEYS` made absolute against ``base`` (default: the
+    current directory), so that a run's stored config means the same files from any directory."""
+    base = Path.cwd() if base is None else Path(base)
+    sections = {}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        is_path = key != "model.backbone_weights" or "/" in value or Path(value).suffix
+        if value and is_path and not Path(value).is_absolute():
+            sections.setdefault(section, {})[name] = os.path.normpath(base / value)
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)
+                                       for section, values in sections.items()})
 
 
 def _from_file(path: Path, overrides: list[str] | None, default_version: int) -> ExperimentConfig:
@@ -391,6 +419,32 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'solver.batch_size' must be >= 1")
     if list(cfg.solver.steps) != sorted(cfg.solver.steps):
         raise ConfigError("config key 'solver.steps' must be increasing")
+    if list(cfg.loop.finetune_steps) != sorted(cfg.loop.finetune_steps):
+        raise ConfigError("config key 'loop.finetune_steps' must be increasing")
+    # Checked here, before any work: a bad schedule found by the optimiser (or after M0) names no key.
+    _check_range("solver.base_lr", cfg.solver.base_lr, minimum=0.0)
+    _check_range("loop.finetune_lr", cfg.loop.finetune_lr, minimum=0.0)
+    _check_range("solver.max_iter", cfg.solver.max_iter, minimum=1)
+    _check_range("loop.finetune_iters", cfg.loop.finetune_iters, minimum=1)
+    _check_range("loop.steps", cfg.loop.steps, minimum=0)
+    _check_range("solver.momentum", cfg.solver.momentum, minimum=0.0)
+    _check_range("solver.weight_decay", cfg.solver.weight_decay, minimum=0.0)
+    _check_range("solver.gamma", cfg.solver.gamma, minimum=0.0, strict=True)
+    _check_range("solver.warmup_iters", cfg.solver.warmup_iters, minimum=0)
+    for key in ("point_cost_s", "mask_cost_s", "box_cost_s"):
+        _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0)
+    for key in ("flip_prob", "unsure_rate"):
+        _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0, maximum=1.0)
+
+
+def _check_range(key: str, value: float, minimum: float, strict: bool = False, maximum: float | None = None
+                 ) -> None:
+    """ConfigError naming ``key`` unless ``value`` is finite, ``>= minimum`` (``>`` when ``strict``) and
+    ``<= maximum``."""
+    low_ok = value > minimum if strict else value >= minimum
+    if not (math.isfinite(value) and low_ok and (maximum is None or value <= maximum)):
+        bounds = f"{'>' if strict else '>='} {minimum}" + ("" if maximum is None else f" and <= {maximum}")
+        raise ConfigError(f"config key '{key}' is {value!r}; it must be {bounds}")
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

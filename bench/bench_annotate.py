@@ -50,7 +50,7 @@ def build_run(work: Path, questions: int) -> Path:
                              "oracle.kind=human", "model.num_classes=4", "device=cpu"])
     run = ActiveLearningRun(cfg)  # writes config.yaml and registers the instances, as `apis run` does
     points = draw_initial_points(run.train_set, cfg.seed)
-    run.ledger.close()
+    run.close()
     if len(points) < questions:
         raise SystemExit(f"the synthetic data has {len(points)} instances, fewer than {questions}")
     with QuestionQueue(run_dir / "ledger.sqlite") as ledger:

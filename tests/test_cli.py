@@ -8,7 +8,7 @@ import torch
 
 from apis.cli import main
 from apis.config import load_config, to_dict
-from apis.data.ledger import Answer, PointLedger
+from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.engine.checkpoint import save_checkpoint
 from apis.evaluation.coco_eval import evaluate
 from apis.evaluation.results import load_results
@@ -90,3 +90,43 @@ def test_eval_of_a_checkpoint_needs_no_config_and_equals_evaluate_on_its_results
     main(["eval", "--checkpoint", str(checkpoint), "--results", str(tmp_path / "r1.json"), "data.max_val_images=1"])
     first_image = json.loads(val.read_text())["images"][0]["id"]
     assert {r["image_id"] for r in load_results(tmp_path / "r1.json")} == {first_image}
+
+
+def _error_of(argv, capsys):
+    """``(exit status, stderr)`` of ``apis argv`` that fails."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_errors_are_one_line_and_the_traceback_only_with_debug(synth_dir, tmp_path, capsys):
+    """Issue 13, case 10: export-points for a missing step and a bad results file printed tracebacks."""
+    test_export_points_writes_pointsup(synth_dir, tmp_path, capsys)
+    capsys.readouterr()
+    run_dir = tmp_path / "run"
+    code, err = _error_of(["export-points", str(run_dir), "--step", "5"], capsys)
+    assert code == 2 and err == f"error: {run_dir / 'ledger.sqlite'}: no answers at step 5 (last step: 0)\n"
+    with pytest.raises(LedgerError, match="no answers at step 5"):
+        main(["--debug", "export-points", str(run_dir), "--step", "5"])
+
+    results = tmp_path / "results.json"
+    results.write_text('[{"image_id": 1}')
+    code, err = _error_of(["eval", "--gt", str(synth_dir / "annotations" / "val.json"), "--results", str(results)],
+                          capsys)
+    assert code == 2 and err.startswith(f"error: {results}: not valid JSON") and len(err.splitlines()) == 1
+    code, err = _error_of(["eval", "--gt", str(tmp_path / "missing.json"), "--results", str(results)], capsys)
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'missing.json'}: cannot be read")
+
+
+def test_an_unexpected_exception_is_one_line_that_says_it_is_a_bug(monkeypatch, capsys):
+    import apis.demo
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(apis.demo, "run_demo", broken)
+    code, err = _error_of(["demo", "--quick"], capsys)
+    assert code == 1 and err == ("error: ZeroDivisionError: division by zero (an APIS bug; run again with --debug "
+                                 "and report the traceback)\n")
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "demo", "--quick"])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from apis.config import ConfigError, ExperimentConfig, dump_config, load_config, parse_overrides
+from apis.config import ConfigError, ExperimentConfig, absolute_paths, dump_config, load_config, parse_overrides
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
@@ -41,3 +41,43 @@ def test_errors_name_key_and_allowed_values(overrides, message):
 
 def test_parse_overrides_yaml_values():
     assert parse_overrides(["a.b=true", "c=[1, 2]", "d=0.5"]) == {"a": {"b": True}, "c": [1, 2], "d": 0.5}
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("loop.finetune_iters=0", "'loop.finetune_iters' is 0; it must be >= 1"),
+    ("loop.steps=-1", "'loop.steps' is -1; it must be >= 0"),
+    ("solver.base_lr=-1", r"'solver.base_lr' is -1.0; it must be >= 0.0"),
+    ("loop.finetune_lr=-0.5", r"'loop.finetune_lr' is -0.5; it must be >= 0.0"),
+    ("solver.gamma=0", r"'solver.gamma' is 0.0; it must be > 0.0"),
+    ("oracle.flip_prob=1.5", r"'oracle.flip_prob' is 1.5; it must be >= 0.0 and <= 1.0"),
+    ("loop.finetune_steps=[20,10]", "'loop.finetune_steps' must be increasing"),
+])
+def test_schedule_values_are_checked_at_load_naming_the_key(override, message):
+    """Issue 13, case 8: finetune_iters=0 failed after M0 naming solver.max_iter; steps=-1 exited 0 doing
+    nothing; a negative learning rate was a torch ValueError without the key."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_base_chain_that_comes_back_is_refused(tmp_path):
+    """Issue 13, case 8: a YAML whose ``_base_`` is itself recursed until RecursionError."""
+    (tmp_path / "self.yaml").write_text("_base_: self.yaml\nseed: 1\n")
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="self.yaml: its _base_ chain comes back to it"):
+        load_config(tmp_path / "self.yaml")
+    with pytest.raises(ConfigError, match=r"a.yaml: its _base_ chain comes back to it \(.*a.yaml -> .*b.yaml\)"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_absolute_paths_resolves_relative_paths_and_leaves_names(tmp_path):
+    cfg = load_config(None, ["data.train_json=a/train.json", "data.image_root=../images", "data.val_json=/v.json",
+                             "model.backbone_weights=synth-source-r18", "loop.initial_run=runs/p0"])
+    resolved = absolute_paths(cfg, tmp_path / "here")
+    assert resolved.data.train_json == str(tmp_path / "here" / "a" / "train.json")
+    assert resolved.data.image_root == str(tmp_path / "images")
+    assert resolved.data.val_json == "/v.json" and resolved.data.train_points == ""
+    assert resolved.model.backbone_weights == "synth-source-r18"  # a bundled name, not a path
+    assert resolved.loop.initial_run == str(tmp_path / "here" / "runs" / "p0")
+    weights = absolute_paths(load_config(None, ["model.backbone_weights=w/r18.pth"]), tmp_path)
+    assert weights.model.backbone_weights == str(tmp_path / "w" / "r18.pth")

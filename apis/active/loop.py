@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +32,16 @@ from apis.active.initial_run import reuse_initial_run
 from apis.active.oracle import Oracle
 from apis.active.point_stats import selection_statistics
 from apis.active.questions import QuestionQueue
-from apis.active.run_dir import RunDirectory, step_dir
+from apis.active.run_dir import RunDirectory, RunDirectoryError, step_dir
 from apis.active.schedule import member_seeds, point_prior_weights, train_config
 from apis.active.strategies import get_metric
-from apis.config import ConfigError, ExperimentConfig, check_same_config, dump_config
-from apis.data.coco import CocoDataset, load_coco
+from apis.config import ConfigError, ExperimentConfig, absolute_paths, check_same_config, dump_config
+from apis.data.coco import CocoDataset, DatasetError, load_coco
 from apis.data.coords import box_pixel_range
-from apis.data.ledger import Answer, PointLedger
+from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
+from apis.utils.io import remove_temporaries
+from apis.utils.lock import FolderLock
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ class ActiveLearningRun:
     """
 
     def __init__(self, cfg: ExperimentConfig, oracle: Oracle | None = None):
+        cfg = absolute_paths(cfg)  # stored so: the run's config means the same files from any directory
         self.cfg = cfg
         self.metric = get_metric(cfg.selection.metric)  # unknown names fail before any work
         self.train_set, self.val_set = load_datasets(cfg)
@@ -111,14 +115,69 @@ class ActiveLearningRun:
             raise ConfigError(f"{cfg.data.train_json}: no non-crowd instance to annotate")
         self.seeds = member_seeds(cfg)
         self.dir = RunDirectory(cfg.output_dir, members=len(self.seeds))
-        check_same_config(self.dir.config_path, cfg)
-        self.dir.root.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, self.dir.config_path)
-        self.ledger = PointLedger(self.dir.ledger_path)
-        self.ledger.register_instances(
-            (inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
-            for im in self.train_set.images for inst in im.instances
-        )
+        # One process per run dir, from before the config is compared until close() (docs/design.md,
+        # "The run directory"): two runs would interleave their answers.
+        self.lock = FolderLock(self.dir.root).acquire()
+        try:
+            check_same_config(self.dir.config_path, cfg)
+            if self.dir.root.is_dir() and not os.access(self.dir.root, os.W_OK):
+                self._open_read_only()
+            else:
+                for folder in (self.dir.root, *self.dir.root.glob("step_[0-9]*")):
+                    remove_temporaries(folder)  # of a killed run; the trainers clean their own folders
+                dump_config(cfg, self.dir.config_path)
+                self.ledger = PointLedger(self.dir.ledger_path)
+                self._check_ledger_holds_finished_steps()
+                self._register_instances()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open_read_only(self) -> None:
+        """A run dir that cannot be written: a finished run (an archive) reads its records, nothing more."""
+        unfinished = [step for step in range(self.cfg.loop.steps + 1) if not self.dir.is_done(step)]
+        if unfinished:
+            raise RunDirectoryError(f"{self.dir.root}: cannot be written, but step(s) "
+                                    f"{', '.join(map(str, unfinished))} are not finished; make it writable "
+                                    "(chmod -R u+w) to go on")
+        self.ledger = PointLedger(self.dir.ledger_path, read_only=True)
+        self._check_ledger_holds_finished_steps()
+
+    def _register_instances(self) -> None:
+        """Register the training instances in the ledger, refusing a training set that lost instances or moved
+        boxes since the run registered them: their answers would fit no instance, and the run could not train."""
+        gone = sorted(self.ledger.instance_ids() - {inst.ann_id for inst in self.train_set.instances()})
+        how = (f"restore {self.cfg.data.train_json} as it was when the run started (the ledger keeps what was "
+               "asked), or start a new run in a new output_dir with the new file")
+        if gone:
+            shown = ", ".join(map(str, gone[:10])) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+            self.ledger.close()
+            raise DatasetError(f"{self.cfg.data.train_json}: annotation(s) {shown} were in it when {self.dir.root} "
+                               f"started, and are gone; {how}")
+        try:
+            self.ledger.register_instances(
+                (inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
+                for im in self.train_set.images for inst in im.instances)
+        except ValueError as error:
+            self.ledger.close()
+            raise DatasetError(f"{self.cfg.data.train_json} changed since {self.dir.root} started ({error}); "
+                               f"{how}") from None
+
+    def _check_ledger_holds_finished_steps(self) -> None:
+        """Refuse a ledger that lost the answers of steps the run finished (emptied, replaced, deleted): going
+        on would train on fewer points than the run's records say."""
+        missing = sorted(set(self.dir.done_steps()) - self.ledger.steps())
+        if missing:
+            self.ledger.close()
+            raise LedgerError(
+                f"{self.dir.ledger_path}: holds no answers for step(s) {', '.join(map(str, missing))}, which "
+                f"{self.dir.root} finished (step_NNN/metrics.json): the ledger was emptied, replaced or deleted. "
+                "Restore ledger.sqlite from a backup, or start again in a new output_dir")
+
+    def close(self) -> None:
+        """Close the ledger and release the run dir's lock."""
+        self.ledger.close()
+        self.lock.release()
 
     @property
     def run_dir(self) -> Path:
@@ -145,7 +204,7 @@ class ActiveLearningRun:
 
     def _ensure_points(self, step: int) -> None:
         """Make sure the ledger holds step ``step``'s answers."""
-        if step in {a.step for a in self.ledger.answers()}:
+        if step in self.ledger.steps():
             return
         questions = draw_initial_points(self.train_set, self.cfg.seed) if step == 0 else self._select(step)
         if self.human:
@@ -253,4 +312,4 @@ def run_active_loop(cfg: ExperimentConfig, oracle: Oracle | None = None) -> list
     try:
         return run.run()
     finally:
-        run.ledger.close()
+        run.close()

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apis.data.ledger import Answer, PointLedger, utc_now
+from apis.utils.errors import ApisError
 
 if TYPE_CHECKING:  # the loop imports this module
     from apis.active.loop import PointToAsk
@@ -51,7 +52,7 @@ ANNOTATOR_NAME = re.compile(r"[\w .@+-]{1,100}")
 PACE_WINDOW = 20  # the annotator's pace is the median of their last PACE_WINDOW answers
 
 
-class QuestionError(ValueError):
+class QuestionError(ApisError, ValueError):
     """A request about questions is malformed; the message says what is wrong (HTTP 400)."""
 
 

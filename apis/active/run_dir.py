@@ -17,7 +17,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from apis.utils.errors import ApisError
 from apis.utils.io import atomic_write_json, atomic_write_text
+
+
+class RunDirectoryError(ApisError):
+    """A run directory is in a state a command cannot go on from; the message says what to do."""
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
@@ -82,6 +87,10 @@ class RunDirectory:
     def is_done(self, step: int) -> bool:
         """Whether the step finished (its ``metrics.json`` exists)."""
         return (self.step(step) / "metrics.json").exists()
+
+    def done_steps(self) -> list[int]:
+        """Every finished step found in the folder, in order (whatever ``loop.steps`` now says)."""
+        return sorted(int(path.parent.name[len("step_"):]) for path in self.root.glob("step_[0-9]*/metrics.json"))
 
     def step_metrics(self, step: int) -> dict:
         return json.loads((self.step(step) / "metrics.json").read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from apis.active.questions import Question, QuestionError
-from apis.data.coco import CocoDataset
+from apis.data.coco import CocoDataset, image_to_rgb
 
 
 class ImageOutsideRoot(QuestionError):
@@ -72,7 +72,7 @@ class QuestionImages:
                                    f"{self._root}; it is not served")
         cx, cy, width, height = window
         with Image.open(path) as image:
-            crop = image.convert("RGB").crop((cx, cy, cx + width, cy + height))
+            crop = Image.fromarray(image_to_rgb(image)).crop((cx, cy, cx + width, cy + height))
         out = io.BytesIO()
         crop.save(out, format="PNG", compress_level=1)
         return out.getvalue()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from apis.utils.errors import ApisError
+
 logger = logging.getLogger(__name__)
 
 MASK_PURPOSES = ("oracle", "evaluation", "full-supervision")
+# Image modes whose pixels are 16-bit integers: scaled to 8 bits on load, not clipped at 255 by PIL's convert.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_UNSUPPORTED_MODES = ("F",)
 
 
-class DatasetError(ValueError):
+class DatasetError(ApisError, ValueError):
     """The dataset is malformed; the message names the file and the offending id."""
 
 
@@ -121,10 +127,13 @@ class CocoDataset:
             yield from im.instances
 
     def load_image(self, image_id: int) -> np.ndarray:
-        """``uint8[H, W, 3]`` RGB pixels of one image."""
+        """``uint8[H, W, 3]`` RGB pixels of one image (16-bit grey images scaled to 8 bits)."""
         record = self.image(image_id)
-        with Image.open(record.path) as img:
-            return np.asarray(img.convert("RGB"))
+        try:
+            with Image.open(record.path) as img:
+                return image_to_rgb(img)
+        except (UnidentifiedImageError, OSError) as exc:  # changed since it was validated
+            raise DatasetError(f"{self.json_path}: image {image_id}: file {record.path} is unreadable: {exc}") from exc
 
     def masks(self, purpose: str) -> GroundTruthMasks:
         """GT masks, for one of :data:`MASK_PURPOSES` only; refuses a dataset without masks."""
@@ -173,6 +182,14 @@ class CocoDataset:
         return mask.astype(bool)
 
 
+def image_to_rgb(img: Image.Image) -> np.ndarray:
+    """``uint8[H, W, 3]`` pixels of a PIL image; 16-bit grey values ``v`` become ``round(v / 257)``."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        grey = np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(img.convert("RGB"))
+
+
 def _read_json(json_path: Path) -> dict:
     if not json_path.is_file():
         raise DatasetError(f"{json_path}: file not found")
@@ -192,8 +209,8 @@ def _unique_ids(items: list, kind: str, json_path: Path) -> dict[int, dict]:
     by_id: dict[int, dict] = {}
     for item in items:
         item_id = item.get("id") if isinstance(item, dict) else None
-        if not isinstance(item_id, int):
-            raise DatasetError(f"{json_path}: a {kind} entry has no integer 'id': {str(item)[:120]}")
+        if not _is_int(item_id):
+            raise DatasetError(f"{json_path}: an entry of the {kind} list has no integer 'id': {str(item)[:120]}")
         if item_id in by_id:
             raise DatasetError(f"{json_path}: duplicate {kind} id {item_id}")
         by_id[item_id] = item
@@ -204,10 +221,15 @@ def _check_image_file(json_path: Path, image: dict, path: Path) -> None:
     try:
         with Image.open(path) as img:
             width, height = img.size
+            mode = img.mode
+            img.load()  # decodes the pixels: a truncated file fails here, not in the middle of training
     except FileNotFoundError:
         raise DatasetError(f"{json_path}: image {image['id']}: file {path} is missing") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DatasetError(f"{json_path}: image {image['id']}: file {path} is unreadable: {exc}") from exc
+    if mode in _UNSUPPORTED_MODES:
+        raise DatasetError(f"{json_path}: image {image['id']}: file {path} has pixel mode {mode!r} (floating "
+                           "point), which APIS cannot read; store it as 8- or 16-bit PNG or JPEG")
     if (width, height) != (image["width"], image["height"]):
         raise DatasetError(
             f"{json_path}: image {image['id']}: json says {image['width']}x{image['height']} "
@@ -217,8 +239,9 @@ def _check_image_file(json_path: Path, image: dict, path: Path) -> None:
 
 def _clip_box(json_path: Path, ann: dict, width: int, height: int) -> tuple[float, float, float, float]:
     bbox = ann.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-        raise DatasetError(f"{json_path}: annotation {ann['id']}: bbox must be [x, y, w, h], got {bbox!r}")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
+        raise DatasetError(f"{json_path}: annotation {ann['id']}: bbox must be [x, y, w, h] of finite numbers, "
+                           f"got {bbox!r}")
     x, y, w, h = (float(v) for v in bbox)
     if w <= 0 or h <= 0:
         raise DatasetError(f"{json_path}: annotation {ann['id']}: bbox has width or height <= 0: {bbox}")
@@ -234,6 +257,75 @@ def _clip_box(json_path: Path, ann: dict, width: int, height: int) -> tuple[floa
     return x0, y0, x1, y1
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _area(json_path: Path, ann: dict, box: tuple[float, float, float, float]) -> float:
+    """The annotation's ``area``, or its box's when it has none."""
+    area = ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))
+    if not is_finite_number(area) or area < 0:
+        raise DatasetError(f"{json_path}: annotation {ann['id']}: area must be a number >= 0, got {area!r}")
+    return float(area)
+
+
+def is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rle_string_counts(counts: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``); None when malformed."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                return None
+            char = ord(counts[position]) - 48
+            if not 0 <= char < 64:
+                return None
+            value |= (char & 0x1F) << shift
+            more = bool(char & 0x20)
+            position += 1
+            shift += 5
+            if not more and char & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def segmentation_problem(seg: object, width: int, height: int) -> str | None:
+    """What is wrong with a COCO segmentation (polygons or RLE) of a ``width`` x ``height`` image, or None."""
+    if isinstance(seg, list):
+        for polygon in seg:
+            if not (isinstance(polygon, list) and all(is_finite_number(v) for v in polygon)):
+                return f"a polygon must be a list of finite numbers, got {str(polygon)[:80]}"
+            if len(polygon) < 6 or len(polygon) % 2:
+                return f"a polygon needs at least 3 (x, y) points, got {len(polygon)} numbers"
+        return None
+    if not isinstance(seg, dict):
+        return f"segmentation must be polygons or an RLE object, got {type(seg).__name__}"
+    size, counts = seg.get("size"), seg.get("counts")
+    if size != [height, width]:
+        return f"RLE size {size!r} is not the image's [height, width] [{height}, {width}]"
+    if isinstance(counts, str):
+        runs = _rle_string_counts(counts)
+        if runs is None:
+            return "RLE counts is not a valid compressed RLE string"
+    elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+        runs = counts
+    else:
+        return "RLE counts must be a string or a list of integers"
+    if any(run < 0 for run in runs):
+        return "RLE counts has a negative run length"
+    if sum(runs) != width * height:
+        return f"RLE counts cover {sum(runs)} pixels, the {width}x{height} image has {width * height}"
+    return None
+
+
 def load_coco(json_path: str | Path, image_root: str | Path | None = None,
               check_images: bool = True) -> CocoDataset:
     """Load and validate a COCO instance json.
@@ -247,8 +339,15 @@ def load_coco(json_path: str | Path, image_root: str | Path | None = None,
     if image_root is None or str(image_root) == "":
         sibling = json_path.parent.parent / "images"
         image_root = sibling if sibling.is_dir() else json_path.parent
-    image_root = Path(image_root)
+    return coco_from_dict(data, json_path, Path(image_root), check_images)
 
+
+def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: bool = True) -> CocoDataset:
+    """Validate an already-read COCO instance dict (the checks of :func:`load_coco`); ``json_path`` names it in
+    errors. The one validator of every COCO file APIS reads: training, the loop, ``apis eval --gt``."""
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{json_path}: missing list '{key}'")
     images_by_id = _unique_ids(data["images"], "image", json_path)
     categories_by_id = _unique_ids(data["categories"], "category", json_path)
     anns_by_id = _unique_ids(data["annotations"], "annotation", json_path)
@@ -257,27 +356,37 @@ def load_coco(json_path: str | Path, image_root: str | Path | None = None,
 
     for image in images_by_id.values():
         for key, kind in (("file_name", str), ("width", int), ("height", int)):
-            if not isinstance(image.get(key), kind):
+            if not isinstance(image.get(key), kind) or isinstance(image.get(key), bool):
                 raise DatasetError(f"{json_path}: image {image['id']}: missing or invalid '{key}'")
+        if image["width"] <= 0 or image["height"] <= 0:
+            raise DatasetError(f"{json_path}: image {image['id']}: size {image['width']}x{image['height']} is "
+                               "not positive")
         if check_images:
             _check_image_file(json_path, image, image_root / image["file_name"])
 
     per_image: dict[int, list[InstanceRecord]] = {i: [] for i in images_by_id}
     segmentations: dict[int, object] = {}
     for ann in anns_by_id.values():
-        image = images_by_id.get(ann.get("image_id"))
+        # Ids are compared only once they are integers: a list or an object as an id is unhashable.
+        image = images_by_id.get(ann.get("image_id")) if _is_int(ann.get("image_id")) else None
         if image is None:
             raise DatasetError(f"{json_path}: annotation {ann['id']}: unknown image_id {ann.get('image_id')!r}")
-        if ann.get("category_id") not in label_of:
+        if not _is_int(ann.get("category_id")) or ann["category_id"] not in label_of:
             raise DatasetError(
                 f"{json_path}: annotation {ann['id']}: unknown category_id {ann.get('category_id')!r}"
             )
+        if ann.get("iscrowd", 0) not in (0, 1):  # True and False included: they equal 1 and 0
+            raise DatasetError(f"{json_path}: annotation {ann['id']}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
         box = _clip_box(json_path, ann, image["width"], image["height"])
         per_image[image["id"]].append(InstanceRecord(
             ann_id=ann["id"], image_id=image["id"], category_id=ann["category_id"],
             label=label_of[ann["category_id"]], bbox_xyxy=box, iscrowd=bool(ann.get("iscrowd", 0)),
-            area=float(ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))),
+            area=_area(json_path, ann, box),
         ))
+        if "segmentation" in ann:
+            problem = segmentation_problem(ann["segmentation"], image["width"], image["height"])
+            if problem:
+                raise DatasetError(f"{json_path}: annotation {ann['id']}: {problem}")
         if ann.get("segmentation"):
             segmentations[ann["id"]] = ann["segmentation"]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ import numpy as np
 
 from apis.data.coords import point_in_box
 from apis.data.points import POINT_LABELS, InstancePoints, write_pointsup
+from apis.utils.errors import ApisError
 
 SCHEMA_VERSION = 2
 
@@ -112,6 +114,10 @@ CREATE TABLE IF NOT EXISTS leases (
 _READABLE_VERSIONS = ([1], [SCHEMA_VERSION])
 
 
+class LedgerError(ApisError):
+    """The ledger file is unreadable, corrupt or does not fit its run; the message names the file and what to do."""
+
+
 def utc_now() -> str:
     """The current time as ISO-8601 UTC, e.g. ``2024-05-01T12:00:00.123456+00:00``."""
     return datetime.now(timezone.utc).isoformat()
@@ -169,16 +175,68 @@ _ANSWER_COLUMNS = ", ".join(f.name for f in fields(Answer))
 class PointLedger:
     """An SQLite file holding the instances' boxes and every answer; see the module docstring."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        """Open (or create) the ledger at ``path``; with ``read_only``, open an existing one without writing
+        anything, even in a folder that cannot be written (a finished run kept read-only)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions; record() and register_instances() open
         # their own with BEGIN IMMEDIATE so validation and writing see the same database state.
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._create_schema()
+        if read_only:
+            self._conn = self._connect_read_only()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            if not read_only:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+            self._check_integrity()
+            if read_only:
+                self._check_version()
+            else:
+                self._create_schema()
+        except sqlite3.DatabaseError as error:
+            self._conn.close()
+            raise LedgerError(f"{self.path}: not a readable answer ledger ({error}). Nothing was changed; restore "
+                              "the file from a backup, or move it aside and start the run again in a new "
+                              "output_dir") from error
+        except LedgerError:
+            self._conn.close()
+            raise
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes. In a folder that cannot be written SQLite cannot make the WAL's shared
+        memory file, so the file is opened as immutable, which is right once no process writes it."""
+        if not self.path.is_file():
+            raise LedgerError(f"{self.path}: no ledger (is {self.path.parent} a run directory?)")
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        if not os.access(self.path.parent, os.W_OK):
+            wal = self.path.with_name(f"{self.path.name}-wal")
+            if wal.is_file() and wal.stat().st_size > 0:
+                raise LedgerError(f"{self.path}: answers of an interrupted run are still in {wal}; make "
+                                  f"{self.path.parent} writable and run the same command again to merge them")
+            uri += "&immutable=1"
+        return sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+
+    def _check_version(self) -> None:
+        versions = [row[0] for row in self._conn.execute("SELECT version FROM schema_version")]
+        if versions not in _READABLE_VERSIONS:
+            raise LedgerError(f"{self.path}: ledger schema version {versions}, expected {SCHEMA_VERSION}")
+
+    def _check_integrity(self) -> None:
+        """Raise on a file SQLite cannot read whole (truncated, overwritten): checked at open, not mid-run."""
+        problems = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems[:3]))
+
+    def instance_ids(self) -> set[int]:
+        """The annotation ids of every registered instance."""
+        return {row[0] for row in self._conn.execute("SELECT ann_id FROM instances")}
+
+    def steps(self) -> set[int]:
+        """The steps that have at least one stored answer."""
+        return {row[0] for row in self._conn.execute("SELECT DISTINCT step FROM answers")}
 
     def _create_schema(self) -> None:
         with self._transaction():
@@ -320,7 +378,7 @@ class PointLedger:
         """
         has_step = self._conn.execute("SELECT 1 FROM answers WHERE step = ? LIMIT 1", (step,)).fetchone()
         if has_step is None:
-            raise ValueError(f"{self.path}: no answers at step {step} (last step: {self.last_step()})")
+            raise LedgerError(f"{self.path}: no answers at step {step} (last step: {self.last_step()})")
         return write_pointsup(coco_json, self.points(max_step=step), out_path, drop_masks=True)
 
     def close(self) -> None:

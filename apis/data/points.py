@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from apis.data.coords import index_to_continuous
+from apis.data.coco import DatasetError, is_finite_number
+from apis.data.coords import index_to_continuous, point_in_box, xywh_to_xyxy
 from apis.utils.io import atomic_write_json
 
 UNSURE = -1  # an answer that marks the pixel as asked but carries no supervision
@@ -93,10 +94,18 @@ def _parse_points(ann: dict, image: dict | None) -> InstancePoints:
     if not all(_is_json_int(v) and v in (0, 1) for v in labels):
         raise ValueError(f"point_labels must be 0 or 1, got {labels!r}")
     if image is not None:
-        width, height = image["width"], image["height"]
+        width, height = image.get("width"), image.get("height")
+        if not (_is_json_int(width) and _is_json_int(height) and width > 0 and height > 0):
+            raise ValueError(f"its image {image['id']} has no valid 'width' and 'height'")
         outside = [c for c in coords if not (0 <= c[0] < width and 0 <= c[1] < height)]
         if outside:
             raise ValueError(f"points {outside} lie outside the {width}x{height} image {image['id']}")
+        box = ann.get("bbox")
+        if isinstance(box, list) and len(box) == 4 and all(is_finite_number(v) for v in box):
+            x0, y0, x1, y1 = xywh_to_xyxy(box)
+            outside = [c for c in coords if not point_in_box(c[0], c[1], x0, y0, x1, y1, width, height)]
+            if outside:  # a point is about its instance: only its box's candidate pixels (docs/design.md)
+                raise ValueError(f"points {outside} lie outside the annotation's box {box} (x, y, w, h)")
     return InstancePoints(np.array(coords, dtype=np.int64).reshape(-1, 2), np.array(labels, dtype=np.int64))
 
 
@@ -107,9 +116,17 @@ def read_pointsup(path: str | Path) -> dict[int, InstancePoints]:
     are absent. Malformed fields raise ValueError naming the file and the annotation id.
     """
     path = Path(path)
-    with path.open() as handle:
-        coco = json.load(handle)
-    images = {image["id"]: image for image in coco.get("images", [])}
+    try:
+        coco = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from error
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot be read ({error.strerror or error})") from error
+    if not (isinstance(coco, dict) and isinstance(coco.get("images", []), list)
+            and isinstance(coco.get("annotations", []), list)
+            and all(isinstance(item, dict) for item in (*coco.get("images", []), *coco.get("annotations", [])))):
+        raise DatasetError(f"{path}: not a COCO instance file (needs lists of objects 'images' and 'annotations')")
+    images = {image["id"]: image for image in coco.get("images", []) if _is_json_int(image.get("id"))}
     points: dict[int, InstancePoints] = {}
     for ann in coco.get("annotations", []):
         has_coords, has_labels = "point_coords" in ann, "point_labels" in ann
@@ -119,11 +136,14 @@ def read_pointsup(path: str | Path) -> dict[int, InstancePoints]:
         try:
             if has_coords != has_labels:
                 raise ValueError("has only one of point_coords and point_labels")
+            if not _is_json_int(ann_id):
+                raise ValueError("has points but no integer 'id'")
             if ann_id in points:
                 raise ValueError("annotation id occurs twice")
-            instance_points = _parse_points(ann, images.get(ann.get("image_id")))
+            image_id = ann.get("image_id")
+            instance_points = _parse_points(ann, images.get(image_id) if _is_json_int(image_id) else None)
         except ValueError as error:
-            raise ValueError(f"{path}: annotation {ann_id}: {error}") from None
+            raise DatasetError(f"{path}: annotation {ann_id}: {error}") from None
         if len(instance_points):
             points[ann_id] = instance_points
     return points

@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from apis.utils.errors import ApisError
 from apis.utils.io import atomic_write_bytes, atomic_write_text
 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL_CHECKPOINT = "model_final.pth"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ApisError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model; the message names the file."""
 
 

@@ -41,6 +41,7 @@ from apis.config import (
     ConfigError,
     ExperimentConfig,
     SolverConfig,
+    absolute_paths,
     check_same_config,
     dump_config,
     to_dict,
@@ -71,6 +72,8 @@ from apis.engine.distributed import (
 from apis.engine.metrics_log import MetricsLog
 from apis.modeling.condinst import CondInst
 from apis.utils.device import resolve_device
+from apis.utils.io import remove_temporaries
+from apis.utils.lock import FolderLock
 
 logger = logging.getLogger(__name__)
 
@@ -242,20 +245,32 @@ def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = N
     device = resolve_device(cfg.device, ctx.local_rank if ctx.enabled else None)
     if output_dir is not None:  # config.yaml and the checkpoints then say where the run really lives
         cfg = dataclasses.replace(cfg, output_dir=str(output_dir))
+    cfg = absolute_paths(cfg)  # stored so: the run's config.yaml means the same files from any directory
     output_dir = Path(cfg.output_dir)
     check_inputs(cfg, init_weights, ctx.world_size)
-    check_same_config(output_dir / "config.yaml", cfg, TRAINING_RESUMABLE_KEYS)
     coco = load_coco(cfg.data.train_json, cfg.data.image_root or None)
     if cfg.model.num_classes != coco.num_classes:
         raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but "
                           f"{cfg.data.train_json} has {coco.num_classes} categories")
     points = training_points(cfg, coco, points)
     dataset = TrainingDataset(coco, points, cfg.data, with_masks=cfg.loss.full > 0, seed=cfg.seed)
-    created = init_process_group(ctx, device)
+    # One process (group) per output folder: rank 0 holds the lock from before the stored config is compared
+    # until the training ends (docs/design.md, "The run directory").
+    lock = FolderLock(output_dir) if ctx.is_main else None
+    if lock is not None:
+        lock.acquire()
     try:
-        return _Trainer(cfg, dataset, ctx, device, output_dir, init_weights).run()
+        check_same_config(output_dir / "config.yaml", cfg, TRAINING_RESUMABLE_KEYS)
+        if lock is not None:
+            remove_temporaries(output_dir)  # e.g. a checkpoint half-written when the last run was killed
+        created = init_process_group(ctx, device)
+        try:
+            return _Trainer(cfg, dataset, ctx, device, output_dir, init_weights).run()
+        finally:
+            shutdown_process_group(created)
     finally:
-        shutdown_process_group(created)
+        if lock is not None:
+            lock.release()
 
 
 class _Trainer:

@@ -27,7 +27,8 @@ import faster_coco_eval
 import pycocotools.coco
 import pycocotools.cocoeval
 
-from apis.evaluation.results import load_results, validate_results
+from apis.data.coco import DatasetError, coco_from_dict
+from apis.evaluation.results import ResultsError, load_results, validate_results
 
 BACKENDS = ("faster", "pycocotools")
 IOU_TYPES = ("segm", "bbox")
@@ -66,6 +67,11 @@ def evaluate(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     gt_dataset, gt_source = _load_gt(gt)
+    if "segm" in iou_types:
+        unmasked = [ann["id"] for ann in gt_dataset["annotations"] if not ann.get("segmentation")]
+        if unmasked:
+            raise DatasetError(f"{gt_source}: annotation(s) {', '.join(map(str, unmasked[:10]))} have no "
+                               "segmentation, which mask AP needs (evaluate with iou_types=['bbox'] only)")
     if isinstance(results, (str, Path)):
         results_source = str(results)
         results = load_results(results)
@@ -111,16 +117,20 @@ def _load_gt(gt: str | Path | dict) -> tuple[dict, str]:
         source = str(gt)
         try:
             dataset = json.loads(Path(gt).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{source}: not valid JSON ({error})") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DatasetError(f"{source}: not valid JSON ({error})") from error
+        except OSError as error:
+            raise DatasetError(f"{source}: cannot be read ({error.strerror or error})") from error
     if not isinstance(dataset, dict) or any(key not in dataset for key in _GT_LISTS):
-        raise ValueError(f"{source}: not a COCO instance file (needs {list(_GT_LISTS)})")
+        raise DatasetError(f"{source}: not a COCO instance file (needs {list(_GT_LISTS)})")
     for key in _GT_LISTS:
         if not isinstance(dataset[key], list) or not all(isinstance(item, dict) for item in dataset[key]):
-            raise ValueError(f"{source}: '{key}' must be a list of objects")
+            raise DatasetError(f"{source}: '{key}' must be a list of objects")
     for index, image in enumerate(dataset["images"]):
         if not all(key in image for key in ("id", "height", "width")):
-            raise ValueError(f"{source}: images[{index}] needs 'id', 'height' and 'width'")
+            raise DatasetError(f"{source}: images[{index}] needs 'id', 'height' and 'width'")
+    # The checks training and the loop apply (ids, categories, boxes, masks); images are not opened.
+    coco_from_dict(dataset, Path(source), Path("."), check_images=False)
     return {**dataset, **{key: [dict(item) for item in dataset[key]] for key in _GT_LISTS}}, source
 
 
@@ -132,14 +142,14 @@ def _check_results_match_gt(
     for index, entry in enumerate(results):
         where = f"{results_source}: entry {index}"
         if entry["image_id"] not in image_sizes:
-            raise ValueError(f"{where}: image_id {entry['image_id']} is not an image of {gt_source}")
+            raise ResultsError(f"{where}: image_id {entry['image_id']} is not an image of {gt_source}")
         if entry["category_id"] not in category_ids:
-            raise ValueError(f"{where}: category_id {entry['category_id']} is not a category of {gt_source}")
+            raise ResultsError(f"{where}: category_id {entry['category_id']} is not a category of {gt_source}")
         for iou_type in iou_types:
             if _RESULT_FIELD[iou_type] not in entry:
-                raise ValueError(f"{where}: has no '{_RESULT_FIELD[iou_type]}', needed for {iou_type} AP")
+                raise ResultsError(f"{where}: has no '{_RESULT_FIELD[iou_type]}', needed for {iou_type} AP")
         if "segmentation" in entry and list(entry["segmentation"]["size"]) != image_sizes[entry["image_id"]]:
-            raise ValueError(
+            raise ResultsError(
                 f"{where}: mask size {list(entry['segmentation']['size'])} differs from image "
                 f"{entry['image_id']}'s [height, width] {image_sizes[entry['image_id']]} in {gt_source}"
             )

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from apis.data.coco import segmentation_problem
+from apis.utils.errors import ApisError
 from apis.utils.io import atomic_write_text
+
+
+class ResultsError(ApisError, ValueError):
+    """A results file or list is malformed or does not fit its ground truth; the message names it and the entry."""
+
 
 REQUIRED_KEYS = ("image_id", "category_id", "score")
 
@@ -91,7 +98,7 @@ def detections_to_results(
 def validate_results(results: Any, source: str = "results") -> None:
     """Check the structure of a results list; raise ``ValueError`` naming ``source`` and the entry."""
     if not isinstance(results, list):
-        raise ValueError(f"{source}: expected a list of result entries, got {type(results).__name__}")
+        raise ResultsError(f"{source}: expected a list of result entries, got {type(results).__name__}")
     for index, entry in enumerate(results):
         _validate_entry(entry, f"{source}: entry {index}")
 
@@ -107,25 +114,27 @@ def load_results(path: str | Path) -> list[dict]:
     path = Path(path)
     try:
         results = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ResultsError(f"{path}: not valid JSON ({error})") from error
+    except OSError as error:
+        raise ResultsError(f"{path}: cannot be read ({error.strerror or error})") from error
     validate_results(results, str(path))
     return results
 
 
 def _validate_entry(entry: Any, where: str) -> None:
     if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+        raise ResultsError(f"{where}: expected an object, got {type(entry).__name__}")
     missing = [key for key in REQUIRED_KEYS if key not in entry]
     if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}")
+        raise ResultsError(f"{where}: missing key(s) {missing}")
     if "bbox" not in entry and "segmentation" not in entry:
-        raise ValueError(f"{where}: needs 'bbox' or 'segmentation' (or both)")
+        raise ResultsError(f"{where}: needs 'bbox' or 'segmentation' (or both)")
     for key in ("image_id", "category_id"):
         if not _is_int(entry[key]):
-            raise ValueError(f"{where}: {key} must be an integer, got {entry[key]!r}")
+            raise ResultsError(f"{where}: {key} must be an integer, got {entry[key]!r}")
     if not _is_finite_real(entry["score"]):
-        raise ValueError(f"{where}: score must be a finite number, got {entry['score']!r}")
+        raise ResultsError(f"{where}: score must be a finite number, got {entry['score']!r}")
     if "bbox" in entry:
         box = entry["bbox"]
         if (
@@ -135,7 +144,7 @@ def _validate_entry(entry: Any, where: str) -> None:
             or box[2] < 0
             or box[3] < 0
         ):
-            raise ValueError(f"{where}: bbox must be [x, y, w, h] with finite numbers and w, h >= 0, got {box!r}")
+            raise ResultsError(f"{where}: bbox must be [x, y, w, h] with finite numbers and w, h >= 0, got {box!r}")
     if "segmentation" in entry:
         rle = entry["segmentation"]
         if (
@@ -146,10 +155,14 @@ def _validate_entry(entry: Any, where: str) -> None:
             or not all(_is_int(v) and v >= 0 for v in rle["size"])
         ):
             shown = rle if len(repr(rle)) < 80 else f"{repr(rle)[:80]}..."
-            raise ValueError(
+            raise ResultsError(
                 f"{where}: segmentation must be a compressed RLE {{'size': [H, W], 'counts': str}} "
                 f"(polygons and uncompressed RLE are not accepted), got {shown}"
             )
+        height, width = rle["size"]
+        problem = segmentation_problem({"size": list(rle["size"]), "counts": rle["counts"]}, width, height)
+        if problem:
+            raise ResultsError(f"{where}: {problem}")
 
 
 def _is_int(value: Any) -> bool:

@@ -9,13 +9,26 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+TEMPORARY_GLOB = ".*.tmp"
+"""The names of :func:`atomic_write_bytes`'s temporary files (``.NAME.RANDOM.tmp``)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``.
+
+    The file gets the mode an ordinary ``open`` would give it (0666 less the umask), not ``mkstemp``'s 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -24,6 +37,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`atomic_write_bytes` left in ``folder``; returns them.
+
+    Call it only while holding the folder's lock (:mod:`apis.utils.lock`): another writer's temporary
+    would be taken from under it.
+    """
+    removed = sorted(Path(folder).glob(TEMPORARY_GLOB))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,15 +15,16 @@ import pytest
 import torch
 
 from apis.active.loop import ActiveLearningRun, draw_initial_points, run_active_loop
-from apis.active.run_dir import step_dir
+from apis.active.run_dir import RunDirectoryError, step_dir
 from apis.config import ConfigError
 from apis.config_versions import CONFIG_VERSION
 from apis.data.coco import DatasetError, load_coco
 from apis.data.coords import box_pixel_range, point_in_box
-from apis.data.ledger import Answer, PointLedger
+from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
 from apis.engine.checkpoint import load_checkpoint
 from apis.engine.metrics_log import read_metrics
+from apis.utils.lock import FolderLocked
 
 
 def _answers(run_dir):
@@ -195,12 +197,12 @@ def test_sigkill_during_training_resumes(synth_dir, tiny_overrides, tmp_path):
 
 def test_resuming_with_another_config_is_refused(tiny_config):
     cfg = tiny_config("strict")
-    ActiveLearningRun(cfg).ledger.close()
+    ActiveLearningRun(cfg).close()
     changed = tiny_config("strict", "selection.metric=variance")
     with pytest.raises(ConfigError, match="different config.*selection.metric: 'entropy' -> 'variance'"):
         ActiveLearningRun(changed)
     more_steps = tiny_config("strict", "loop.steps=5", "data.num_workers=1")
-    ActiveLearningRun(more_steps).ledger.close()  # more steps, other workers: the same run
+    ActiveLearningRun(more_steps).close()  # more steps, other workers: the same run
 
 
 @pytest.mark.parametrize(("key", "old_value", "new_value"), [("dynamic_init", "zeros", "fan_in"),
@@ -210,13 +212,13 @@ def test_a_run_written_before_a_config_key_existed_resumes_with_the_old_value(ti
     """Runs written before ``model.<key>`` existed (and before config_version) behaved as ``old_value``: they
     resume with it and refuse another value."""
     cfg = tiny_config("legacy", f"model.{key}={old_value}")
-    ActiveLearningRun(cfg).ledger.close()
+    ActiveLearningRun(cfg).close()
     config_path = Path(cfg.output_dir) / "config.yaml"
     lines = config_path.read_text().splitlines(keepends=True)
     config_path.write_text("".join(line for line in lines if line not in (f"  {key}: {old_value}\n",)
                                    and not line.startswith("config_version:")))
     assert key not in config_path.read_text() and "config_version" not in config_path.read_text()
-    ActiveLearningRun(cfg).ledger.close()
+    ActiveLearningRun(cfg).close()
     assert f"config_version: {CONFIG_VERSION}" in config_path.read_text()  # written again, with its version
     with pytest.raises(ConfigError, match=f"different config.*model.{key}"):
         ActiveLearningRun(tiny_config("legacy", f"model.{key}={new_value}"))
@@ -244,14 +246,14 @@ def test_point_prior_correction_gives_the_points_the_p0_object_share(tiny_config
     assert positives / (positives + negatives) == pytest.approx(pi)
     assert positives + negatives == pytest.approx(7)
     assert run._train_config(0, seed=0).loss.point_positive_weight == 1.0  # M0 trains on P0 itself
-    run.ledger.close()
+    run.close()
 
     plain = ActiveLearningRun(tiny_config("plain"))
     _record(plain, 0, [1, 1, 1, 0])
     _record(plain, 1, [0, 0, 1, -1])
     plain_loss = plain._train_config(1, seed=0).loss
     assert (plain_loss.point_positive_weight, plain_loss.point_negative_weight) == (1.0, 1.0)
-    plain.ledger.close()
+    plain.close()
 
 
 def test_bad_metric_and_missing_masks_fail_before_work(tiny_config, tmp_path):
@@ -268,3 +270,167 @@ def test_bad_metric_and_missing_masks_fail_before_work(tiny_config, tmp_path):
     with pytest.raises(DatasetError, match="oracle needs GT masks"):
         ActiveLearningRun(cfg)
 
+
+
+def test_a_second_run_on_the_same_directory_is_refused_before_it_touches_it(tiny_config):
+    """Issue 13, case 1: two runs on one directory interleaved their answers and overwrote config.yaml."""
+    first = ActiveLearningRun(tiny_config("shared"))
+    config_yaml = (first.run_dir / "config.yaml").read_text()
+    try:
+        with pytest.raises(FolderLocked, match=rf"shared: in use by another apis process \(pid {os.getpid()}\)"):
+            ActiveLearningRun(tiny_config("shared", "selection.metric=random"))
+        assert (first.run_dir / "config.yaml").read_text() == config_yaml
+    finally:
+        first.close()
+    ActiveLearningRun(tiny_config("shared")).close()  # free again once the first one closed
+
+
+@pytest.mark.parametrize("loss", ["emptied", "deleted"])
+def test_a_ledger_that_lost_finished_steps_is_refused(tiny_config, loss):
+    """Issue 13, case 2: a 0-byte ledger made the run go on as if no point had been asked."""
+    cfg = tiny_config("lost")
+    run = ActiveLearningRun(cfg)
+    _record(run, 0, [1, 0, 1, 1])
+    run.dir.finish_step(0, {"step": 0}, cfg.loop.steps)
+    run.close()
+    ledger = Path(cfg.output_dir) / "ledger.sqlite"
+    if loss == "emptied":
+        ledger.write_bytes(b"")
+    else:
+        ledger.unlink()
+    with pytest.raises(LedgerError, match=rf"{ledger}: holds no answers for step\(s\) 0, which .*lost finished "
+                                          "\\(step_NNN/metrics.json\\).*Restore ledger.sqlite from a backup"):
+        ActiveLearningRun(cfg)
+    with pytest.raises(LedgerError):
+        ActiveLearningRun(cfg)  # and its own, too: refused again, not "in use"
+
+
+@pytest.mark.parametrize(("split", "key", "value", "message"), [
+    ("val", "segmentation", [[1, 1, 5, 1]], "a polygon needs at least 3"),
+    ("val", "segmentation", {"size": [64, 64], "counts": [0, 10]}, "RLE counts cover 10 pixels"),
+    ("train", "segmentation", {"size": [64, 64], "counts": "\x7f"}, "not a valid compressed RLE string"),
+    ("train", "bbox", [1.0, float("nan"), 4.0, 4.0], "bbox must be"),
+])
+def test_bad_masks_and_boxes_fail_before_the_run_dir_is_touched(tiny_config, tmp_path, split, key, value, message):
+    """Issue 13, cases 4 and 6: a bad val mask passed until after M0; a NaN box ended in sqlite3.IntegrityError."""
+    cfg = tiny_config("x")
+    source = Path(getattr(cfg.data, f"{split}_json"))
+    data = json.loads(source.read_text())
+    data["annotations"][0][key] = value
+    broken = tmp_path / f"{split}.json"
+    broken.write_text(json.dumps(data))
+    cfg = tiny_config("broken", f"data.{split}_json={broken}", f"data.image_root={source.parent.parent / 'images'}")
+    with pytest.raises(DatasetError, match=rf"{broken}: annotation {data['annotations'][0]['id']}: .*{message}"):
+        ActiveLearningRun(cfg)
+    assert not Path(cfg.output_dir).exists()
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: os.access says ``folder`` cannot be written (chmod does not stop root, who runs CI)."""
+    real_access = os.access
+
+    def make(folder):
+        def access(path, mode, **kwargs):
+            return False if mode & os.W_OK and Path(path) == folder else real_access(path, mode, **kwargs)
+        monkeypatch.setattr(os, "access", access)
+    return make
+
+
+def test_a_finished_run_in_a_read_only_directory_reads_back_and_writes_nothing(finished_runs, read_only, tmp_path,
+                                                                               capsys):
+    """Issue 13, case 11: re-running a finished read-only run or exporting its points hit sqlite3.OperationalError."""
+    from apis.cli import main
+
+    cfg, rows = finished_runs["entropy"]
+    run_dir = Path(cfg.output_dir)
+    read_only(run_dir)
+    before = _snapshot(run_dir)
+    assert run_active_loop(cfg) == rows
+    main(["export-points", str(run_dir), "--out", str(tmp_path / "points.json")])
+    assert "points of" in capsys.readouterr().out and (tmp_path / "points.json").is_file()
+    assert _snapshot(run_dir) == before  # not even SQLite's -shm / -wal files
+
+
+def test_an_unfinished_run_in_a_read_only_directory_says_what_to_do(tiny_config, read_only):
+    cfg = tiny_config("ro")
+    ActiveLearningRun(cfg).close()
+    read_only(Path(cfg.output_dir))
+    with pytest.raises(RunDirectoryError, match=r"ro: cannot be written, but step\(s\) 0, 1, 2 are not finished; "
+                                                r"make it writable"):
+        ActiveLearningRun(cfg)
+
+
+def test_export_points_without_a_ledger_creates_none(tmp_path, capsys):
+    """Issue 13, case 11: export-points on a folder with only config.yaml created an empty ledger.sqlite."""
+    from apis.cli import main
+
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(SystemExit) as info:
+        main(["export-points", str(tmp_path)])
+    assert info.value.code == 2 and f"{tmp_path / 'ledger.sqlite'}: no ledger" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_relative_paths_are_stored_absolute_and_read_from_any_directory(synth_dir, tmp_path, monkeypatch,
+                                                                        tiny_overrides, capsys):
+    """Issue 13, case 12: `apis export-points RUN` from another directory failed to find the train json."""
+    from apis.cli import main
+    from apis.config import load_config
+
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "data").symlink_to(synth_dir)
+    monkeypatch.chdir(tmp_path / "project")
+    cfg = load_config(None, tiny_overrides("data", "runs/rel"))
+    assert cfg.data.train_json == "data/annotations/train.json"
+    run = ActiveLearningRun(cfg)
+    _record(run, 0, [1, 0])
+    run.close()
+    stored = (tmp_path / "project" / "runs" / "rel" / "config.yaml").read_text()
+    assert f"train_json: {tmp_path / 'project' / 'data' / 'annotations' / 'train.json'}" in stored
+    ActiveLearningRun(cfg).close()  # the same run, given with the same relative paths
+    monkeypatch.chdir(tmp_path)
+    main(["export-points", "project/runs/rel", "--out", "points.json"])
+    assert "points of 2 annotations known at step 0" in capsys.readouterr().out
+
+
+def test_temporaries_of_a_killed_run_are_removed_when_it_resumes(tiny_config):
+    """Issue 13, case 13: a kill during a checkpoint write left .model_*.pth.*.tmp files for good."""
+    cfg = tiny_config("tmp")
+    ActiveLearningRun(cfg).close()
+    run_dir = Path(cfg.output_dir)
+    (run_dir / "step_000").mkdir()
+    leftovers = [run_dir / ".metrics.jsonl.a1.tmp", run_dir / "step_000" / ".selection.json.b2.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    ActiveLearningRun(cfg).close()
+    assert not any(path.exists() for path in leftovers)
+
+
+@pytest.mark.parametrize("change", ["deleted", "moved"])
+def test_a_training_set_changed_mid_run_is_named_with_how_to_go_on(tiny_config, tmp_path, change):
+    """Issue 13, case 14: an annotation deleted from train.json after its answers were stored left the run stuck."""
+    source = Path(tiny_config("x").data.train_json)
+    train_json = tmp_path / "train.json"
+    shutil.copy(source, train_json)
+    cfg = tiny_config("changed", f"data.train_json={train_json}", f"data.image_root={source.parent.parent / 'images'}")
+    run = ActiveLearningRun(cfg)
+    _record(run, 0, [1, 0, 1, 1])
+    run.close()
+    data = json.loads(train_json.read_text())
+    first = data["annotations"][0]
+    if change == "deleted":
+        data["annotations"] = data["annotations"][1:]
+        message = rf": annotation\(s\) {first['id']} were in it when .*changed started, and are gone"
+    else:
+        first["bbox"] = [first["bbox"][0] + 1, *first["bbox"][1:]]
+        message = rf" changed since .*changed started \(.*instance {first['id']} is already registered"
+    train_json.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=rf"{train_json}{message}"):
+        ActiveLearningRun(cfg)
+    with pytest.raises(DatasetError, match="restore .*train.json as it was when the run started"):
+        ActiveLearningRun(cfg)  # refused again (the lock was released), and says how to go on

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from apis.data.coco import DatasetError, load_coco
+from apis.data.coco import DatasetError, load_coco, segmentation_problem
 
 
 def _write_dataset(root, mutate=None, image_size=(40, 30)):
@@ -124,3 +124,77 @@ def test_subset_keeps_first_images(tmp_path):
     ds = load_coco(_write_dataset(tmp_path)).subset(1)
     assert [im.image_id for im in ds.images] == [1]
     assert ds.masks("evaluation").mask(10).sum() == 100
+
+
+def _set_ann(index, key, value):
+    return _set(["annotations", index, key], value)
+
+
+def _uncompressed(counts, size=(30, 40)):
+    return {"size": list(size), "counts": counts}
+
+
+# Issue 13, cases 4 and 6 (and 3: `apis eval --gt` reads GT through the same checks): each of these passed
+# silently, gave a traceback without an id, or failed after training had started.
+BAD_ANNOTATIONS = [
+    (_set_ann(0, "bbox", [10, float("nan"), 5, 5]), r"annotation 10: bbox must be \[x, y, w, h\] of finite numbers"),
+    (_set_ann(1, "segmentation", [[2, 2, 6, 2]]), r"annotation 11: a polygon needs at least 3 \(x, y\) points, got 4"),
+    (_set_ann(1, "segmentation", [[2, 2]]), "annotation 11: a polygon needs at least 3"),
+    (_set_ann(1, "segmentation", [[]]), "annotation 11: a polygon needs at least 3"),
+    (_set_ann(1, "segmentation", [[2, 2, 6, "x", 6, 6]]), "annotation 11: a polygon must be a list of finite numbers"),
+    (_set_ann(0, "segmentation", _uncompressed([0, 1199])), "annotation 10: RLE counts cover 1199 pixels, the 40x30"),
+    (_set_ann(0, "segmentation", _uncompressed([0, 1300])), "annotation 10: RLE counts cover 1300 pixels"),
+    (_set_ann(0, "segmentation", _uncompressed([1200], size=(20, 60))),
+     r"annotation 10: RLE size \[20, 60\] is not the image's \[height, width\] \[30, 40\]"),
+    (_set_ann(0, "segmentation", {"size": [30, 40], "counts": "\x7f\x7f"}),
+     "annotation 10: RLE counts is not a valid compressed RLE string"),
+    (_set_ann(0, "segmentation", {"size": [30, 40], "counts": "02"}), "annotation 10: RLE counts cover 2 pixels"),
+    (_set_ann(0, "segmentation", {"size": [30, 40], "counts": None}), "annotation 10: RLE counts must be a string"),
+    (_set_ann(0, "segmentation", "cell"), "annotation 10: segmentation must be polygons or an RLE object, got str"),
+    # Found by tests/test_fuzz_readers.py: each was a TypeError or ValueError without the file.
+    (_set_ann(0, "image_id", [1]), r"annotation 10: unknown image_id \[1\]"),
+    (_set_ann(0, "category_id", {}), "annotation 10: unknown category_id {}"),
+    (_set_ann(0, "iscrowd", [0]), r"annotation 10: iscrowd must be 0 or 1, got \[0\]"),
+    (_set_ann(0, "area", "big"), "annotation 10: area must be a number >= 0, got 'big'"),
+    (_set_ann(0, "id", False), "an entry of the annotation list has no integer 'id'"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "message"), BAD_ANNOTATIONS)
+def test_bad_annotations_fail_at_load_naming_file_and_id(tmp_path, mutate, message):
+    path = _write_dataset(tmp_path, mutate)
+    with pytest.raises(DatasetError, match=f"{path}: {message}"):
+        load_coco(path)
+
+
+def test_a_compressed_rle_string_is_measured_exactly_as_pycocotools_decodes_it():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        h, w = (int(v) for v in rng.integers(1, 40, size=2))
+        mask = np.asfortranarray(rng.random((h, w)) < rng.random())
+        counts = mask_utils.encode(mask)["counts"].decode("ascii")
+        assert segmentation_problem({"size": [h, w], "counts": counts}, w, h) is None
+        assert "cover" in segmentation_problem({"size": [h, w + 1], "counts": counts}, w + 1, h)
+
+
+def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """Issue 13, case 5: mode I;16 loaded as an all-255 image."""
+    path = _write_dataset(tmp_path)
+    grey = np.array([[0, 257, 65535, 1000] * 10] * 30, dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "images" / "a.png")
+    with Image.open(tmp_path / "images" / "a.png") as img:
+        assert img.mode.startswith("I")
+    pixels = load_coco(path).load_image(1)
+    assert pixels.dtype == np.uint8 and pixels.shape == (30, 40, 3)
+    assert pixels[0, :4, 0].tolist() == [0, 1, 255, 4] and (pixels[..., 0] == pixels[..., 2]).all()
+
+
+def test_a_truncated_image_fails_at_load_naming_the_file(tmp_path):
+    """Issue 13, case 7: a truncated image passed validation and failed in M0 without a file name."""
+    path = _write_dataset(tmp_path)
+    noisy = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "images" / "b.png")
+    data = (tmp_path / "images" / "b.png").read_bytes()
+    (tmp_path / "images" / "b.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"image 2: file .*b.png is unreadable: .*truncated"):
+        load_coco(path)

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from apis.data.ledger import Answer, PointLedger
+from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.points import read_pointsup
 
 # Instance 1: box xyxy (2, 3, 8, 9) in a 20x20 image 10 -> candidate pixels x in 2..7, y in 3..8
@@ -143,7 +143,7 @@ def test_export_pointsup_at_a_step(ledger, tmp_path):
     np.testing.assert_array_equal(read[1].labels, [1, 0])
     np.testing.assert_array_equal(read[2].coords, [[1, 1]])  # the unsure answer is not exported
 
-    with pytest.raises(ValueError, match=r"no answers at step 2 \(last step: 1\)"):
+    with pytest.raises(LedgerError, match=r"no answers at step 2 \(last step: 1\)"):
         ledger.export_pointsup(coco, out, step=2)
 
 
@@ -219,3 +219,29 @@ def test_sigkill_mid_batch_keeps_committed_batches_whole(tmp_path):
     with PointLedger(path) as ledger:
         assert len(ledger.answers()) == committed * BATCH_SIZE
         assert ledger.last_step() == committed - 1
+
+
+def _filled_ledger(path, count=400):
+    """A ledger with ``count`` answers on one 100x100 box (several database pages)."""
+    with PointLedger(path) as ledger:
+        ledger.register_instances([(1, 10, (0.0, 0.0, 100.0, 100.0), 100, 100)])
+        ledger.record([answer(x=i % 100, y=i // 100) for i in range(count)])
+
+
+@pytest.mark.parametrize("damage", ["random-bytes", "half-truncated"])
+def test_a_damaged_ledger_file_is_refused_naming_it_and_left_as_it_was(tmp_path, damage):
+    """Issue 13, case 2: a bare sqlite3.DatabaseError without the path; now LedgerError with a way on."""
+    path = tmp_path / "ledger.sqlite"
+    _filled_ledger(path)
+    data = path.read_bytes()
+    damaged = os.urandom(len(data)) if damage == "random-bytes" else data[: len(data) // 2]
+    path.write_bytes(damaged)
+    with pytest.raises(LedgerError, match=rf"{path}: not a readable answer ledger .*restore the file from a backup"):
+        PointLedger(path)
+    assert path.read_bytes() == damaged
+
+
+def test_steps_lists_the_steps_with_answers(ledger):
+    assert ledger.steps() == set()
+    ledger.record([answer(step=0), answer(x=3, step=2)])
+    assert ledger.steps() == {0, 2}

@@ -7,6 +7,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+from apis.data.coco import DatasetError
 from apis.data.points import InstancePoints, read_pointsup, to_tensors, write_pointsup
 
 DSB_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "dsb2018_nuclei" / "annotations" / "val.json"
@@ -188,3 +189,42 @@ def test_round_trip_on_real_annotations(tmp_path):
         np.testing.assert_array_equal(read[ann_id].coords, p.coords[p.labels != -1])
         np.testing.assert_array_equal(read[ann_id].labels, p.labels[p.labels != -1])
     assert all("segmentation" not in ann for ann in COCO(str(out)).dataset["annotations"])
+
+
+def test_a_point_inside_the_image_but_outside_its_box_is_refused(tmp_path):
+    """Issue 13, case 9: such a point was accepted and trained on as if it were about the instance."""
+    coco = small_coco()  # annotation 1: box x 2..9, y 2..7 in a 16x12 image
+    coco["annotations"][0].update(point_coords=[[3, 3], [12, 3]], point_labels=[1, 0])
+    path = tmp_path / "points.json"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(DatasetError, match=r"points\.json: annotation 1: points \[\[12, 3\]\] lie outside the "
+                                           r"annotation's box \[2\.0, 2\.0, 7\.0, 5\.0\]"):
+        read_pointsup(path)
+    coco["annotations"][0].update(point_coords=[[3, 3], [8, 6]])  # both candidates of the box
+    path.write_text(json.dumps(coco))
+    assert read_pointsup(path)[1].coords.tolist() == [[3, 3], [8, 6]]
+
+
+@pytest.mark.parametrize("content", [b"{ not json", b"\xff\xfe", b"[1, 2]", b'{"annotations": [3]}'])
+def test_a_malformed_points_file_is_named(tmp_path, content):
+    """Issue 13, case 9: malformed JSON gave a JSONDecodeError without the file name."""
+    path = tmp_path / "points.json"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=rf"{path}: not (valid JSON|a COCO instance file)"):
+        read_pointsup(path)
+
+
+@pytest.mark.parametrize(("image_fields", "problem"), [({"width": None}, "its image 10 has no valid 'width'"),
+                                                       ({"id": [10]}, "")])
+def test_points_of_an_image_without_a_valid_size_or_id_are_named(tmp_path, image_fields, problem):
+    """Found by tests/test_fuzz_readers.py: a KeyError or TypeError without the file name."""
+    coco = small_coco()
+    coco["images"][0].update(image_fields)
+    coco["annotations"][0].update(point_coords=[[3, 3]], point_labels=[1])
+    path = tmp_path / "points.json"
+    path.write_text(json.dumps(coco))
+    if problem:
+        with pytest.raises(DatasetError, match=rf"points\.json: annotation 1: {problem}"):
+            read_pointsup(path)
+    else:  # an image without an integer id is no image of the annotation: its points are not range-checked
+        assert read_pointsup(path)[1].coords.tolist() == [[3, 3]]

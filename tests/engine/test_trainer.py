@@ -9,6 +9,7 @@ from apis.data.points import InstancePoints
 from apis.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from apis.engine.metrics_log import read_metrics
 from apis.engine.trainer import train
+from apis.utils.lock import FolderLock, FolderLocked
 
 # The model samples proposals (max_proposals) and point subsets (points_per_iter) with torch's RNG,
 # so an exact resume also needs the restored random state.
@@ -141,3 +142,16 @@ def test_resuming_with_another_config_is_refused(tiny_config, tmp_path):
         train(tiny_config(out, "solver.max_iter=1", "solver.base_lr=0.02"))
     final = train(tiny_config(out, "solver.max_iter=2"))
     assert load_checkpoint(final)["iteration"] == 2
+
+
+def test_training_removes_the_temporaries_of_a_killed_run_and_holds_its_folder(tiny_config, tmp_path):
+    """Issue 13, cases 1 and 13: `apis train` output folders are locked; half-written checkpoints are removed."""
+    out = tmp_path / "killed"
+    out.mkdir()
+    leftover = out / ".model_0000002.pth.x1y2.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    with FolderLock(out), pytest.raises(FolderLocked, match="killed: in use by another apis process"):
+        train(tiny_config(out, "solver.max_iter=1", *RANDOM_MODEL))
+    assert leftover.exists()  # refused before touching the folder
+    train(tiny_config(out, "solver.max_iter=1", *RANDOM_MODEL))
+    assert not leftover.exists() and (out / "model_final.pth").is_file()

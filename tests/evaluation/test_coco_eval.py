@@ -10,8 +10,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from apis.data.coco import DatasetError
 from apis.evaluation.coco_eval import BACKENDS, METRIC_NAMES, evaluate, format_metrics
-from apis.evaluation.results import detections_to_results, write_results
+from apis.evaluation.results import ResultsError, detections_to_results, write_results
 
 
 def rect(height, width, rows, cols):
@@ -274,3 +275,38 @@ def test_format_metrics_table():
     lines = format_metrics(metrics).splitlines()
     assert lines[0].split() == list(METRIC_NAMES)
     assert lines[1].split() == ["segm", "31.97", "50.00", "30.50", "12.25", "40.00", "-"]
+
+
+def _broken(gt, index, key, value):
+    broken = copy.deepcopy(gt)
+    broken["annotations"][index][key] = value
+    return broken
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("image_id", 99, "annotation 101: unknown image_id 99"),
+    ("id", 102, "duplicate annotation id 102"),
+    ("category_id", 9, "annotation 101: unknown category_id 9"),
+    ("bbox", [2, 3, 0, 9], "annotation 101: bbox has width or height <= 0"),
+    ("bbox", [60, 50, 4, 4], "annotation 101: bbox .* lies outside image 10"),
+    ("segmentation", [[2, 3, 9, 3]], r"annotation 101: a polygon needs at least 3 \(x, y\) points"),
+    ("segmentation", {"size": [40, 48], "counts": [0, 100]}, "annotation 101: RLE counts cover 100 pixels"),
+    ("segmentation", {"size": [20, 48], "counts": [960]}, r"annotation 101: RLE size \[20, 48\] is not"),
+])
+def test_ground_truth_is_validated_like_training_data(case, tmp_path, key, value, message):
+    """Issue 13, case 3: each of these gave an AP (or a traceback without an id) and exit status 0."""
+    gt, results = case
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(_broken(gt, 0, key, value)))
+    with pytest.raises(DatasetError, match=f"{path}: {message}"):
+        evaluate(path, results)
+    with pytest.raises(DatasetError, match=f"ground truth: {message}"):
+        evaluate(_broken(gt, 0, key, value), results)
+
+
+def test_a_result_rle_with_garbage_counts_is_named(case, tmp_path):
+    gt, results = case
+    broken = copy.deepcopy(results)
+    broken[1]["segmentation"]["counts"] = "\x7f" + broken[1]["segmentation"]["counts"]
+    with pytest.raises(ResultsError, match="results: entry 1: RLE counts is not a valid compressed RLE string"):
+        evaluate(gt, broken)
