@@ -31,7 +31,7 @@ import torch
 
 from apis.data.coco import DatasetError, is_finite_number
 from apis.data.coords import index_to_continuous, point_in_box, xywh_to_xyxy
-from apis.utils.io import atomic_write_json
+from apis.utils.io import atomic_write_json, read_json
 
 UNSURE = -1  # an answer that marks the pixel as asked but carries no supervision
 POINT_LABELS = (1, 0, UNSURE)
@@ -116,12 +116,7 @@ def read_pointsup(path: str | Path) -> dict[int, InstancePoints]:
     are absent. Malformed fields raise ValueError naming the file and the annotation id.
     """
     path = Path(path)
-    try:
-        coco = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: not valid JSON ({error})") from error
-    except OSError as error:
-        raise DatasetError(f"{path}: cannot be read ({error.strerror or error})") from error
+    coco = read_json(path, DatasetError)
     if not (isinstance(coco, dict) and isinstance(coco.get("images", []), list)
             and isinstance(coco.get("annotations", []), list)
             and all(isinstance(item, dict) for item in (*coco.get("images", []), *coco.get("annotations", [])))):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +28,7 @@ import pycocotools.cocoeval
 
 from apis.data.coco import DatasetError, coco_from_dict
 from apis.evaluation.results import ResultsError, load_results, validate_results
+from apis.utils.io import read_json
 
 BACKENDS = ("faster", "pycocotools")
 IOU_TYPES = ("segm", "bbox")
@@ -115,12 +115,7 @@ def _load_gt(gt: str | Path | dict) -> tuple[dict, str]:
         dataset, source = gt, "ground truth"
     else:
         source = str(gt)
-        try:
-            dataset = json.loads(Path(gt).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise DatasetError(f"{source}: not valid JSON ({error})") from error
-        except OSError as error:
-            raise DatasetError(f"{source}: cannot be read ({error.strerror or error})") from error
+        dataset = read_json(gt, DatasetError)
     if not isinstance(dataset, dict) or any(key not in dataset for key in _GT_LISTS):
         raise DatasetError(f"{source}: not a COCO instance file (needs {list(_GT_LISTS)})")
     for key in _GT_LISTS:

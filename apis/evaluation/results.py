@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 
 from apis.data.coco import segmentation_problem
 from apis.utils.errors import ApisError
-from apis.utils.io import atomic_write_text
+from apis.utils.io import atomic_write_text, read_json
 
 
 class ResultsError(ApisError, ValueError):
@@ -111,13 +111,7 @@ def write_results(path: str | Path, results: list[dict]) -> None:
 
 def load_results(path: str | Path) -> list[dict]:
     """Read and validate a results file (see the module docstring for the entry format)."""
-    path = Path(path)
-    try:
-        results = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ResultsError(f"{path}: not valid JSON ({error})") from error
-    except OSError as error:
-        raise ResultsError(f"{path}: cannot be read ({error.strerror or error})") from error
+    results = read_json(path, ResultsError)
     validate_results(results, str(path))
     return results
 

@@ -9,6 +9,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+
+def read_json(path: str | Path, error: type[Exception]) -> Any:
+    """Parse the JSON file ``path``; a missing, unreadable or malformed file raises ``error`` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
 TEMPORARY_GLOB = ".*.tmp"
 """The names of :func:`atomic_write_bytes`'s temporary files (``.NAME.RANDOM.tmp``)."""
 
