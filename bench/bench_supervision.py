@@ -66,19 +66,22 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def table(results: list[dict]) -> str:
-    """Markdown table: one line per row, mean +- std over its seeds, and the share of the full-mask AP."""
+def table(results: list[dict], reference: list[dict] | None = None) -> str:
+    """Markdown table: one line per row, mean +- std over its seeds, and the share of the full-mask AP of the
+    same seeds (``reference``: the full-mask results to compare with; default: those among ``results``)."""
     by_row: dict[str, list[dict]] = {}
     for result in results:
         by_row.setdefault(result["row"], []).append(result)
-    reference = by_row.get(REFERENCE)
-    full_ap = statistics.mean(r["segm/AP"] for r in reference) if reference else None
-    lines = ["| supervision | seeds | mask AP | % of full masks | AP50 | box AP | train min (mean) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    full_by_seed = {r["seed"]: r["segm/AP"] for r in (reference or by_row.get(REFERENCE, []))}
+    lines = ["| supervision | seeds | mask AP | % of full masks (same seeds) | AP50 | box AP | train min (mean) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for name, rows in by_row.items():
         mask_ap = [r["segm/AP"] for r in rows]
-        share = f"{100 * statistics.mean(mask_ap) / full_ap:.0f} %" if full_ap else "-"
-        lines.append(f"| {name} | {len(rows)} | {mean_std(mask_ap)} | {share} | "
+        seeds = [r["seed"] for r in rows]
+        share = "-"
+        if all(seed in full_by_seed for seed in seeds):
+            share = f"{100 * statistics.mean(mask_ap) / statistics.mean(full_by_seed[k] for k in seeds):.0f} %"
+        lines.append(f"| {name} | {', '.join(map(str, seeds))} | {mean_std(mask_ap)} | {share} | "
                      f"{mean_std([r['segm/AP50'] for r in rows])} | {mean_std([r['bbox/AP'] for r in rows])} | "
                      f"{statistics.mean(r['train_s'] for r in rows) / 60:.1f} |")
     return "\n".join(lines)
@@ -91,14 +94,26 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--point-weight", type=float, help="loss.points of the rows with points")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: print the table of the (row, seed) pairs already finished")
+    parser.add_argument("--reference", type=Path,
+                        help="another --out whose full-mask rows the shares refer to (default: this one's)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     results = []
     for seed in args.seeds:  # seed-major, so that an interrupted benchmark has whole tables of early seeds
         for name in args.rows:
+            if args.report_only:
+                done = row_dir(args.out, name, seed) / "eval.json"
+                results += [json.loads(done.read_text())] if done.exists() else []
+                continue
             results.append(run_row(name, seed, args.config, args.out, args.overrides, args.point_weight))
             print(json.dumps(results[-1]), flush=True)
-    print("\n" + table(results))
+    reference = None
+    if args.reference is not None:
+        full_dir = args.reference / row_dir(Path(), REFERENCE, 0).parent
+        reference = [json.loads(path.read_text()) for path in sorted(full_dir.glob("seed*/eval.json"))]
+    print("\n" + table(results, reference))
 
 
 if __name__ == "__main__":
