@@ -108,6 +108,10 @@ class LossConfig:
     # Per-class weights of the point BCE (points labelled 1 / 0); loop.point_prior_correction sets them.
     point_positive_weight: float = 1.0
     point_negative_weight: float = 1.0
+    # How the point BCE is averaged: "point" (PointSup: mean over every labelled point of the batch) or
+    # "instance" (each instance's points summed, mean over instances), which keeps each point's pull as an
+    # instance gets more points (docs/design.md, "Training from boxes and a few points").
+    point_normalisation: str = "point"
 
 
 @dataclass
@@ -404,6 +408,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_choice("model.norm", cfg.model.norm, ("frozen_bn", "bn"))
     _check_choice("model.dynamic_init", cfg.model.dynamic_init, ("fan_in", "zeros"))
     _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))
+    _check_choice("loss.point_normalisation", cfg.loss.point_normalisation, ("point", "instance"))
     _check_choice("oracle.kind", cfg.oracle.kind, ("simulated", "human"))
     for name in cfg.selection.sets:
         _check_choice("selection.sets", name, ("anchors", "models", "scales"))

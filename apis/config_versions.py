@@ -24,6 +24,7 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
         "loss.point_negative_weight": 1.0, "loop.point_prior_correction": False},
     # Version 2: before people could answer (apis annotate), the simulated oracle answered every run.
     2: {"oracle.kind": "simulated"},
+    3: {"loss.point_normalisation": "point"},
 }
 
 CONFIG_VERSION = max(MIGRATIONS) + 1

@@ -133,7 +133,7 @@ class CondInst(nn.Module):
             box=loss.box, pairwise_weight=loss.pairwise_weight, pairwise_dilation=loss.pairwise_dilation,
             pairwise_colour_threshold=loss.pairwise_colour_threshold, pairwise_warmup_iters=loss.pairwise_warmup_iters,
             points_per_iter=loss.points_per_iter, point_positive_weight=loss.point_positive_weight,
-            point_negative_weight=loss.point_negative_weight)
+            point_negative_weight=loss.point_negative_weight, point_normalisation=loss.point_normalisation)
         return cls(
             model.num_classes, depth=model.depth, backbone_weights=model.backbone_weights, norm=model.norm,
             fpn_channels=model.fpn_channels, head_convs=model.head_convs,

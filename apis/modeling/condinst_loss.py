@@ -46,12 +46,15 @@ class CondInstLoss:
             (-1: all of them).
         point_positive_weight: weight of the points labelled 1 in the point loss.
         point_negative_weight: weight of the points labelled 0 in the point loss.
+        point_normalisation: "point" (mean over the labelled points) or "instance" (each instance's
+            points summed, mean over the instances that have any).
     """
 
     def __init__(self, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0, points: float = 1.0,
                  full: float = 0.0, box: float = 0.0, pairwise_weight: float = 1.0, pairwise_dilation: int = 2,
                  pairwise_colour_threshold: float = 0.3, pairwise_warmup_iters: int = 10000,
-                 points_per_iter: int = -1, point_positive_weight: float = 1.0, point_negative_weight: float = 1.0):
+                 points_per_iter: int = -1, point_positive_weight: float = 1.0, point_negative_weight: float = 1.0,
+                 point_normalisation: str = "point"):
         if min(points, full, box) < 0:
             raise ValueError(f"loss weights must be >= 0, got points={points}, full={full}, box={box}")
         self.focal_alpha = focal_alpha
@@ -66,6 +69,9 @@ class CondInstLoss:
         self.points_per_iter = points_per_iter
         self.point_positive_weight = point_positive_weight
         self.point_negative_weight = point_negative_weight
+        if point_normalisation not in ("point", "instance"):
+            raise ValueError(f"point_normalisation must be 'point' or 'instance', got {point_normalisation!r}")
+        self.point_normalisation = point_normalisation
 
     @property
     def uses_masks(self) -> bool:
@@ -136,7 +142,7 @@ class CondInstLoss:
             else:
                 losses["loss_mask_points"] = self.points * loss_points(
                     logits, points[gt], point_labels[gt], stride, self.point_positive_weight,
-                    self.point_negative_weight)["loss_mask_points"]
+                    self.point_negative_weight, self.point_normalisation)["loss_mask_points"]
         if self.full > 0:
             masks = _stride_masks(targets, gt, offsets, stride, logits.device)
             losses["loss_mask_full"] = self.full * loss_full(logits, masks)["loss_mask_full"]

@@ -18,7 +18,7 @@ NEIGHBOURS = 8  # BoxInst pairwise term: the 3x3 neighbourhood without its centr
 
 
 def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int, positive_weight: float = 1.0,
-                negative_weight: float = 1.0) -> dict[str, Tensor]:
+                negative_weight: float = 1.0, normalisation: str = "point") -> dict[str, Tensor]:
     """PointSup: BCE of the logits sampled bilinearly at labelled points, mean over points with label 0/1.
 
     Args:
@@ -28,10 +28,13 @@ def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int, pos
         stride: the stride of ``logits``.
         positive_weight: weight of the points labelled 1.
         negative_weight: weight of the points labelled 0.
+        normalisation: ``"point"``: the weighted mean over all labelled points; ``"instance"``: that mean
+            times the labelled points per instance (of the instances with any), i.e. each instance's points
+            summed and averaged over instances, so a point pulls as hard whether its instance has 1 or 10.
 
     Returns:
-        ``{"loss_mask_points": scalar}``: the weighted mean (sum of weighted terms over sum of weights);
-        0 (keeping the graph) when no point is labelled 0 or 1.
+        ``{"loss_mask_points": scalar}``: the weighted mean (sum of weighted terms over sum of weights),
+        scaled as ``normalisation`` says; 0 (keeping the graph) when no point is labelled 0 or 1.
     """
     valid = labels >= 0
     if not bool(valid.any()):
@@ -40,7 +43,10 @@ def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int, pos
     targets = labels[valid].to(samples.dtype)
     weights = torch.where(targets > 0, positive_weight, negative_weight).to(samples.dtype)
     terms = F.binary_cross_entropy_with_logits(samples, targets, reduction="none")
-    return {"loss_mask_points": (weights * terms).sum() / weights.sum()}
+    loss = (weights * terms).sum() / weights.sum()
+    if normalisation == "instance":
+        loss = loss * valid.sum() / valid.any(dim=1).sum()
+    return {"loss_mask_points": loss}
 
 
 @torch.no_grad()

@@ -59,6 +59,14 @@ def test_loss_points_by_hand(manual_bilinear):
     expected = sum(w * t for w, t in zip(hand_weights, terms)) / sum(hand_weights)
     assert weighted["loss_mask_points"].item() == pytest.approx(expected, rel=1e-5)
 
+    # Per instance: instance 0 has 2 labelled points, instance 1 has 3; each instance's terms summed, then
+    # the mean over the instances (a third instance without labelled points does not count).
+    per_instance = (sum(terms[:2]) + sum(terms[2:])) / 2
+    padded = (torch.cat([logits, logits[:1]]), torch.cat([points, points[:1]]),
+              torch.cat([labels, torch.full((1, 3), -1.0)]))
+    instance = loss_points(*padded, stride=4, normalisation="instance")["loss_mask_points"]
+    assert instance.item() == pytest.approx(per_instance, rel=1e-5)
+
     correct, counted = point_accuracy(logits, points, labels, stride=4)
     hand = [(sign * manual_bilinear(LOGITS, x, y, 4) > 0) == (label > 0)
             for sign, pts, lbl in ((1, POINTS[1:4], [1, 0, -1]), (-1, POINTS[5:8], [0, 1, 1]))
