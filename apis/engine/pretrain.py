@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from apis.config import ExperimentConfig, to_dict
-from apis.engine.checkpoint import load_checkpoint, save_checkpoint
+from apis.engine.checkpoint import load_model_weights, save_checkpoint
 from apis.engine.trainer import train
 from apis.modeling.backbone import backbone_state_dict
 from apis.modeling.condinst import build_condinst
@@ -42,7 +42,7 @@ def export_backbone(checkpoint: str | Path, cfg: ExperimentConfig, out: str | Pa
     ships with a package; loading casts them back to float32.
     """
     model = build_condinst(cfg.model, cfg.loss)
-    model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    load_model_weights(model, checkpoint)  # names any missing or misshapen parameter
     state = backbone_state_dict(model.backbone)
     if half:
         state = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
