@@ -1,5 +1,6 @@
 """Imports run one way (docs/design.md, "Layers"): cli -> demo -> annotate / interop / report -> active ->
-engine -> modeling -> data -> structures / config / utils. Every import in apis/ (at module level or inside a function) is checked."""
+engine -> modeling -> data -> structures / config / utils. Every import in apis/ (at module level or inside a
+function) is checked."""
 
 import ast
 from pathlib import Path

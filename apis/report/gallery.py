@@ -218,14 +218,14 @@ def _rectangle(extent: tuple[float, float, float, float]):
                      linewidth=0.8)
 
 
-def _row_title(view: InstanceView, shown_metric: str) -> str:
+def _row_title(view: InstanceView, step: int, shown_metric: str) -> str:
+    """Two lines over an instance's row: the point and its answer; the values there before and after."""
     answer = ANSWER_NAMES.get(view.label, "not answered")
     x, y = view.point
     xs, ys = view.grid_range[:2]
-    before = view.before[y - ys, x - xs]
-    after = "" if view.after is None else f"  p̄ {view.after[y - ys, x - xs]:.2f}"
+    after = "" if view.after is None else f"; M{step} p̄ {view.after[y - ys, x - xs]:.2f}"
     return (f"annotation {view.ann_id}: point ({x}, {y}) answered {answer}\n"
-            f"p̄ {before:.2f} -> {shown_metric} {view.uncertainty_at_point:.2f} ->{after}")
+            f"M{step - 1} p̄ {view.before[y - ys, x - xs]:.2f}, {shown_metric} {view.uncertainty_at_point:.2f}{after}")
 
 
 def draw_image(views: StepViews, image_id: int, out_path: str | Path) -> Path:
@@ -245,7 +245,7 @@ def draw_image(views: StepViews, image_id: int, out_path: str | Path) -> Path:
     for row, view in zip(axes, rows):
         finite = view.uncertainty[np.isfinite(view.uncertainty)]
         _draw_row(row, view, float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
-        row[0].set_title(_row_title(view, views.shown_metric), fontsize=7.5, loc="left")
+        row[0].set_title(_row_title(view, views.step, views.shown_metric), fontsize=7.5, loc="left")
     legend = [Line2D([], [], marker="o", linestyle="", markerfacecolor=colour, markeredgecolor="black",
                      markersize=8, label=f"answer {ANSWER_NAMES[label]}") for label, colour in ANSWER_COLOURS.items()]
     legend += [Line2D([], [], color=GT_COLOUR, label="GT outline"),
