@@ -85,8 +85,10 @@ def plot_point_accuracy(groups: dict[str, list[Path]]) -> bytes:
             if not curve:
                 continue
             axis.plot([c["iteration"] for c in curve], [c["point_acc"] for c in curve], color=colour, alpha=0.8,
-                      linewidth=1.0, label=f"{label} (n={len(run_dirs)})" if index == 0 else None)
-            starts |= {c["iteration"] for c, previous in zip(curve[1:], curve) if c["step"] != previous["step"]}
+                      linewidth=1.0, marker=".", markersize=4, label=f"{label} (n={len(run_dirs)})" if index == 0
+                      else None)
+            # A step's fine-tuning starts after the previous step's last logged window.
+            starts |= {previous["iteration"] for c, previous in zip(curve[1:], curve) if c["step"] != previous["step"]}
     for start in sorted(starts):
         axis.axvline(start, color="grey", linestyle=":", linewidth=0.8)
     axis.set_xlabel("training iteration (M0, then each step's fine-tuning)")
@@ -104,8 +106,10 @@ def plot_selection_statistics(groups: dict[str, list[list[dict]]]) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     keys = (("misclassified_share", "new points misclassified by M(s-1)"),
             ("boundary_distance_px", "distance to the GT boundary (px)"))
+    every_step: set[int] = set()
     for label, runs in groups.items():
         steps = sorted({r["step"] for rows in runs for r in rows if r["step"] > 0})
+        every_step |= set(steps)
         for axis, (key, _) in zip(axes, keys):
             stats = np.array([step_stat(runs, step, key)[:2] for step in steps]).reshape(-1, 2)
             (line,) = axis.plot(steps, stats[:, 0], marker="o", label=f"{label} (n={len(runs)})")
@@ -114,7 +118,7 @@ def plot_selection_statistics(groups: dict[str, list[list[dict]]]) -> bytes:
                                   color=line.get_color(), alpha=0.2)
     for axis, (_, title) in zip(axes, keys):
         axis.set_xlabel("step")
-        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.set_xticks(sorted(every_step))
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
