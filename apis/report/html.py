@@ -103,6 +103,8 @@ def plot_selection_statistics(groups: dict[str, list[list[dict]]]) -> bytes:
     """PNG: the share of each step's new points the previous model got wrong, and their mean distance to the
     GT boundary, per strategy (mean ± std over seeds; the paper's Fig. 4c)."""
     plt = _pyplot()
+    from matplotlib.ticker import PercentFormatter
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     keys = (("misclassified_share", "new points misclassified by M(s-1)"),
             ("boundary_distance_px", "distance to the GT boundary (px)"))
@@ -121,6 +123,7 @@ def plot_selection_statistics(groups: dict[str, list[list[dict]]]) -> bytes:
         axis.set_xticks(sorted(every_step))
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
+    axes[0].yaxis.set_major_formatter(PercentFormatter(1.0))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return _figure_png(fig)
