@@ -23,7 +23,7 @@ from apis.active.prediction import SelectionImages, image_prediction_sets, views
 from apis.active.run_dir import RunDirectory, RunDirectoryError
 from apis.active.schedule import member_seeds
 from apis.active.selection import crop_to_grid
-from apis.active.strategies import get_metric
+from apis.active.strategies import PointMetric, get_metric
 from apis.config import ExperimentConfig, load_run_config
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.ledger import PointLedger
@@ -137,33 +137,36 @@ def step_views(run_dir: str | Path, step: int, images: int = 4, instances_per_im
     for image_id, entries in chosen.items():
         samples = loader[position[image_id]]
         before = image_prediction_sets(before_models, samples, torch_device)
-        after = image_prediction_sets(after_models, samples, torch_device) if after_models else {}
+        after = image_prediction_sets(after_models, samples, torch_device) if after_models else None
         pixels = train.load_image(image_id)
-        height, width = pixels.shape[:2]
-        rows = []
-        for entry in entries[:instances_per_image]:
-            ann_id = entry["ann_id"]
-            pred = before.get(ann_id)
-            if pred is None:
-                continue  # the box is too small for any candidate pixel (the loop selected nothing there either)
-            grid = pred.grid_range
-            gt_grid = crop_to_grid(masks.mask(ann_id), pred) if masks is not None else None
-            if pred.k == 0 or (shown.needs_gt and gt_grid is None):
-                uncertainty = np.full(pred.grid_shape, math.nan)
-            else:
-                uncertainty = shown.value(pred.probs.double(), gt_grid).numpy()
-            x0, y0, x1, y1 = _crop_box(grid, width, height)
-            xs, ys = grid[:2]
-            rows.append(InstanceView(
-                ann_id=ann_id, image_id=image_id, crop=pixels[y0:y1, x0:x1], crop_origin=(x0, y0),
-                gt=masks.mask(ann_id)[y0:y1, x0:x1] if masks is not None else None, grid_range=grid,
-                before=_mean_map(pred, pred.grid_shape), uncertainty=uncertainty,
-                after=_mean_map(after.get(ann_id), pred.grid_shape) if after_models else None,
-                point=(entry["x"], entry["y"]), label=labels.get((ann_id, entry["x"], entry["y"])),
-                uncertainty_at_point=float(uncertainty[entry["y"] - ys, entry["x"] - xs]),
-                earlier=[(a.x, a.y, a.label) for a in answers if a.ann_id == ann_id and a.step < step]))
-        shown_images[image_id] = rows
+        shown_images[image_id] = [
+            _instance_view(entry, before[entry["ann_id"]], after, pixels,
+                           masks.mask(entry["ann_id"]) if masks is not None else None, shown,
+                           labels.get((entry["ann_id"], entry["x"], entry["y"])),
+                           [(a.x, a.y, a.label) for a in answers if a.ann_id == entry["ann_id"] and a.step < step])
+            for entry in entries[:instances_per_image] if entry["ann_id"] in before]
     return StepViews(run_dir, step, metric.name, shown.name, shown_images)
+
+
+def _instance_view(entry: dict, pred: PredictionSet, after: dict[int, PredictionSet] | None, pixels: np.ndarray,
+                   gt_mask: np.ndarray | None, shown: PointMetric, label: int | None,
+                   earlier: list[tuple[int, int, int]]) -> InstanceView:
+    """The pictures of one ``selection.json`` entry from its M(s-1) set ``pred`` and M(s)'s sets ``after``."""
+    gt_grid = crop_to_grid(gt_mask, pred) if gt_mask is not None else None
+    if pred.k == 0 or (shown.needs_gt and gt_grid is None):
+        uncertainty = np.full(pred.grid_shape, math.nan)
+    else:
+        uncertainty = shown.value(pred.probs.double(), gt_grid).numpy()
+    grid = pred.grid_range
+    x0, y0, x1, y1 = _crop_box(grid, pixels.shape[1], pixels.shape[0])
+    x, y = entry["x"], entry["y"]
+    return InstanceView(
+        ann_id=entry["ann_id"], image_id=entry["image_id"], crop=pixels[y0:y1, x0:x1], crop_origin=(x0, y0),
+        gt=gt_mask[y0:y1, x0:x1] if gt_mask is not None else None, grid_range=grid,
+        before=_mean_map(pred, pred.grid_shape), uncertainty=uncertainty,
+        after=_mean_map(after.get(entry["ann_id"]), pred.grid_shape) if after is not None else None,
+        point=(x, y), label=label, uncertainty_at_point=float(uncertainty[y - grid[1], x - grid[0]]),
+        earlier=earlier)
 
 
 def _selected_steps(run: RunDirectory) -> list[int]:
@@ -197,7 +200,8 @@ def _draw_row(axes, view: InstanceView, uncertainty_max: float) -> None:
             axis.imshow(np.ma.masked_invalid(values), extent=grid_extent, cmap=cmap, vmin=0.0, vmax=vmax,
                         interpolation="nearest")
         elif cmap is not None:
-            axis.text(0.5, 0.5, "not trained", transform=axis.transAxes, ha="center", va="center", color="white")
+            axis.text(0.5, 0.5, "not trained yet", transform=axis.transAxes, ha="center", va="center", fontsize=9,
+                      bbox={"facecolor": "white", "edgecolor": "grey"})
         if view.gt is not None:
             rows, cols = np.mgrid[y0:y0 + view.gt.shape[0], x0:x0 + view.gt.shape[1]]
             if view.gt.any() and not view.gt.all():

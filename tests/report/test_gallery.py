@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,17 @@ def test_a_step_without_a_selection_is_refused_with_the_steps_that_have_one(fini
         step_views(cfg.output_dir, 0)
     with pytest.raises(RunDirectoryError, match="step 3 selected no points"):
         step_views(cfg.output_dir, 3)
+
+
+def test_a_step_still_training_is_drawn_without_its_after_panel(finished_runs, tmp_path):
+    """Selection done, M2 not trained yet (the run is still going): the last panel says so."""
+    source = Path(finished_runs["entropy"][0].output_dir)
+    run_dir = tmp_path / "running"
+    for name in ("config.yaml", "ledger.sqlite", "step_001/train/model_final.pth", "step_002/selection.json"):
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / name, run_dir / name)
+    views = step_views(run_dir, 2, images=1, instances_per_image=2)
+    rows = next(iter(views.images.values()))
+    assert len(rows) == 2 and all(view.after is None and view.before.size for view in rows)
+    (path,) = show_step(run_dir, 2, tmp_path / "show", images=1, instances_per_image=2)
+    assert path.read_bytes()[:8] == PNG
