@@ -84,6 +84,22 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {Path(out) / 'curves.png'} and {Path(out) / 'comparison.md'}")
 
 
+def _cmd_show(args: argparse.Namespace) -> None:
+    from apis.report.gallery import show_step
+
+    paths = show_step(args.run_dir, args.step, args.out, images=args.images,
+                      instances_per_image=args.instances, device=args.device)
+    print("\n".join(f"wrote {path}" for path in paths))
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from apis.report.html import write_report
+
+    out = write_report(args.runs, args.out, supervision=args.supervision, gallery_step=args.gallery_step,
+                       gallery_images=args.gallery_images, device=args.device)
+    print(f"wrote {out}")
+
+
 def _cmd_export_points(args: argparse.Namespace) -> None:
     from apis.config import load_run_config
     from apis.data.ledger import PointLedger
@@ -215,6 +231,27 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("runs", nargs="+", help="run directories")
     cmp.add_argument("--out", type=Path, help="output folder (default: the first run's parent)")
     cmp.set_defaults(handler=_cmd_compare)
+
+    show = sub.add_parser("show", help="per instance of a step: GT, prediction before, uncertainty, the chosen "
+                                        "point and its answer, prediction after (PNGs)")
+    show.add_argument("run_dir")
+    show.add_argument("--step", type=int, required=True, help="a step that selected points (1 or later)")
+    show.add_argument("--images", type=int, default=4, help="the first N images of the step's selection")
+    show.add_argument("--instances", type=int, default=8, help="at most this many instances per image")
+    show.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/show/step_NNN)")
+    show.add_argument("--device", help="default: the run's config (device)")
+    show.set_defaults(handler=_cmd_show)
+
+    rep = sub.add_parser("report", help="one self-contained HTML page over finished runs: curves, tables, point "
+                                        "statistics, pictures")
+    rep.add_argument("runs", nargs="+", help="run directories")
+    rep.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    rep.add_argument("--supervision", type=Path,
+                     help="a bench/bench_supervision.py --out folder: adds its supervision table")
+    rep.add_argument("--gallery-step", type=int, default=1, help="the step the pictures show (default 1)")
+    rep.add_argument("--gallery-images", type=int, default=2, help="images per run in the pictures (0: none)")
+    rep.add_argument("--device", help="for the pictures' predictions (default: each run's config)")
+    rep.set_defaults(handler=_cmd_report)
 
     exp = sub.add_parser("export-points", help="points known at a step as a detectron2 PointSup json")
     exp.add_argument("run_dir")

@@ -3,7 +3,9 @@
 1. writes the synthetic dataset to ``data/synth`` (instant when it is already there);
 2. runs the APIS loop with the entropy strategy for 3 steps (M0 + 3 fine-tunings);
 3. runs random point selection from the same P0 and M0;
-4. writes ``curves.png`` and ``comparison.md`` and prints the table.
+4. writes ``curves.png`` and ``comparison.md`` and prints the table;
+5. writes ``report.html`` (:mod:`apis.report.html`): curves, tables, point statistics and pictures of one
+   image per strategy, in one file.
 
 Every piece resumes: interrupt it and run it again.
 """
@@ -26,6 +28,7 @@ def run_demo(out_dir: Path, quick: bool = False, steps: int = 3) -> str:
     from apis.active.compare import compare_runs
     from apis.active.loop import run_active_loop
     from apis.data.synth import make_synthetic_dataset
+    from apis.report.html import write_report
 
     summary = make_synthetic_dataset(DATA_DIR, num_images=200, size=128, seed=0)
     print(summary.format(), flush=True)
@@ -43,7 +46,10 @@ def run_demo(out_dir: Path, quick: bool = False, steps: int = 3) -> str:
         run_active_loop(load_config(CONFIG, [*common, f"output_dir={run_dir}", *overrides]))
     table = compare_runs([entropy_dir, random_dir], out_dir)
     print("\n" + table)
-    print(f"Report: {out_dir / 'comparison.md'}  (curves: {out_dir / 'curves.png'})")
+    # One image per strategy: the pictures cost a few seconds, within the demo's budget.
+    report = write_report([entropy_dir, random_dir], out_dir / "report.html", gallery_images=1)
+    print(f"Table: {out_dir / 'comparison.md'}  (curves: {out_dir / 'curves.png'})")
+    print(f"Report: {report}  (one self-contained HTML file: open it in a browser)")
     if quick:
         print("(--quick: a smoke-test schedule; the numbers say nothing about the method)")
     return table

@@ -20,15 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from apis.active.loop import step_dir
+from apis.active.point_learning import final_point_accuracy
+from apis.active.run_dir import step_dir
 from apis.data.ledger import PointLedger
-from apis.engine.metrics_log import METRICS_FILE, read_metrics
-
-
-def final_point_accuracy(train_dir: Path, windows: int) -> float:
-    """Mean ``point_acc`` of the last ``windows`` logged windows of a training run."""
-    values = [row["point_acc"] for row in read_metrics(train_dir / METRICS_FILE) if row.get("point_acc") is not None]
-    return float(np.mean(values[-windows:])) if values else float("nan")
+from apis.engine.metrics_log import METRICS_FILE
 
 
 def step_rows(run_dir: Path, windows: int) -> list[dict]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
+from apis.active.compare import markdown
 from apis.config import load_config
 from apis.engine.inference import evaluate_checkpoint
 from apis.engine.trainer import train
+from apis.report.supervision import REFERENCE, supervision_table
 from apis.utils.io import atomic_write_json
 
 NO_POINTS = ["loss.points=0.0", "data.random_points_per_instance=0"]
@@ -34,7 +35,6 @@ ROWS = {
     "boxes + 10 points + box terms": ["loss.full=0.0", "loss.box=1.0", "data.random_points_per_instance=10"],
 }
 # Rows with points take the point-loss weight from --point-weight (default: the config's loss.points).
-REFERENCE = "full masks"
 
 
 def row_dir(out: Path, name: str, seed: int) -> Path:
@@ -58,33 +58,6 @@ def run_row(name: str, seed: int, config: str, out: Path, overrides: list[str], 
     result = {"row": name, "seed": seed, "train_s": train_s, "iterations": cfg.solver.max_iter, **metrics}
     atomic_write_json(done, result, indent=2)
     return result
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def table(results: list[dict], reference: list[dict] | None = None) -> str:
-    """Markdown table: one line per row, mean +- std over its seeds, and the share of the full-mask AP of the
-    same seeds (``reference``: the full-mask results to compare with; default: those among ``results``)."""
-    by_row: dict[str, list[dict]] = {}
-    for result in results:
-        by_row.setdefault(result["row"], []).append(result)
-    full_by_seed = {r["seed"]: r["segm/AP"] for r in (reference or by_row.get(REFERENCE, []))}
-    lines = ["| supervision | seeds | mask AP | % of full masks (same seeds) | AP50 | box AP | train min (mean) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for name, rows in by_row.items():
-        mask_ap = [r["segm/AP"] for r in rows]
-        seeds = [r["seed"] for r in rows]
-        share = "-"
-        if all(seed in full_by_seed for seed in seeds):
-            share = f"{100 * statistics.mean(mask_ap) / statistics.mean(full_by_seed[k] for k in seeds):.0f} %"
-        lines.append(f"| {name} | {', '.join(map(str, seeds))} | {mean_std(mask_ap)} | {share} | "
-                     f"{mean_std([r['segm/AP50'] for r in rows])} | {mean_std([r['bbox/AP'] for r in rows])} | "
-                     f"{statistics.mean(r['train_s'] for r in rows) / 60:.1f} |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -113,7 +86,7 @@ def main() -> None:
     if args.reference is not None:
         full_dir = args.reference / row_dir(Path(), REFERENCE, 0).parent
         reference = [json.loads(path.read_text()) for path in sorted(full_dir.glob("seed*/eval.json"))]
-    print("\n" + table(results, reference))
+    print("\n" + markdown(*supervision_table(results, reference)))
 
 
 if __name__ == "__main__":

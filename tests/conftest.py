@@ -1,6 +1,8 @@
-"""Fixtures shared by every test package: one CPU thread, a tiny synthetic dataset."""
+"""Fixtures shared by every test package: one CPU thread, a tiny synthetic dataset, tiny finished loop runs,
+headless Chromium."""
 
 import os
+import shutil
 from pathlib import Path
 
 # As the CLI does for its process (apis.cli.main): OpenMP threads wait without spinning, here and in the
@@ -85,3 +87,54 @@ def human_run(synth_dir, tmp_path):
         return config_path, run_dir
 
     return make
+
+
+# A tiny CPU loop run: tests/active checks the loop, tests/report draws and reports it.
+def _tiny_overrides(data_root, output_dir, *extra):
+    return [
+        f"data.train_json={data_root}/annotations/train.json", f"data.val_json={data_root}/annotations/val.json",
+        f"output_dir={output_dir}", "device=cpu", "model.depth=18", "model.fpn_channels=16",
+        "model.mask_branch_channels=16", "model.head_convs=1", "model.num_classes=4", "model.norm=bn",
+        "data.min_size_train=[64]", "data.min_size_test=64", "data.max_size=96", "data.num_workers=0",
+        "solver.batch_size=2", "solver.max_iter=4", "solver.steps=[3]", "solver.warmup_iters=1",
+        "solver.checkpoint_period=2", "solver.log_period=1", "solver.base_lr=0.001",
+        "loop.steps=2", "loop.finetune_iters=2", "loop.finetune_steps=[1]", "loop.finetune_lr=0.001",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def tiny_overrides():
+    """``(data_root, output_dir, *extra) -> list of key=value`` for a tiny CPU run."""
+    return _tiny_overrides
+
+
+@pytest.fixture(scope="session")
+def finished_runs(synth_dir, tmp_path_factory):
+    """An entropy run (P0..P2) and a random run sharing its P0 and M0, finished once per session."""
+    from apis.active.loop import run_active_loop
+    from apis.config import load_config
+
+    root = tmp_path_factory.mktemp("runs")
+    entropy = load_config(None, _tiny_overrides(synth_dir, root / "entropy"))
+    random = load_config(None, _tiny_overrides(synth_dir, root / "random", "selection.metric=random",
+                                               f"loop.initial_run={root / 'entropy'}"))
+    return {"entropy": (entropy, run_active_loop(entropy)), "random": (random, run_active_loop(random))}
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def chromium():
+    """``launch(playwright) -> Browser``: Debian's headless chromium, never a downloaded one. Without
+    /usr/bin/chromium (`make test` installs it as root) the test is skipped, unless APIS_REQUIRE_BROWSER=1 (CI),
+    where it fails."""
+    for candidate in (os.environ.get("APIS_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return lambda playwright: playwright.chromium.launch(executable_path=candidate, args=CHROMIUM_FLAGS)
+    reason = "Debian's chromium is not installed (`apt-get install chromium`; `make test` does it as root)"
+    if os.environ.get("APIS_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)

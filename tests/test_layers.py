@@ -1,5 +1,6 @@
-"""Imports run one way (docs/design.md, "Layers"): cli -> active -> engine -> modeling -> data ->
-structures / config / utils. Every import in apis/ (at module level or inside a function) is checked."""
+"""Imports run one way (docs/design.md, "Layers"): cli -> demo -> annotate / interop / report -> active ->
+engine -> modeling -> data -> structures / config / utils. Every import in apis/ (at module level or inside a
+function) is checked."""
 
 import ast
 from pathlib import Path
@@ -11,8 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "apis"
 # Higher layers may import lower ones (and their own); never the other way. Evaluation scores results and
 # sits beside modeling: the engine uses both, neither uses the other.
 LAYERS = {
-    "cli": 7,
-    "demo": 6, "annotate": 6, "interop": 6,
+    "cli": 8,
+    "demo": 7,
+    "annotate": 6, "interop": 6, "report": 6,
     "active": 5,
     "engine": 4,
     "modeling": 3, "evaluation": 3,

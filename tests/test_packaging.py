@@ -92,3 +92,4 @@ def test_the_demo_runs_from_the_installed_package(installed):
     out = _run([python, "-c", script], cwd=work, timeout=300)
     assert "| random | P1 |" in out
     assert (work / "runs" / "demo" / "comparison.md").is_file() and (work / "data" / "synth").is_dir()
+    assert f"Report: {Path('runs/demo/report.html')}" in out and (work / "runs" / "demo" / "report.html").is_file()

@@ -71,19 +71,25 @@ def run_config(run_dir: str | Path) -> ExperimentConfig | None:
     return load_run_config(path) if path.exists() else None
 
 
-def group_runs(run_dirs: list[str | Path]) -> dict[str, list[list[dict]]]:
-    """Runs grouped by strategy label, in the order first seen; prior-corrected runs
+def group_run_dirs(run_dirs: list[str | Path]) -> dict[str, list[Path]]:
+    """Run directories grouped by strategy label, in the order first seen; prior-corrected runs
     (``loop.point_prior_correction``) form their own group."""
-    groups: dict[str, list[list[dict]]] = defaultdict(list)
+    groups: dict[str, list[Path]] = defaultdict(list)
     for run_dir in run_dirs:
-        rows = read_run(run_dir)
         cfg = run_config(run_dir)
         corrected = cfg is not None and cfg.loop.point_prior_correction
-        groups[run_label(rows) + (", prior-corrected" if corrected else "")].append(rows)
+        groups[run_label(read_run(run_dir)) + (", prior-corrected" if corrected else "")].append(Path(run_dir))
     return dict(groups)
 
 
-def _stat(runs: list[list[dict]], step: int, key: str) -> tuple[float, float, int]:
+def group_runs(run_dirs: list[str | Path]) -> dict[str, list[list[dict]]]:
+    """The per-step metrics of the runs, grouped as :func:`group_run_dirs` groups them."""
+    return {label: [read_run(run_dir) for run_dir in dirs] for label, dirs in group_run_dirs(run_dirs).items()}
+
+
+def step_stat(runs: list[list[dict]], step: int, key: str) -> tuple[float, float, int]:
+    """Mean, population std and count over ``runs`` of ``key`` at ``step`` (missing or NaN values left out;
+    ``annotation_seconds`` in hours); NaN, NaN, 0 when no run has a value."""
     values = [r[key] for rows in runs for r in rows
               if r["step"] == step and r.get(key) is not None and not _isnan(r.get(key))]
     if key == "annotation_seconds":
@@ -97,24 +103,37 @@ def _isnan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def markdown_table(groups: dict[str, list[list[dict]]]) -> str:
-    """One row per (strategy, step): mean ± std over seeds (n seeds)."""
-    header = "| strategy | step | " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+def table_rows(groups: dict[str, list[list[dict]]]) -> tuple[list[str], list[list[str]]]:
+    """The per-step table: a header and one row of cells per (strategy, step), each cell mean ± std over
+    seeds (number of seeds), a single value for one seed, "–" for none."""
+    header = ["strategy", "step", *(title for _, title, _ in TABLE_COLUMNS)]
+    rows = []
     for label, runs in groups.items():
         steps = sorted({r["step"] for rows in runs for r in rows})
         for step in steps:
-            cells = []
+            cells = [label, f"P{step}"]
             for key, _, fmt in TABLE_COLUMNS:
-                mean, std, n = _stat(runs, step, key)
+                mean, std, n = step_stat(runs, step, key)
                 if n == 0:
                     cells.append("–")
                 elif n == 1:
                     cells.append(fmt.format(mean))
                 else:
                     cells.append(f"{fmt.format(mean)} ± {fmt.format(std)} ({n})")
-            lines.append(f"| {label} | P{step} | " + " | ".join(cells) + " |")
+            rows.append(cells)
+    return header, rows
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table of ``header`` and ``rows`` (cells as given)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(groups: dict[str, list[list[dict]]]) -> str:
+    """One row per (strategy, step): mean ± std over seeds (n seeds)."""
+    return markdown(*table_rows(groups))
 
 
 def plot_curves(groups: dict[str, list[list[dict]]], out_path: str | Path) -> None:
@@ -127,8 +146,8 @@ def plot_curves(groups: dict[str, list[list[dict]]], out_path: str | Path) -> No
     fig, (by_step, by_hours) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, runs in groups.items():
         steps = sorted({r["step"] for rows in runs for r in rows})
-        ap = np.array([_stat(runs, s, "mask_AP")[:2] for s in steps])
-        hours = np.array([_stat(runs, s, "annotation_seconds")[0] for s in steps])
+        ap = np.array([step_stat(runs, s, "mask_AP")[:2] for s in steps])
+        hours = np.array([step_stat(runs, s, "annotation_seconds")[0] for s in steps])
         for axis, xs in ((by_step, np.array(steps)), (by_hours, hours)):
             (line,) = axis.plot(xs, ap[:, 0], marker="o", label=f"{label} (n={len(runs)})")
             if len(runs) > 1:

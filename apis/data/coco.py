@@ -26,7 +26,7 @@ from apis.utils.errors import ApisError
 
 logger = logging.getLogger(__name__)
 
-MASK_PURPOSES = ("oracle", "evaluation", "full-supervision")
+MASK_PURPOSES = ("oracle", "evaluation", "full-supervision", "display")
 # Image modes whose pixels are 16-bit integers: scaled to 8 bits on load, not clipped at 255 by PIL's convert.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _UNSUPPORTED_MODES = ("F",)

@@ -23,21 +23,9 @@ import pytest
 
 from apis.active.questions import QuestionQueue
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "browser-test-secret"
 KEYS = {"y": 1, "n": 0, "u": -1}
 TIMEOUT_MS = 20_000
-
-
-def find_chromium() -> str:
-    for candidate in (os.environ.get("APIS_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    reason = "Debian's chromium is not installed (`apt-get install chromium`; `make test` does it as root)"
-    if os.environ.get("APIS_REQUIRE_BROWSER") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 class AnnotateServer:
@@ -101,8 +89,7 @@ def raw_get(url: str, path: str) -> int:
     return status
 
 
-def test_answer_a_step_in_chromium_with_a_server_restart(human_run, tmp_path):
-    executable = find_chromium()
+def test_answer_a_step_in_chromium_with_a_server_restart(human_run, tmp_path, chromium):
     from playwright.sync_api import sync_playwright
 
     config_path, run_dir = human_run("browser")
@@ -110,7 +97,7 @@ def test_answer_a_step_in_chromium_with_a_server_restart(human_run, tmp_path):
     server = AnnotateServer(run_dir)
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+            browser = chromium(playwright)
             page = browser.new_page(viewport={"width": 1280, "height": 760})
             page.goto(f"{server.url}?token={TOKEN}")
             page.fill("#login-name", "tester")
