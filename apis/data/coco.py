@@ -16,6 +16,7 @@ import json
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,13 @@ class CocoDataset:
         """The first ``max_images`` images (all when ``max_images <= 0``)."""
         if max_images <= 0 or max_images >= len(self.images):
             return self
-        images = self.images[:max_images]
+        return self._with_images(self.images[:max_images])
+
+    def only_images(self, image_ids: Set[int]) -> CocoDataset:
+        """The images whose id is in ``image_ids``, in this dataset's order (a rank's shard)."""
+        return self._with_images([im for im in self.images if im.image_id in image_ids])
+
+    def _with_images(self, images: list[ImageRecord]) -> CocoDataset:
         keep = {inst.ann_id for im in images for inst in (*im.instances, *im.crowd)}
         segs = {k: v for k, v in self._segmentations.items() if k in keep}
         return CocoDataset(self.json_path, self.image_root, images, self.categories, segs)
