@@ -15,8 +15,8 @@ Without ``--checkpoint`` the model is freshly initialised (seed 0): selection co
 weights (it depends on the GT boxes), and inference keeps ``model.detections_per_image`` detections of
 every image (``model.score_threshold=0``), the most a COCO evaluation reads.
 
-    .venv/bin/python bench/bench_sharding.py --config configs/condinst_r18_cpu_dsb.yaml --images 48 \\
-        --procs 1 2 data.min_size_test=256 data.max_size=512 selection.scales=[256]
+    .venv/bin/python bench/bench_sharding.py --config configs/condinst_r18_cpu_dsb.yaml --images 64 \\
+        --procs 1,2 data.min_size_test=256 data.max_size=512 selection.scales=[256]
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
     parser.add_argument("--checkpoint", default="", help="default: a freshly initialised model (seed 0)")
     parser.add_argument("--images", type=int, default=48, help="the first N training images")
-    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--procs", default="1,2", help="process counts, comma-separated")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*")
@@ -123,7 +123,7 @@ def main() -> None:
     rows = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
-        for procs in args.procs:
+        for procs in map(int, args.procs.split(",")):
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
                    __file__, "--child", "--workdir", workdir, "--config", args.config, "--images", str(args.images)]
             if args.checkpoint:

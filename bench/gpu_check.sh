@@ -10,7 +10,7 @@
 #   bench/gpu_check.sh --cpu-smoke      # anywhere: a tiny R-18 on the CPU, only checks that the script runs
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3), OUT (default: runs/gpu_check),
-# ITERS (default 300), BATCH (images per iteration, default 8), IMAGES (synthetic images, default 400).
+# ITERS (default 300), BATCH (images per iteration, default 8), IMAGES (synthetic images, default 200: 150 train, 50 val).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -21,7 +21,7 @@ if [ "${1:-}" = "--cpu-smoke" ]; then
 elif [ $# -gt 0 ]; then
     echo "usage: bench/gpu_check.sh [--cpu-smoke]" >&2; exit 2
 else
-    ITERS=${ITERS:-300}; BATCH=${BATCH:-8}; IMAGES=${IMAGES:-400}; SIZE=512; EXTRA=()
+    ITERS=${ITERS:-300}; BATCH=${BATCH:-8}; IMAGES=${IMAGES:-200}; SIZE=512; EXTRA=()
     if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "error: PyTorch sees no CUDA GPU (torch.cuda.is_available() is False with $PYTHON); this check" \
              "needs one. On a CPU, bench/gpu_check.sh --cpu-smoke checks that the script runs." >&2
