@@ -13,6 +13,7 @@ check the script runs.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from pathlib import Path
@@ -34,7 +35,9 @@ def peak_gib(device: torch.device) -> float:
 
 
 def reset_peak(device: torch.device) -> None:
+    gc.collect()  # the previous stage's model and optimiser, so that they do not count in the next peak
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -13,6 +13,7 @@
 # ITERS (default 300), BATCH (images per iteration, default 8), IMAGES (synthetic images, default 200: 150 train, 50 val).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's apis, installed or not
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 OUT=${OUT:-runs/gpu_check}
 
