@@ -68,9 +68,9 @@ def _torchrun(tmp_path: Path, config: Path, kill_rank: int | None = None) -> sub
                           cwd=tmp_path)
 
 
-def _config(tmp_path: Path, synth_dir: Path, tiny_overrides, name: str) -> Path:
+def _config(tmp_path: Path, synth_dir: Path, tiny_overrides, name: str, steps: int = STEPS) -> Path:
     path = tmp_path / f"{name}.yaml"
-    dump_config(load_config(None, tiny_overrides(synth_dir, tmp_path / name, f"loop.steps={STEPS}")), path)
+    dump_config(load_config(None, tiny_overrides(synth_dir, tmp_path / name, f"loop.steps={steps}")), path)
     return path
 
 
@@ -94,13 +94,13 @@ def _replay(run_dir: Path, config: Path, out: Path, monkeypatch) -> Path:
     return out
 
 
-def _assert_as_one_process(run_dir: Path, config: Path, tmp_path: Path, monkeypatch) -> None:
+def _assert_as_one_process(run_dir: Path, config: Path, tmp_path: Path, monkeypatch, steps: int = STEPS) -> None:
     one = _replay(run_dir, config, tmp_path / "one_process", monkeypatch)
     answers = _answers(run_dir)
     assert answers == _answers(one)
     assert len(answers) == len(set((a[0], a[2], a[3]) for a in answers))  # no point asked twice
-    assert {a[5] for a in answers} == set(range(STEPS + 1))
-    for step in range(STEPS + 1):
+    assert {a[5] for a in answers} == set(range(steps + 1))
+    for step in range(steps + 1):
         if step:
             ours, theirs = (json.loads((step_dir(d, step) / "selection.json").read_text()) for d in (run_dir, one))
             assert ours["points"] == theirs["points"] and ours["points"]
@@ -136,7 +136,7 @@ def test_two_ranks_run_the_loop_as_one_process(synth_dir, tiny_overrides, tmp_pa
 def test_rank_killed_mid_selection_resumes(kill_rank, synth_dir, tiny_overrides, tmp_path, monkeypatch):
     """The killed rank dies on its first image of step 1's selection; torchrun stops the other; run again, the
     loop redoes the selection and ends as one process would."""
-    config = _config(tmp_path, synth_dir, tiny_overrides, "ddp")
+    config = _config(tmp_path, synth_dir, tiny_overrides, "ddp", steps=1)
     run_dir = tmp_path / "ddp"
     killed = _torchrun(tmp_path, config, kill_rank=kill_rank)
     assert killed.returncode != 0
@@ -146,7 +146,7 @@ def test_rank_killed_mid_selection_resumes(kill_rank, synth_dir, tiny_overrides,
 
     completed = _torchrun(tmp_path, config)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    _assert_as_one_process(run_dir, config, tmp_path, monkeypatch)
+    _assert_as_one_process(run_dir, config, tmp_path, monkeypatch, steps=1)
 
 
 def test_both_ranks_stop_for_peoples_answers(synth_dir, tiny_overrides, tmp_path):
