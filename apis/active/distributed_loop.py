@@ -69,7 +69,8 @@ class DistributedRun(ActiveLearningRun):
         # Rank 0 decides (the others' reads could race its writes); a step > 0 without selection.json is
         # selected by every rank, written by rank 0; then rank 0 asks and records as one process does.
         must_select = broadcast_from_main(
-            step > 0 and step not in self.ledger.steps() and self.dir.read_selection(step) is None, self.ctx)
+            self.ctx.is_main and step > 0 and step not in self.ledger.steps()
+            and self.dir.read_selection(step) is None, self.ctx)
         if must_select:
             payload = self._selection_payload(step)
             run_on_main(lambda: self.dir.write_selection(step, payload), self.ctx)
