@@ -67,11 +67,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from apis.active.loop import run_active_loop
+    from apis.active.distributed_loop import run_loop
     from apis.config import load_config
+    from apis.engine.distributed import context_from_env
 
     cfg = load_config(args.config, args.overrides)
-    for row in run_active_loop(cfg):
+    rows = run_loop(cfg)  # one process, or every rank under torchrun
+    for row in rows if context_from_env().is_main else ():
         ap = "undefined" if row["mask_AP"] is None else f"{row['mask_AP']:.2f}"
         print(f"P{row['step']}: mask AP {ap}  ({row['points_per_instance']:.2f} points/instance)")
 

@@ -21,8 +21,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 
 def measure(kind: str, config: str, checkpoint: str, images: int, overrides: list[str]) -> dict:
     from apis.active.prediction import select_with_models
@@ -40,8 +38,7 @@ def measure(kind: str, config: str, checkpoint: str, images: int, overrides: lis
         results = run_inference(load_model(checkpoint, cfg, device), coco, cfg, device, progress=False)
         produced = len(results)
     else:
-        points = select_with_models([checkpoint], cfg, coco, get_metric("entropy"), {}, np.random.default_rng(0),
-                                    progress=False)
+        points = select_with_models([checkpoint], cfg, coco, get_metric("entropy"), {}, seed=(0, 1), progress=False)
         produced = len(points)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -12,7 +12,7 @@ CONFIGS = BUILTIN_CONFIGS
 
 
 def test_built_in_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
-    assert builtin_configs() == ["condinst_r18_cpu_dsb.yaml", "condinst_r18_cpu_synth.yaml",
+    assert builtin_configs() == ["apis_r50_coco.yaml", "condinst_r18_cpu_dsb.yaml", "condinst_r18_cpu_synth.yaml",
                                  "condinst_r50_1x_coco.yaml"]
     monkeypatch.chdir(tmp_path)
     by_name = load_config("condinst_r18_cpu_synth.yaml")
@@ -30,7 +30,7 @@ def test_built_in_configs_are_found_by_name_from_any_directory(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="_base_ chain comes back to it"):
         load_config("condinst_r18_cpu_synth.yaml")  # mine.yaml's base is now this file
     with pytest.raises(ConfigError, match="config file not found: nothing.yaml \\(built-in configs: "
-                                          "condinst_r18_cpu_dsb.yaml, "):
+                                          "apis_r50_coco.yaml, condinst_r18_cpu_dsb.yaml, "):
         load_config("nothing.yaml")
 
 
@@ -42,6 +42,17 @@ def test_paper_schedule_for_coco():
     assert (cfg.data.min_size_train, cfg.data.max_size) == ([640, 672, 704, 736, 768, 800], 1333)
     assert (cfg.loop.finetune_iters, cfg.loop.finetune_steps) == (30000, [10000, 20000])
     assert cfg.data.image_root != cfg.data.val_image_root  # train2017/ and val2017/
+
+
+def test_apis_loop_for_coco_runs_the_paper_loop_on_8_gpus():
+    cfg = load_config("apis_r50_coco.yaml")
+    paper = load_config(CONFIGS / "condinst_r50_1x_coco.yaml")
+    assert (cfg.model, cfg.data, cfg.solver) == (paper.model, paper.data, paper.solver)  # M0: 90k at batch 16
+    assert cfg.solver.batch_size % 8 == 0 and cfg.solver.amp  # 2 images on each of 8 GPUs
+    assert (cfg.loop.steps, cfg.loop.finetune_iters, cfg.loop.finetune_lr) == (3, 30000, 0.01)
+    assert cfg.loop.finetune_steps == [10000, 20000]
+    assert (cfg.selection.metric, cfg.selection.sets) == ("entropy", ["anchors"])
+    assert cfg.output_dir != paper.output_dir
 
 
 @pytest.mark.parametrize("name, num_classes, factor", [("condinst_r18_cpu_dsb.yaml", 1, 100),

@@ -40,6 +40,7 @@ from apis.data.coco import CocoDataset, DatasetError, load_coco
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
+from apis.engine.distributed import DistributedContext
 from apis.utils.io import remove_temporaries
 from apis.utils.lock import FolderLock
 
@@ -94,7 +95,11 @@ class ActiveLearningRun:
     ``oracle``: who answers (default: :class:`~apis.data.simulated_oracle.SimulatedOracle` from the training
     GT masks); with ``oracle.kind=human`` people answer through the ledger's questions and ``oracle`` must
     be None.
+
+    Under ``torchrun`` every rank runs :class:`apis.active.distributed_loop.DistributedRun` instead.
     """
+
+    ctx = DistributedContext()  # one process; DistributedRun sets its rank's
 
     def __init__(self, cfg: ExperimentConfig, oracle: Oracle | None = None):
         cfg = absolute_paths(cfg)  # stored so: the run's config means the same files from any directory
@@ -115,6 +120,11 @@ class ActiveLearningRun:
             raise ConfigError(f"{cfg.data.train_json}: no non-crowd instance to annotate")
         self.seeds = member_seeds(cfg)
         self.dir = RunDirectory(cfg.output_dir, members=len(self.seeds))
+        self._open_run_dir()
+
+    def _open_run_dir(self) -> None:
+        """Lock the run dir, store (or compare) the config, open the ledger and register the instances."""
+        cfg = self.cfg
         # One process per run dir, from before the config is compared until close() (docs/design.md,
         # "The run directory"): two runs would interleave their answers.
         self.lock = FolderLock(self.dir.root).acquire()
@@ -191,12 +201,15 @@ class ActiveLearningRun:
                 continue
             logger.info("%s: step %d of %d", self.run_dir, step, self.cfg.loop.steps)
             if step == 0 and self.cfg.loop.initial_run:
-                reuse_initial_run(Path(self.cfg.loop.initial_run), self.cfg, self.dir, self.ledger, self.metric.name)
+                self._reuse_initial_run()
                 continue
             self._ensure_points(step)
             checkpoint = self._train(step)
             self._finish_step(step, checkpoint)
         return self.metrics()
+
+    def _reuse_initial_run(self) -> None:
+        reuse_initial_run(Path(self.cfg.loop.initial_run), self.cfg, self.dir, self.ledger, self.metric.name)
 
     def metrics(self) -> list[dict]:
         """The records of the finished steps, in step order."""
@@ -215,22 +228,24 @@ class ActiveLearningRun:
     def _select(self, step: int) -> list[PointToAsk]:
         """Choose one point per instance with M(step-1), persisted before anyone is asked."""
         if self.dir.read_selection(step) is None:
-            from apis.active.prediction import select_with_models
-
-            start = time.perf_counter()
-            selected = select_with_models(
-                checkpoints=self.dir.final_checkpoints(step - 1), cfg=self.cfg, dataset=self.train_set,
-                metric=self.metric, asked=self.ledger.asked(), rng=np.random.default_rng([self.cfg.seed, step]),
-                gt_masks=self.train_masks if self.metric.needs_gt else None,
-            )
-            self.dir.write_selection(step, {
-                "step": step, "metric": self.metric.name, "seconds": time.perf_counter() - start,
-                "points": [dataclasses.asdict(p) | {"image_id": self.train_set.instance(p.ann_id).image_id}
-                           for p in selected],
-            })
+            self.dir.write_selection(step, self._selection_payload(step))
         selection = self.dir.read_selection(step)
         return [PointToAsk(p["ann_id"], p["image_id"], p["x"], p["y"], selection["metric"])
                 for p in selection["points"]]
+
+    def _selection_payload(self, step: int) -> dict:
+        """The content of the step's ``selection.json``: M(step-1) chooses (every rank its shard of the images)."""
+        from apis.active.prediction import select_with_models
+
+        start = time.perf_counter()
+        selected = select_with_models(
+            checkpoints=self.dir.final_checkpoints(step - 1), cfg=self.cfg, dataset=self.train_set,
+            metric=self.metric, asked=self.ledger.asked(), seed=(self.cfg.seed, step),
+            gt_masks=self.train_masks if self.metric.needs_gt else None, ctx=self.ctx,
+        )
+        return {"step": step, "metric": self.metric.name, "seconds": time.perf_counter() - start,
+                "points": [dataclasses.asdict(p) | {"image_id": self.train_set.instance(p.ann_id).image_id}
+                           for p in selected]}
 
     def _ask_and_record(self, step: int, questions: list[PointToAsk]) -> None:
         answers = [Answer(ann_id=q.ann_id, image_id=q.image_id, x=q.x, y=q.y,
@@ -287,7 +302,11 @@ class ActiveLearningRun:
         from apis.engine.inference import evaluate_checkpoint
 
         val_metrics = evaluate_checkpoint(checkpoint, self.cfg, dataset=self.val_set,
-                                          results_path=self.dir.step(step) / "val_results.json")
+                                          results_path=self.dir.step(step) / "val_results.json", ctx=self.ctx)
+        self._record_step(step, val_metrics)
+
+    def _record_step(self, step: int, val_metrics: dict[str, float]) -> None:
+        """Write the step's ``metrics.json`` (marking it done) from its validation metrics."""
         answers = self.ledger.answers(max_step=step)
         record = {
             "step": step,

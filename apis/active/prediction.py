@@ -14,7 +14,7 @@ the next image is read, so memory does not grow with the dataset.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Iterator, Mapping, Sequence, Set
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from apis.config import ExperimentConfig
 from apis.data.coco import CocoDataset, GroundTruthMasks
 from apis.data.dataset import collate, image_to_tensor
 from apis.data.transforms import ResizeFlip, resized_size
+from apis.engine.distributed import DistributedContext, all_gather_objects, in_dataset_order, shard_images
 from apis.modeling.condinst import CondInst, NetworkOutputs
 from apis.modeling.inputs import check_batch
 from apis.modeling.postprocess import sample_box_grid, to_original_boxes
@@ -199,25 +200,43 @@ def iter_prediction_sets(models: list[CondInst], cfg: ExperimentConfig, dataset:
         yield image_prediction_sets(models, samples, device)
 
 
+def instance_rng(seed: Sequence[int], ann_id: int) -> np.random.Generator:
+    """The random stream of one instance's choice: keyed by ``seed`` (the run's seed and step) and the
+    annotation id, so a choice does not depend on which instances were visited before it (nor on which
+    process visits it)."""
+    return np.random.default_rng([*seed, ann_id % 2**64])
+
+
 def select_with_models(checkpoints: list[str], cfg: ExperimentConfig, dataset: CocoDataset, metric: PointMetric,
-                       asked: Mapping[int, Set[tuple[int, int]]], rng: np.random.Generator,
-                       gt_masks: GroundTruthMasks | None = None, progress: bool = True) -> list[SelectedPoint]:
+                       asked: Mapping[int, Set[tuple[int, int]]], seed: Sequence[int],
+                       gt_masks: GroundTruthMasks | None = None, progress: bool = True,
+                       ctx: DistributedContext | None = None) -> list[SelectedPoint]:
     """One point per instance of ``dataset``, chosen by ``metric`` on the models' prediction sets.
 
-    Pure inference: every model is in eval mode and no gradient is kept. Instances are visited in
-    image order, then annotation-id order, so the run's seeded ``rng`` fixes every choice.
+    Pure inference: every model is in eval mode and no gradient is kept. Each instance's random
+    tie-break comes from :func:`instance_rng` with ``seed``, and the points come in image order, then
+    annotation-id order, so the result is the same in one process or many.
+
+    ``ctx``: under ``torchrun``, this rank selects on its shard of the images
+    (:func:`apis.engine.distributed.shard_images`) and every rank gets all the points.
     """
     from apis.engine.inference import load_model
     from apis.utils.device import resolve_device
 
-    device = resolve_device(cfg.device)
+    ctx = ctx or DistributedContext()
+    device = resolve_device(cfg.device, ctx.local_rank if ctx.enabled else None)
     models = [load_model(path, cfg, device) for path in checkpoints]
+    shard = dataset.only_images(shard_images([im.image_id for im in dataset.images], ctx)) if ctx.enabled \
+        else dataset
     selected = []
-    for sets in iter_prediction_sets(models, cfg, dataset, device, progress):
+    for sets in iter_prediction_sets(models, cfg, shard, device, progress and ctx.is_main):
         for ann_id in sorted(sets):
             pred = sets[ann_id]
             gt = crop_to_grid(gt_masks.mask(ann_id), pred) if gt_masks is not None else None
-            point = select_point(pred, metric, rng, asked.get(ann_id, frozenset()), gt)
+            point = select_point(pred, metric, instance_rng(seed, ann_id), asked.get(ann_id, frozenset()), gt)
             if point is not None:
                 selected.append(point)
-    return selected
+    if not ctx.enabled:
+        return selected
+    return in_dataset_order(all_gather_objects(selected, ctx), [im.image_id for im in dataset.images],
+                            lambda point: dataset.instance(point.ann_id).image_id)

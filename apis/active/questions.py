@@ -72,6 +72,9 @@ class AnswersPending(Exception):
         super().__init__(f"step {step}: {waiting:,} of {total:,} questions waiting; answer them with "
                          f"`apis annotate {run_dir}`, then run the same `apis run` command again")
 
+    def __reduce__(self):  # pickled whole, so that every rank of a torchrun job raises it (apis.engine.distributed)
+        return type(self), (self.run_dir, self.step, self.waiting, self.total)
+
 
 @dataclass(frozen=True)
 class Question:

@@ -22,6 +22,14 @@ from apis.config_versions import UNVERSIONED
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.dataset import InferenceDataset, collate
 from apis.engine.checkpoint import load_checkpoint, load_model_weights
+from apis.engine.distributed import (
+    DistributedContext,
+    broadcast_from_main,
+    gather_to_main,
+    in_dataset_order,
+    run_on_main,
+    shard_images,
+)
 from apis.evaluation.coco_eval import evaluate
 from apis.evaluation.results import detections_to_results, write_results
 from apis.modeling.condinst import CondInst
@@ -95,7 +103,7 @@ def _stored_config(state: dict, source: str, overrides: list[str] | None = None)
 def evaluate_checkpoint(checkpoint: str | Path | dict, cfg: ExperimentConfig | None = None,
                         gt_json: str | None = None, dataset: CocoDataset | None = None,
                         results_path: str | Path | None = None, device: str | None = None,
-                        batch_size: int = 1) -> dict[str, float]:
+                        batch_size: int = 1, ctx: DistributedContext | None = None) -> dict[str, float]:
     """Mask and box AP of a checkpoint (``apis eval --checkpoint``).
 
     Args:
@@ -105,6 +113,9 @@ def evaluate_checkpoint(checkpoint: str | Path | dict, cfg: ExperimentConfig | N
         dataset: an already loaded evaluation set instead of ``gt_json`` (used as is).
         results_path: also write the COCO results there.
         device: overrides ``cfg.device``.
+        ctx: under ``torchrun``, each rank predicts its shard of the images
+            (:func:`apis.engine.distributed.shard_images`); rank 0 gathers the results, writes them and
+            evaluates once, and every rank returns its metrics.
 
     Returns:
         ``{"segm/AP": ..., "bbox/AP": ..., ...}`` in percent (see :func:`apis.evaluation.coco_eval.evaluate`).
@@ -120,9 +131,28 @@ def evaluate_checkpoint(checkpoint: str | Path | dict, cfg: ExperimentConfig | N
             raise ConfigError(f"evaluation json not found: {gt_json}")
         image_root = cfg.data.val_image_root or cfg.data.image_root or None
         dataset = load_coco(gt_json, image_root).subset(cfg.data.max_val_images)
-    torch_device = resolve_device(device or cfg.device)
+    ctx = ctx or DistributedContext()
+    torch_device = resolve_device(device or cfg.device, ctx.local_rank if ctx.enabled else None)
     model = load_model(state, cfg, torch_device)
-    results = run_inference(model, dataset, cfg, torch_device, batch_size=batch_size)
-    if results_path is not None:
-        write_results(results_path, results)
-    return evaluate(ground_truth_of(dataset), results)
+    results = sharded_inference(model, dataset, cfg, torch_device, ctx, batch_size=batch_size)
+
+    def write_and_evaluate() -> dict[str, float]:
+        if results_path is not None:
+            write_results(results_path, results)
+        return evaluate(ground_truth_of(dataset), results)
+
+    return broadcast_from_main(run_on_main(write_and_evaluate, ctx), ctx)
+
+
+def sharded_inference(model: nn.Module, coco: CocoDataset, cfg: ExperimentConfig, device: torch.device,
+                      ctx: DistributedContext, batch_size: int = 1) -> list[dict]:
+    """:func:`run_inference` of this rank's shard of ``coco``; on rank 0, every rank's results in the order one
+    process gives them (elsewhere: an empty list). One process: :func:`run_inference` of the whole set."""
+    if not ctx.enabled:
+        return run_inference(model, coco, cfg, device, batch_size=batch_size)
+    shard = coco.only_images(shard_images([record.image_id for record in coco.images], ctx))
+    gathered = gather_to_main(run_inference(model, shard, cfg, device, batch_size=batch_size,
+                                            progress=None if ctx.is_main else False), ctx)
+    if gathered is None:
+        return []
+    return in_dataset_order(gathered, [record.image_id for record in coco.images], lambda result: result["image_id"])

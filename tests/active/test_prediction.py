@@ -1,6 +1,5 @@
 """Prediction sets from CondInst's outputs: anchors, scales (with flips), models, and their combination."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -190,8 +189,7 @@ def two_checkpoints(synth_dir, tmp_path):
 def test_models_set_holds_every_member_of_every_model(two_checkpoints):
     cfg, paths = two_checkpoints
     dataset = load_coco(cfg.data.train_json)
-    points = select_with_models(paths, cfg, dataset, get_metric("entropy"), asked={},
-                                rng=np.random.default_rng(0), progress=False)
+    points = select_with_models(paths, cfg, dataset, get_metric("entropy"), asked={}, seed=(0, 1), progress=False)
     expected_k = {}
     models = []
     for path in paths:
@@ -208,3 +206,19 @@ def test_models_set_holds_every_member_of_every_model(two_checkpoints):
     assert sorted(p.ann_id for p in points) == sorted(inst.ann_id for inst in dataset.instances())
     assert {p.ann_id: p.k for p in points} == expected_k
     assert any(k > 0 for k in expected_k.values())
+
+
+def test_selection_of_an_image_does_not_depend_on_the_other_images(two_checkpoints):
+    """Each instance's draw is keyed by its annotation id: selecting on any part of the images (a rank's shard)
+    chooses the points the whole set chooses there. The random metric draws for every instance, so a
+    shared stream would shift every later choice."""
+    cfg, paths = two_checkpoints
+    dataset = load_coco(cfg.data.train_json)
+    metric = get_metric("random")
+    whole = select_with_models(paths[:1], cfg, dataset, metric, asked={}, seed=(3, 1), progress=False)
+    ids = [im.image_id for im in dataset.images]
+    parts = [select_with_models(paths[:1], cfg, dataset.only_images(set(ids[i::2])), metric, asked={}, seed=(3, 1),
+                                progress=False) for i in (1, 0)]
+    assert sorted(parts[0] + parts[1], key=lambda p: p.ann_id) == sorted(whole, key=lambda p: p.ann_id)
+    again = select_with_models(paths[:1], cfg, dataset, metric, asked={}, seed=(4, 1), progress=False)
+    assert {(p.x, p.y) for p in again} != {(p.x, p.y) for p in whole}  # the seed matters

@@ -5,10 +5,10 @@ import logging
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from pycocotools import mask as mask_utils
 
-from apis.data.coco import DatasetError, load_coco, segmentation_problem
+from apis.data.coco import DECODE_BELOW_BYTES, DatasetError, load_coco, segmentation_problem
 
 
 def _write_dataset(root, mutate=None, image_size=(40, 30)):
@@ -187,6 +187,44 @@ def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped(tmp_path):
     pixels = load_coco(path).load_image(1)
     assert pixels.dtype == np.uint8 and pixels.shape == (30, 40, 3)
     assert pixels[0, :4, 0].tolist() == [0, 1, 255, 4] and (pixels[..., 0] == pixels[..., 2]).all()
+
+
+def _large_images(root, fmt):
+    """Overwrite both images with noise, JPEG or PNG files well over DECODE_BELOW_BYTES."""
+    noisy = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    for name in ("a", "b"):
+        Image.fromarray(noisy).save(root / "images" / f"{name}.{fmt}", quality=95)
+        assert (root / "images" / f"{name}.{fmt}").stat().st_size > DECODE_BELOW_BYTES
+
+
+def _rename_images(fmt):
+    def mutate(data):
+        for image in data["images"]:
+            image["file_name"] = image["file_name"].replace(".png", f".{fmt}")
+    return mutate
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_large_images_are_checked_whole_without_decoding_them(tmp_path, monkeypatch, fmt):
+    """COCO scale (issue 15): load_coco reads headers and end markers, not 118k images' pixels."""
+    path = _write_dataset(tmp_path, _rename_images(fmt), image_size=(300, 300))
+    _large_images(tmp_path, fmt)
+
+    def no_decoding(self):
+        raise AssertionError("load_coco decoded an image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    assert len(load_coco(path)) == 2
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_a_large_truncated_image_fails_at_load_naming_the_file(tmp_path, fmt):
+    path = _write_dataset(tmp_path, _rename_images(fmt), image_size=(300, 300))
+    _large_images(tmp_path, fmt)
+    data = (tmp_path / "images" / f"b.{fmt}").read_bytes()
+    (tmp_path / "images" / f"b.{fmt}").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(DatasetError, match=rf"image 2: file .*b.{fmt} is unreadable: image file is truncated"):
+        load_coco(path)
 
 
 def test_a_truncated_image_fails_at_load_naming_the_file(tmp_path):

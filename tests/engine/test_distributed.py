@@ -6,11 +6,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from apis.data.coco import load_coco
 from apis.data.dataset import InfiniteSampler
 from apis.engine.checkpoint import load_checkpoint
+from apis.engine.distributed import DistributedContext, in_dataset_order, run_on_main, shard_images
 from apis.engine.metrics_log import read_metrics
 
 # Runs on every rank: records what each rank trains on and the weights it ends with.
@@ -85,3 +87,26 @@ def test_two_processes_share_batches_and_end_equal(tmp_path, tiny_config, synth_
             assert torch.equal(rank0[key], rank1[key]), key
     # Only rank 0 writes: one metrics line per iteration.
     assert [r["iteration"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_shards_partition_the_ids_evenly_whatever_their_order(world_size):
+    ids = [17, 3, 5, 100, 2, 8, 9, 42, 1, 6, 7]
+    shards = [shard_images(ids, DistributedContext(rank, world_size)) for rank in range(world_size)]
+    assert sorted(i for shard in shards for i in shard) == sorted(ids)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert shards == [shard_images(reversed(ids), DistributedContext(rank, world_size)) for rank in range(world_size)]
+    assert shards[0] == set(sorted(ids)[::world_size])
+
+
+def test_in_dataset_order_restores_the_order_of_one_process():
+    order = [30, 10, 20, 40]  # dataset order, not id order
+    items = [(30, "a"), (30, "b"), (10, "c"), (20, "d"), (40, "e"), (40, "f")]
+    shards = [[(30, "a"), (30, "b"), (40, "e"), (40, "f")], [(10, "c"), (20, "d")]]
+    assert in_dataset_order(shards, order, lambda item: item[0]) == items
+
+
+def test_run_on_main_alone_runs_and_raises_as_a_plain_call():
+    assert run_on_main(lambda: 7, DistributedContext()) == 7
+    with pytest.raises(KeyError):
+        run_on_main(lambda: {}["missing"], DistributedContext())

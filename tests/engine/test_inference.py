@@ -10,6 +10,7 @@ from apis.config import to_dict
 from apis.data.coco import load_coco
 from apis.data.coords import box_pixel_range
 from apis.engine.checkpoint import CheckpointError, save_checkpoint
+from apis.engine.distributed import DistributedContext, in_dataset_order, shard_images
 from apis.engine.inference import evaluate_checkpoint, ground_truth_of, load_model, run_inference
 from apis.evaluation.coco_eval import evaluate
 from apis.evaluation.results import load_results
@@ -89,3 +90,17 @@ def test_a_checkpoint_of_another_model_is_refused(untrained):
     cfg.model.num_classes = 7
     with pytest.raises(CheckpointError, match="different shape.*num_classes"):
         load_model(path, cfg, torch.device("cpu"))
+
+
+def test_shards_of_the_images_give_the_results_of_one_pass(untrained, synth_dir):
+    """What each rank predicts on its shard, put back in dataset order, is the single-process result list."""
+    cfg, path = untrained
+    coco = load_coco(synth_dir / "annotations" / "train.json")
+    model = load_model(path, cfg, torch.device("cpu"))
+    whole = run_inference(model, coco, cfg, torch.device("cpu"), progress=False)
+    ids = [record.image_id for record in coco.images]
+    shards = [run_inference(model, coco.only_images(shard_images(ids, DistributedContext(rank, 2))), cfg,
+                            torch.device("cpu"), progress=False) for rank in (0, 1)]
+    assert shards[0] and shards[1]
+    assert in_dataset_order(shards, ids, lambda result: result["image_id"]) == whole
+    assert shards[0] + shards[1] != whole  # the shards interleave: the order had to be restored
