@@ -93,8 +93,8 @@ def hidden_units_alive(model, cfg, val, device: torch.device) -> list[float]:
     for index in range(len(images)):
         batch = collate(images[index])
         target = {k: v.to(device) for k, v in batch.targets[0].items()}
-        forward = model._forward(batch.images.to(device))
-        gt_index, _ = model._assign(forward, [target])
+        forward = model(batch.images.to(device))
+        gt_index, _ = model.assign(forward, [target["boxes"]])
         members = torch.nonzero(gt_index[0] >= 0).squeeze(1)
         if members.numel() == 0:
             continue
