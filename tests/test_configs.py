@@ -12,8 +12,8 @@ CONFIGS = BUILTIN_CONFIGS
 
 
 def test_built_in_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
-    assert builtin_configs() == ["condinst_r18_cpu_dsb.yaml", "condinst_r18_cpu_synth.yaml",
-                                 "condinst_r50_1x_coco.yaml"]
+    assert builtin_configs() == ["condinst_r101_1x_coco.yaml", "condinst_r18_cpu_dsb.yaml",
+                                 "condinst_r18_cpu_synth.yaml", "condinst_r50_1x_coco.yaml"]
     monkeypatch.chdir(tmp_path)
     by_name = load_config("condinst_r18_cpu_synth.yaml")
     assert load_config("condinst_r18_cpu_synth") == by_name == load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
@@ -30,7 +30,7 @@ def test_built_in_configs_are_found_by_name_from_any_directory(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="_base_ chain comes back to it"):
         load_config("condinst_r18_cpu_synth.yaml")  # mine.yaml's base is now this file
     with pytest.raises(ConfigError, match="config file not found: nothing.yaml \\(built-in configs: "
-                                          "condinst_r18_cpu_dsb.yaml, "):
+                                          "condinst_r101_1x_coco.yaml, "):
         load_config("nothing.yaml")
 
 
@@ -42,6 +42,16 @@ def test_paper_schedule_for_coco():
     assert (cfg.data.min_size_train, cfg.data.max_size) == ([640, 672, 704, 736, 768, 800], 1333)
     assert (cfg.loop.finetune_iters, cfg.loop.finetune_steps) == (30000, [10000, 20000])
     assert cfg.data.image_root != cfg.data.val_image_root  # train2017/ and val2017/
+
+
+def test_r101_config_changes_only_the_backbone_depth():
+    import dataclasses
+
+    r50 = load_config(CONFIGS / "condinst_r50_1x_coco.yaml")
+    r101 = load_config(CONFIGS / "condinst_r101_1x_coco.yaml")
+    assert r101.model.depth == 101
+    assert dataclasses.replace(r101, name=r50.name, output_dir=r50.output_dir,
+                               model=dataclasses.replace(r101.model, depth=50)) == r50
 
 
 @pytest.mark.parametrize("name, num_classes, factor", [("condinst_r18_cpu_dsb.yaml", 1, 100),
