@@ -92,6 +92,9 @@ class ModelConfig:
     nms_threshold: float = 0.6
     detections_per_image: int = 100
     mask_threshold: float = 0.5
+    # Mask R-CNN only: RoIs sampled per image to train the box head, a quarter of them positive (these train
+    # the mask head too); torchvision's 512 suits COCO, the CPU configs use fewer.
+    roi_samples_per_image: int = 512
 
 
 @dataclass
@@ -412,6 +415,7 @@ def validate(cfg: ExperimentConfig) -> None:
     """Value checks that types alone cannot express. Raises :class:`ConfigError`."""
     _check_choice("model.depth", cfg.model.depth, (18, 34, 50, 101))
     _check_choice("model.arch", cfg.model.arch, ("condinst", "mask_rcnn"))
+    _check_range("model.roi_samples_per_image", cfg.model.roi_samples_per_image, minimum=1)
     if cfg.model.arch == "mask_rcnn" and (cfg.loss.full > 0 or cfg.loss.box > 0):
         raise ConfigError(f"model.arch=mask_rcnn learns its masks from points only (loss.points); set loss.full=0 "
                           f"and loss.box=0 (got {cfg.loss.full} and {cfg.loss.box})")

@@ -13,7 +13,8 @@ CONFIGS = BUILTIN_CONFIGS
 
 def test_built_in_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
     assert builtin_configs() == ["condinst_r101_1x_coco.yaml", "condinst_r18_cpu_dsb.yaml",
-                                 "condinst_r18_cpu_synth.yaml", "condinst_r50_1x_coco.yaml"]
+                                 "condinst_r18_cpu_synth.yaml", "condinst_r50_1x_coco.yaml",
+                                 "maskrcnn_r18_cpu_synth.yaml"]
     monkeypatch.chdir(tmp_path)
     by_name = load_config("condinst_r18_cpu_synth.yaml")
     assert load_config("condinst_r18_cpu_synth") == by_name == load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
@@ -52,6 +53,18 @@ def test_r101_config_changes_only_the_backbone_depth():
     assert r101.model.depth == 101
     assert dataclasses.replace(r101, name=r50.name, output_dir=r50.output_dir,
                                model=dataclasses.replace(r101.model, depth=50)) == r50
+
+
+def test_mask_rcnn_synth_config_differs_from_condinsts_in_the_model_only():
+    import dataclasses
+
+    condinst = load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
+    mask_rcnn = load_config(CONFIGS / "maskrcnn_r18_cpu_synth.yaml")
+    assert (mask_rcnn.model.arch, mask_rcnn.model.roi_samples_per_image, mask_rcnn.loss.box) == ("mask_rcnn", 128, 0.0)
+    same = dataclasses.replace(mask_rcnn, name=condinst.name, output_dir=condinst.output_dir,
+                               model=dataclasses.replace(mask_rcnn.model, arch="condinst", roi_samples_per_image=512),
+                               loss=dataclasses.replace(mask_rcnn.loss, box=condinst.loss.box))
+    assert same == condinst
 
 
 @pytest.mark.parametrize("name, num_classes, factor", [("condinst_r18_cpu_dsb.yaml", 1, 100),

@@ -162,21 +162,23 @@ class MaskRCNNPoints(nn.Module):
         nms_threshold: inference: IoU threshold of the per-class NMS.
         detections_per_image: inference: detections kept per image.
         mask_threshold: inference: a mask pixel is on when its probability exceeds this.
+        roi_samples_per_image: RoIs sampled per image to train the box head, a quarter of them positive (the
+            positives train the mask head).
         points: weight of the point loss (0: the mask head is not trained).
         point_positive_weight: weight of the points labelled 1 in the point loss.
         point_negative_weight: weight of the points labelled 0.
         point_normalisation: "point" or "instance" (see :func:`loss_mask_points`).
 
     The RPN, box head and sampling keep torchvision's ``maskrcnn_resnet50_fpn`` settings (anchors 32-512 with
-    ratios 0.5/1/2, 2000 proposals per image in training and 1000 at test, 512 RoIs per image with a quarter
-    positive, IoU 0.5 for a positive RoI).
+    ratios 0.5/1/2, 2000 proposals per image in training and 1000 at test, RoIs a quarter positive, IoU 0.5 for
+    a positive RoI).
     """
 
     def __init__(self, num_classes: int = 80, *, depth: int = 50, backbone_weights: str = "none",
                  norm: str = "frozen_bn", fpn_channels: int = 256, score_threshold: float = 0.05,
                  nms_threshold: float = 0.5, detections_per_image: int = 100, mask_threshold: float = 0.5,
-                 points: float = 1.0, point_positive_weight: float = 1.0, point_negative_weight: float = 1.0,
-                 point_normalisation: str = "point"):
+                 roi_samples_per_image: int = 512, points: float = 1.0, point_positive_weight: float = 1.0,
+                 point_negative_weight: float = 1.0, point_normalisation: str = "point"):
         super().__init__()
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold
@@ -194,7 +196,8 @@ class MaskRCNNPoints(nn.Module):
         self.roi_heads = RoIHeads(
             MultiScaleRoIAlign(ROI_LEVELS, 7, 2), TwoMLPHead(fpn_channels * 7 * 7, BOX_HEAD_WIDTH),
             FastRCNNPredictor(BOX_HEAD_WIDTH, num_classes + 1), fg_iou_thresh=0.5, bg_iou_thresh=0.5,
-            batch_size_per_image=512, positive_fraction=0.25, bbox_reg_weights=None, score_thresh=score_threshold,
+            batch_size_per_image=roi_samples_per_image, positive_fraction=0.25, bbox_reg_weights=None,
+            score_thresh=score_threshold,
             nms_thresh=nms_threshold, detections_per_img=detections_per_image)
         # The mask branch lives outside RoIHeads: torchvision's would demand GT masks for training.
         self.mask_roi_pool = MultiScaleRoIAlign(ROI_LEVELS, 14, 2)
@@ -219,7 +222,8 @@ class MaskRCNNPoints(nn.Module):
         return cls(model.num_classes, depth=model.depth, backbone_weights=model.backbone_weights, norm=model.norm,
                    fpn_channels=model.fpn_channels, score_threshold=model.score_threshold,
                    nms_threshold=model.nms_threshold, detections_per_image=model.detections_per_image,
-                   mask_threshold=model.mask_threshold, **point_terms)
+                   mask_threshold=model.mask_threshold, roi_samples_per_image=model.roi_samples_per_image,
+                   **point_terms)
 
     # ------------------------------------------------------------------ the network and its pieces
 
