@@ -41,6 +41,9 @@ def check_points_source(cfg: ExperimentConfig) -> None:
             if waiting:
                 raise ConfigError(f"{key}: {waiting} question(s) of step {step} are not answered there yet; "
                                   f"answer them (apis annotate) and run that run on before transferring its points")
+            if step not in answered and queue.questions(step):
+                raise ConfigError(f"{key}: step {step}'s questions are answered there but not merged yet; run "
+                                  "`apis run` on that run (it merges them) before transferring its points")
             if step not in answered:
                 have = ", ".join(map(str, sorted(answered))) or "none"
                 raise ConfigError(f"{key}: its ledger has no answers for step {step} (steps answered: {have}); "

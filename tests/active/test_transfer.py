@@ -56,6 +56,11 @@ def test_a_source_with_unanswered_questions_is_refused(finished_runs, tiny_confi
     cfg = tiny_config("from_asking", "loop.steps=3", f"loop.points_from={copy}")
     with pytest.raises(ConfigError, match=r"1 question\(s\) of step 3 are not answered"):
         run_active_loop(cfg)
+    with QuestionQueue(copy / "ledger.sqlite") as queue:
+        (question,) = queue.questions(3)
+        queue.answer("ann", question.id, 1, seconds=1.0)
+    with pytest.raises(ConfigError, match="step 3's questions are answered there but not merged yet"):
+        run_active_loop(cfg)
 
 
 def test_the_metric_must_name_the_strategy_that_chose_the_points(finished_runs, tiny_config):
