@@ -73,16 +73,17 @@ def run_config(run_dir: str | Path) -> ExperimentConfig | None:
 
 def group_runs(run_dirs: list[str | Path]) -> dict[str, list[list[dict]]]:
     """Runs grouped by strategy label, in the order first seen; prior-corrected runs
-    (``loop.point_prior_correction``) and runs on another run's points (``loop.points_from``) form their own
-    groups."""
+    (``loop.point_prior_correction``), runs on another run's points (``loop.points_from``) and Mask R-CNN runs
+    (``model.arch``) form their own groups."""
     groups: dict[str, list[list[dict]]] = defaultdict(list)
     for run_dir in run_dirs:
         rows = read_run(run_dir)
         cfg = run_config(run_dir)
         corrected = cfg is not None and cfg.loop.point_prior_correction
         transferred = cfg is not None and cfg.loop.points_from
-        label = run_label(rows) + (", prior-corrected" if corrected else "") + (", points of another run"
-                                                                              if transferred else "")
+        mask_rcnn = cfg is not None and cfg.model.arch == "mask_rcnn"
+        label = (("Mask R-CNN, " if mask_rcnn else "") + run_label(rows) + (", prior-corrected" if corrected else "")
+                 + (", points of another run" if transferred else ""))
         groups[label].append(rows)
     return dict(groups)
 
