@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help="config key=value overrides (with --checkpoint)")
     ev.set_defaults(handler=_cmd_eval)
 
-    tr = sub.add_parser("train", help="train CondInst from a config")
+    tr = sub.add_parser("train", help="train CondInst (or Mask R-CNN, model.arch=mask_rcnn) from a config")
     tr.add_argument("config")
     tr.add_argument("overrides", nargs="*", help="key=value, e.g. solver.max_iter=100")
     tr.add_argument("--init-weights", help="fine-tune from this checkpoint's weights (fresh optimiser and schedule)")

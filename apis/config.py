@@ -61,8 +61,11 @@ def find_config(path: str | Path) -> Path:
 
 @dataclass
 class ModelConfig:
-    """CondInst architecture (docs/design.md, "The model")."""
+    """The instance segmentation model (docs/design.md, "The model"): CondInst, or Mask R-CNN (``arch``)."""
 
+    # "condinst" (the paper's model) or "mask_rcnn" (torchvision's Mask R-CNN with the point loss in each
+    # proposal's box frame; uses depth, backbone_weights, norm, num_classes, fpn_channels and the test keys below).
+    arch: str = "condinst"
     depth: int = 50  # ResNet depth: 18, 34, 50 or 101
     backbone_weights: str = "none"  # "none", "imagenet" (torchvision's, must be cached locally) or a file path
     norm: str = "frozen_bn"  # backbone norm: "frozen_bn" or "bn"
@@ -89,6 +92,9 @@ class ModelConfig:
     nms_threshold: float = 0.6
     detections_per_image: int = 100
     mask_threshold: float = 0.5
+    # Mask R-CNN only: RoIs sampled per image to train the box head, a quarter of them positive (these train
+    # the mask head too); torchvision's 512 suits COCO, the CPU configs use fewer.
+    roi_samples_per_image: int = 512
 
 
 @dataclass
@@ -191,6 +197,9 @@ class LoopConfig:
     points_loss_m0: float = 0.1  # weight of the point loss for M0 (authors' code)
     points_loss_finetune: float = 1.0
     initial_run: str = ""  # another run dir with the same seed/data/M0 config: reuse its P0 and M0
+    # Another run dir: train on the points its model chose (its ledger's answers of every step) instead of
+    # selecting; the transfer test (apis.active.transfer).
+    points_from: str = ""
     # Fine-tune with point-loss class weights that give the labelled points the object share of P0's random
     # points (see apis.active.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
     point_prior_correction: bool = False
@@ -355,7 +364,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Exp
 # Config keys holding a path to a file or folder (docs/design.md, "Config versions"); model.backbone_weights
 # also takes names ("none", "imagenet", a bundled file), which have neither a folder nor a file suffix.
 PATH_KEYS = ("data.train_json", "data.val_json", "data.image_root", "data.val_image_root", "data.train_points",
-             "loop.initial_run", "model.backbone_weights")
+             "loop.initial_run", "loop.points_from", "model.backbone_weights")
 
 
 def absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> ExperimentConfig:
@@ -405,6 +414,11 @@ def _check_choice(key: str, value: Any, allowed) -> None:
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks that types alone cannot express. Raises :class:`ConfigError`."""
     _check_choice("model.depth", cfg.model.depth, (18, 34, 50, 101))
+    _check_choice("model.arch", cfg.model.arch, ("condinst", "mask_rcnn"))
+    _check_range("model.roi_samples_per_image", cfg.model.roi_samples_per_image, minimum=1)
+    if cfg.model.arch == "mask_rcnn" and (cfg.loss.full > 0 or cfg.loss.box > 0):
+        raise ConfigError(f"model.arch=mask_rcnn learns its masks from points only (loss.points); set loss.full=0 "
+                          f"and loss.box=0 (got {cfg.loss.full} and {cfg.loss.box})")
     _check_choice("model.norm", cfg.model.norm, ("frozen_bn", "bn"))
     _check_choice("model.dynamic_init", cfg.model.dynamic_init, ("fan_in", "zeros"))
     _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))

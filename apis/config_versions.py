@@ -25,6 +25,7 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     # Version 2: before people could answer (apis annotate), the simulated oracle answered every run.
     2: {"oracle.kind": "simulated"},
     3: {"loss.point_normalisation": "point"},
+    4: {"model.arch": "condinst", "model.roi_samples_per_image": 512, "loop.points_from": ""},
 }
 
 CONFIG_VERSION = max(MIGRATIONS) + 1

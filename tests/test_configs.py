@@ -12,8 +12,9 @@ CONFIGS = BUILTIN_CONFIGS
 
 
 def test_built_in_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
-    assert builtin_configs() == ["apis_r50_coco.yaml", "condinst_r18_cpu_dsb.yaml", "condinst_r18_cpu_synth.yaml",
-                                 "condinst_r50_1x_coco.yaml"]
+    assert builtin_configs() == ["apis_r50_coco.yaml", "condinst_r101_1x_coco.yaml", "condinst_r18_cpu_dsb.yaml",
+                                 "condinst_r18_cpu_synth.yaml", "condinst_r50_1x_coco.yaml",
+                                 "maskrcnn_r18_cpu_synth.yaml"]
     monkeypatch.chdir(tmp_path)
     by_name = load_config("condinst_r18_cpu_synth.yaml")
     assert load_config("condinst_r18_cpu_synth") == by_name == load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
@@ -30,7 +31,7 @@ def test_built_in_configs_are_found_by_name_from_any_directory(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="_base_ chain comes back to it"):
         load_config("condinst_r18_cpu_synth.yaml")  # mine.yaml's base is now this file
     with pytest.raises(ConfigError, match="config file not found: nothing.yaml \\(built-in configs: "
-                                          "apis_r50_coco.yaml, condinst_r18_cpu_dsb.yaml, "):
+                                          "apis_r50_coco.yaml, condinst_r101_1x_coco.yaml, "):
         load_config("nothing.yaml")
 
 
@@ -53,6 +54,28 @@ def test_apis_loop_for_coco_runs_the_paper_loop_on_8_gpus():
     assert cfg.loop.finetune_steps == [10000, 20000]
     assert (cfg.selection.metric, cfg.selection.sets) == ("entropy", ["anchors"])
     assert cfg.output_dir != paper.output_dir
+
+
+def test_r101_config_changes_only_the_backbone_depth():
+    import dataclasses
+
+    r50 = load_config(CONFIGS / "condinst_r50_1x_coco.yaml")
+    r101 = load_config(CONFIGS / "condinst_r101_1x_coco.yaml")
+    assert r101.model.depth == 101
+    assert dataclasses.replace(r101, name=r50.name, output_dir=r50.output_dir,
+                               model=dataclasses.replace(r101.model, depth=50)) == r50
+
+
+def test_mask_rcnn_synth_config_differs_from_condinsts_in_the_model_only():
+    import dataclasses
+
+    condinst = load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
+    mask_rcnn = load_config(CONFIGS / "maskrcnn_r18_cpu_synth.yaml")
+    assert (mask_rcnn.model.arch, mask_rcnn.model.roi_samples_per_image, mask_rcnn.loss.box) == ("mask_rcnn", 128, 0.0)
+    same = dataclasses.replace(mask_rcnn, name=condinst.name, output_dir=condinst.output_dir,
+                               model=dataclasses.replace(mask_rcnn.model, arch="condinst", roi_samples_per_image=512),
+                               loss=dataclasses.replace(mask_rcnn.loss, box=condinst.loss.box))
+    assert same == condinst
 
 
 @pytest.mark.parametrize("name, num_classes, factor", [("condinst_r18_cpu_dsb.yaml", 1, 100),

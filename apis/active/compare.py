@@ -73,12 +73,17 @@ def run_config(run_dir: str | Path) -> ExperimentConfig | None:
 
 def group_run_dirs(run_dirs: list[str | Path]) -> dict[str, list[Path]]:
     """Run directories grouped by strategy label, in the order first seen; prior-corrected runs
-    (``loop.point_prior_correction``) form their own group."""
+    (``loop.point_prior_correction``), runs on another run's points (``loop.points_from``) and Mask R-CNN runs
+    (``model.arch``) form their own groups."""
     groups: dict[str, list[Path]] = defaultdict(list)
     for run_dir in run_dirs:
         cfg = run_config(run_dir)
         corrected = cfg is not None and cfg.loop.point_prior_correction
-        groups[run_label(read_run(run_dir)) + (", prior-corrected" if corrected else "")].append(Path(run_dir))
+        transferred = cfg is not None and cfg.loop.points_from
+        mask_rcnn = cfg is not None and cfg.model.arch == "mask_rcnn"
+        label = (("Mask R-CNN, " if mask_rcnn else "") + run_label(read_run(run_dir))
+                 + (", prior-corrected" if corrected else "") + (", points of another run" if transferred else ""))
+        groups[label].append(Path(run_dir))
     return dict(groups)
 
 

@@ -8,8 +8,9 @@ new ones); the answers of a step are stored in one ledger transaction (all or no
 stores a point twice; a step counts as done only once its ``metrics.json`` exists.
 
 The pieces: what each step trains (:mod:`apis.active.schedule`), sharing P0 and M0 with another run
-(:mod:`apis.active.initial_run`), the statistics of a selection (:mod:`apis.active.point_stats`), prediction
-sets and point selection (:mod:`apis.active.prediction`).
+(:mod:`apis.active.initial_run`), training on another run's points (:mod:`apis.active.transfer`), the
+statistics of a selection (:mod:`apis.active.point_stats`), prediction sets and point selection
+(:mod:`apis.active.prediction`).
 
 With ``oracle.kind=human`` people answer instead of the simulated oracle: a step's points are stored as
 questions in the ledger (:mod:`apis.active.questions`) and the run stops
@@ -35,6 +36,7 @@ from apis.active.questions import QuestionQueue
 from apis.active.run_dir import RunDirectory, RunDirectoryError, step_dir
 from apis.active.schedule import member_seeds, point_prior_weights, train_config
 from apis.active.strategies import get_metric
+from apis.active.transfer import check_points_source, copy_points
 from apis.config import ConfigError, ExperimentConfig, absolute_paths, check_same_config, dump_config
 from apis.data.coco import CocoDataset, DatasetError, load_coco
 from apis.data.coords import box_pixel_range
@@ -105,6 +107,8 @@ class ActiveLearningRun:
         cfg = absolute_paths(cfg)  # stored so: the run's config means the same files from any directory
         self.cfg = cfg
         self.metric = get_metric(cfg.selection.metric)  # unknown names fail before any work
+        if cfg.loop.points_from:
+            check_points_source(cfg)
         self.train_set, self.val_set = load_datasets(cfg)
         self.human = cfg.oracle.kind == "human"
         if self.human and oracle is not None:
@@ -218,6 +222,9 @@ class ActiveLearningRun:
     def _ensure_points(self, step: int) -> None:
         """Make sure the ledger holds step ``step``'s answers."""
         if step in self.ledger.steps():
+            return
+        if self.cfg.loop.points_from:
+            copy_points(self.cfg.loop.points_from, step, self.ledger)
             return
         questions = draw_initial_points(self.train_set, self.cfg.seed) if step == 0 else self._select(step)
         if self.human:

@@ -3,7 +3,8 @@
 The set of one instance holds K mask probability maps over its box's candidate pixels (docs/design.md,
 "The method"):
 
-* ``anchors``: the locations that training-time assignment gives to the GT (one forward pass);
+* ``anchors``: the locations that training-time assignment gives to the GT (one forward pass); with Mask
+  R-CNN, its positive proposals (:mod:`apis.active.proposal_sets`);
 * ``scales``: the same at every short edge in ``selection.scales`` (and mirrored, with ``flips``);
 * ``models``: the same from every model of the ensemble (one checkpoint per seed).
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from apis.active.proposal_sets import proposal_prediction_sets
 from apis.active.selection import combine_sets, crop_to_grid, select_point
 from apis.active.strategies import PointMetric
 from apis.config import ExperimentConfig
@@ -29,6 +31,7 @@ from apis.data.transforms import ResizeFlip, resized_size
 from apis.engine.distributed import DistributedContext, all_gather_objects, in_dataset_order, shard_images
 from apis.modeling.condinst import CondInst, NetworkOutputs
 from apis.modeling.inputs import check_batch
+from apis.modeling.mask_rcnn import MaskRCNNPoints
 from apis.modeling.postprocess import sample_box_grid, to_original_boxes
 from apis.structures import PredictionSet, SelectedPoint
 
@@ -157,7 +160,7 @@ def _image_anchor_sets(model: CondInst, outputs: NetworkOutputs, image: int, tar
 
 
 @torch.no_grad()
-def image_prediction_sets(models: list[CondInst], samples: list[dict], device: torch.device
+def image_prediction_sets(models: list[CondInst | MaskRCNNPoints], samples: list[dict], device: torch.device
                           ) -> dict[int, PredictionSet]:
     """Every model on every view of one image, combined per instance along K."""
     parts: dict[int, list[PredictionSet]] = {}
@@ -167,8 +170,9 @@ def image_prediction_sets(models: list[CondInst], samples: list[dict], device: t
         targets = [{k: v.to(device) for k, v in batch.targets[0].items()}]
         height, width = sample["original_size"]
         for model in models:
-            (sets,) = anchor_prediction_sets(model, images, batch.image_sizes, targets, [sample["original_size"]],
-                                             [sample["scale"]])
+            member_sets = proposal_prediction_sets if isinstance(model, MaskRCNNPoints) else anchor_prediction_sets
+            (sets,) = member_sets(model, images, batch.image_sizes, targets, [sample["original_size"]],
+                                  [sample["scale"]])
             for ann_id, pred in sets.items():
                 pred = unflip(pred, width) if sample["flip"] else pred
                 parts.setdefault(ann_id, []).append(_to_cpu(pred))
@@ -190,7 +194,7 @@ def _keep_views(samples: list[dict]) -> list[dict]:
     return samples
 
 
-def iter_prediction_sets(models: list[CondInst], cfg: ExperimentConfig, dataset: CocoDataset,
+def iter_prediction_sets(models: list[CondInst | MaskRCNNPoints], cfg: ExperimentConfig, dataset: CocoDataset,
                          device: torch.device, progress: bool = True) -> Iterator[dict[int, PredictionSet]]:
     """Per image (in dataset order), ``{ann_id: PredictionSet}``; images are read by worker processes."""
     images = SelectionImages(dataset, views(cfg), cfg.data.max_size)

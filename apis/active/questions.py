@@ -183,10 +183,11 @@ class QuestionQueue(PointLedger):
     Args:
         path: the run's ``ledger.sqlite``.
         clock: unix seconds now (leases expire by it); tests pass a fake one.
+        read_only: open an existing ledger to read its questions, writing nothing (another run's).
     """
 
-    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time, read_only: bool = False) -> None:
+        super().__init__(path, read_only=read_only)
         self._clock = clock
 
     # ---- the loop's side ---------------------------------------------------------------------

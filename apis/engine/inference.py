@@ -32,14 +32,14 @@ from apis.engine.distributed import (
 )
 from apis.evaluation.coco_eval import evaluate
 from apis.evaluation.results import detections_to_results, write_results
-from apis.modeling.condinst import CondInst
+from apis.modeling.build import InstanceModel, build_model
 from apis.utils.device import resolve_device
 
 
-def load_model(checkpoint: str | Path | dict, cfg: ExperimentConfig, device: torch.device) -> CondInst:
-    """CondInst as ``cfg.model`` describes, with the checkpoint's weights (a file or a loaded
+def load_model(checkpoint: str | Path | dict, cfg: ExperimentConfig, device: torch.device) -> InstanceModel:
+    """The model ``cfg.model`` describes (CondInst or Mask R-CNN), with the checkpoint's weights (a file or a loaded
     checkpoint dict), on ``device``, in eval mode."""
-    model = CondInst.from_config(cfg.model, cfg.loss)
+    model = build_model(cfg.model, cfg.loss)
     load_model_weights(model, checkpoint)
     return model.to(device).eval()
 

@@ -1,7 +1,7 @@
 """The training loop: SGD with warm-up and step decay, AMP on CUDA, DDP under ``torchrun``, exact resume.
 
-``train(cfg)`` trains CondInst on ``cfg.data.train_json`` with the mask losses ``cfg.loss`` switches
-on and writes into the output folder::
+``train(cfg)`` trains CondInst (or Mask R-CNN, ``model.arch``) on ``cfg.data.train_json`` with the mask losses
+``cfg.loss`` switches on and writes into the output folder::
 
     config.yaml          the resolved config, with its config_version
     metrics.jsonl        one JSON record per log period (see apis.engine.metrics_log)
@@ -70,7 +70,7 @@ from apis.engine.distributed import (
     shutdown_process_group,
 )
 from apis.engine.metrics_log import MetricsLog
-from apis.modeling.condinst import CondInst
+from apis.modeling.build import build_model
 from apis.utils.device import resolve_device
 from apis.utils.io import remove_temporaries
 from apis.utils.lock import FolderLock
@@ -231,7 +231,7 @@ def _format_eta(seconds: float) -> str:
 
 def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = None,
           init_weights: str | None = None, output_dir: str | Path | None = None) -> Path:
-    """Train (or resume training) CondInst; returns the path of ``model_final.pth``.
+    """Train (or resume training) the model ``cfg.model.arch`` names; returns the path of ``model_final.pth``.
 
     Args:
         cfg: the experiment (model, loss, data, solver, seed, device).
@@ -284,7 +284,7 @@ class _Trainer:
         self.device = device
         self.output_dir = output_dir
         seed_everything(cfg.seed)  # the same initial weights on every rank
-        self.model = CondInst.from_config(cfg.model, cfg.loss)
+        self.model = build_model(cfg.model, cfg.loss)
         if ctx.enabled and device.type == "cuda":
             # Batch statistics over the global batch (FrozenBatchNorm is left as it is).
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)

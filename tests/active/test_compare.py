@@ -39,6 +39,17 @@ def test_prior_corrected_runs_form_their_own_group(tmp_path):
     assert "| entropy (anchors), prior-corrected | P1 | 11.00 |" in markdown_table(groups)
 
 
+def test_runs_on_another_runs_points_and_mask_rcnn_runs_form_their_own_groups(tmp_path):
+    own = _run(tmp_path, "e0", "entropy", [10.0, 14.0])
+    transferred = _run(tmp_path, "e0_r101", "entropy", [10.0, 12.0])
+    (transferred / "config.yaml").write_text(f"seed: 0\nloop:\n  steps: 1\n  points_from: {own}\n")
+    mask_rcnn = _run(tmp_path, "m0", "entropy", [3.0, 4.0])
+    (mask_rcnn / "config.yaml").write_text("seed: 0\nmodel:\n  arch: mask_rcnn\nloss:\n  box: 0.0\n")
+    groups = group_runs([own, transferred, mask_rcnn])
+    assert list(groups) == ["entropy (anchors)", "entropy (anchors), points of another run",
+                            "Mask R-CNN, entropy (anchors)"]
+
+
 def test_compare_writes_png_and_markdown(tmp_path):
     runs = [_run(tmp_path, "e0", "entropy", [10.0, 14.0]), _run(tmp_path, "r0", "random", [10.0, 12.0])]
     table = compare_runs(runs, tmp_path / "out")
