@@ -162,6 +162,11 @@ class SelectionConfig:
     ensemble_seeds: list[int] = field(default_factory=lambda: [1, 2])  # extra models for the "models" set
     scales: list[int] = field(default_factory=lambda: [640, 800, 960])
     flips: bool = False
+    # "per_instance": one point per instance per step (the paper); "global": as many points in all, spent
+    # across instances by score, so confident instances get none and hard ones several (apis.active.allocation).
+    allocation: str = "per_instance"
+    max_points_per_instance: int = 5  # global: at most this many points of one instance per step
+    min_point_distance: float = 3.0  # global: pixels between two points of one instance chosen in one step
 
 
 @dataclass
@@ -412,6 +417,9 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_choice("oracle.kind", cfg.oracle.kind, ("simulated", "human"))
     for name in cfg.selection.sets:
         _check_choice("selection.sets", name, ("anchors", "models", "scales"))
+    _check_choice("selection.allocation", cfg.selection.allocation, ("per_instance", "global"))
+    _check_range("selection.max_points_per_instance", cfg.selection.max_points_per_instance, minimum=1)
+    _check_range("selection.min_point_distance", cfg.selection.min_point_distance, minimum=0.0)
     if not cfg.selection.sets:
         raise ConfigError("config key 'selection.sets' must name at least one of: anchors, models, scales")
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):

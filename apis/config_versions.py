@@ -25,6 +25,10 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     # Version 2: before people could answer (apis annotate), the simulated oracle answered every run.
     2: {"oracle.kind": "simulated"},
     3: {"loss.point_normalisation": "point"},
+    # Version 4: before global point budgets, BoxInst-initialised runs and AFIS, every run gave one point per
+    # instance per step after a P0 of random points.
+    4: {"selection.allocation": "per_instance", "selection.max_points_per_instance": 5,
+        "selection.min_point_distance": 3.0},
 }
 
 CONFIG_VERSION = max(MIGRATIONS) + 1

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from apis.active.allocation import allocate, ranked_points
 from apis.active.selection import combine_sets, crop_to_grid, select_point
 from apis.active.strategies import PointMetric
 from apis.config import ExperimentConfig
@@ -202,22 +203,31 @@ def iter_prediction_sets(models: list[CondInst], cfg: ExperimentConfig, dataset:
 def select_with_models(checkpoints: list[str], cfg: ExperimentConfig, dataset: CocoDataset, metric: PointMetric,
                        asked: Mapping[int, Set[tuple[int, int]]], rng: np.random.Generator,
                        gt_masks: GroundTruthMasks | None = None, progress: bool = True) -> list[SelectedPoint]:
-    """One point per instance of ``dataset``, chosen by ``metric`` on the models' prediction sets.
+    """The step's points of ``dataset``'s instances, chosen by ``metric`` on the models' prediction sets.
 
-    Pure inference: every model is in eval mode and no gradient is kept. Instances are visited in
-    image order, then annotation-id order, so the run's seeded ``rng`` fixes every choice.
+    ``selection.allocation=per_instance``: one point per instance; ``global``: as many points in all, spent
+    where they score highest (:mod:`apis.active.allocation`). Pure inference: every model is in eval mode and
+    no gradient is kept. Instances are visited in image order, then annotation-id order, so the run's seeded
+    ``rng`` fixes every choice; the points come in that order.
     """
     from apis.engine.inference import load_model
     from apis.utils.device import resolve_device
 
     device = resolve_device(cfg.device)
     models = [load_model(path, cfg, device) for path in checkpoints]
-    selected = []
+    per_instance = cfg.selection.allocation == "per_instance"
+    chosen: list[list[SelectedPoint]] = []
     for sets in iter_prediction_sets(models, cfg, dataset, device, progress):
         for ann_id in sorted(sets):
             pred = sets[ann_id]
             gt = crop_to_grid(gt_masks.mask(ann_id), pred) if gt_masks is not None else None
-            point = select_point(pred, metric, rng, asked.get(ann_id, frozenset()), gt)
-            if point is not None:
-                selected.append(point)
-    return selected
+            done = asked.get(ann_id, frozenset())
+            if per_instance:
+                point = select_point(pred, metric, rng, done, gt)
+                chosen.append([point] if point is not None else [])
+            else:
+                chosen.append(ranked_points(pred, metric, rng, cfg.selection.max_points_per_instance,
+                                            cfg.selection.min_point_distance, done, gt))
+    if per_instance:
+        return [point for points in chosen for point in points]
+    return allocate(chosen, budget=sum(1 for points in chosen if points), rng=rng)

@@ -434,3 +434,19 @@ def test_a_training_set_changed_mid_run_is_named_with_how_to_go_on(tiny_config, 
         ActiveLearningRun(cfg)
     with pytest.raises(DatasetError, match="restore .*train.json as it was when the run started"):
         ActiveLearningRun(cfg)  # refused again (the lock was released), and says how to go on
+
+
+def test_global_allocation_spends_one_point_per_instance_in_all_and_stores_several_per_instance(tiny_config):
+    """``selection.allocation=global`` with a random metric: the step's points equal the instances in number, each
+    a distinct pixel of its own box, and whatever instance got several has them all in the ledger."""
+    cfg = tiny_config("global", "selection.allocation=global", "selection.metric=random", "loop.steps=1",
+                      "selection.min_point_distance=0")
+    rows = run_active_loop(cfg)
+    train = load_coco(cfg.data.train_json)
+    step1 = [a for a in _answers(Path(cfg.output_dir)) if a.step == 1]
+    assert len(step1) == len(list(train.instances())) == len({(a.ann_id, a.x, a.y) for a in step1})
+    per_instance = np.bincount([a.ann_id for a in step1])
+    assert per_instance.max() > 1  # random scores tie everywhere: the budget lands unevenly
+    selected = _selection(Path(cfg.output_dir), 1)["points"]
+    assert sorted((p["ann_id"], p["x"], p["y"]) for p in selected) == sorted((a.ann_id, a.x, a.y) for a in step1)
+    assert rows[1]["points_per_instance"] == pytest.approx(2.0)
