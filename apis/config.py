@@ -196,6 +196,9 @@ class LoopConfig:
     points_loss_m0: float = 0.1  # weight of the point loss for M0 (authors' code)
     points_loss_finetune: float = 1.0
     initial_run: str = ""  # another run dir with the same seed/data/M0 config: reuse its P0 and M0
+    # How M0 is trained: "points" (the paper's P0, one random point per instance) or "boxinst" (P'_s: M0 from
+    # boxes alone with the BoxInst terms, loss.box > 0; no P0, so every instance has s points at step s).
+    init: str = "points"
     # Fine-tune with point-loss class weights that give the labelled points the object share of P0's random
     # points (see apis.active.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
     point_prior_correction: bool = False
@@ -415,6 +418,10 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))
     _check_choice("loss.point_normalisation", cfg.loss.point_normalisation, ("point", "instance"))
     _check_choice("oracle.kind", cfg.oracle.kind, ("simulated", "human"))
+    _check_choice("loop.init", cfg.loop.init, ("points", "boxinst"))
+    if cfg.loop.init == "boxinst" and cfg.loss.box <= 0:
+        raise ConfigError("config key 'loop.init' is 'boxinst': M0 learns masks from boxes alone, which needs the "
+                          "BoxInst terms on (loss.box > 0, e.g. loss.box=1.0)")
     for name in cfg.selection.sets:
         _check_choice("selection.sets", name, ("anchors", "models", "scales"))
     _check_choice("selection.allocation", cfg.selection.allocation, ("per_instance", "global"))

@@ -12,7 +12,7 @@ from apis.data.ledger import PointLedger
 
 # What M0 depends on: these sections and keys must be equal in both runs.
 M0_SECTIONS = ("seed", "data", "model", "solver")
-M0_KEYS = {"loss.points", "loss.full", "loss.box", "loop.points_loss_m0"}
+M0_KEYS = {"loss.points", "loss.full", "loss.box", "loop.points_loss_m0", "loop.init"}
 
 
 def _trains_m0(key: str) -> bool:

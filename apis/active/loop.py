@@ -166,7 +166,8 @@ class ActiveLearningRun:
     def _check_ledger_holds_finished_steps(self) -> None:
         """Refuse a ledger that lost the answers of steps the run finished (emptied, replaced, deleted): going
         on would train on fewer points than the run's records say."""
-        missing = sorted(set(self.dir.done_steps()) - self.ledger.steps())
+        asks = set(self.dir.done_steps()) - ({0} if self.cfg.loop.init == "boxinst" else set())  # no P0 to ask
+        missing = sorted(asks - self.ledger.steps())
         if missing:
             self.ledger.close()
             raise LedgerError(
@@ -203,8 +204,8 @@ class ActiveLearningRun:
         return self.dir.metrics(self.cfg.loop.steps)
 
     def _ensure_points(self, step: int) -> None:
-        """Make sure the ledger holds step ``step``'s answers."""
-        if step in self.ledger.steps():
+        """Make sure the ledger holds step ``step``'s answers (none at step 0 of a BoxInst-initialised run)."""
+        if step in self.ledger.steps() or (step == 0 and self.cfg.loop.init == "boxinst"):
             return
         questions = draw_initial_points(self.train_set, self.cfg.seed) if step == 0 else self._select(step)
         if self.human:

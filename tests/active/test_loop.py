@@ -450,3 +450,24 @@ def test_global_allocation_spends_one_point_per_instance_in_all_and_stores_sever
     selected = _selection(Path(cfg.output_dir), 1)["points"]
     assert sorted((p["ann_id"], p["x"], p["y"]) for p in selected) == sorted((a.ann_id, a.x, a.y) for a in step1)
     assert rows[1]["points_per_instance"] == pytest.approx(2.0)
+
+
+def test_boxinst_initialised_run_asks_no_p0_and_counts_s_points_per_instance(tiny_config):
+    """``loop.init=boxinst`` (P'_s): M0 trains from boxes alone (BoxInst terms, no point loss), step 0 asks and
+    charges nothing, step s leaves every instance with s points; resuming the finished run changes nothing."""
+    with pytest.raises(ConfigError, match="loop.init.*loss.box"):
+        tiny_config("no-box", "loop.init=boxinst")
+    cfg = tiny_config("boxinst", "loop.init=boxinst", "loss.box=1.0", "loop.steps=1")
+    rows = run_active_loop(cfg)
+    run_dir = Path(cfg.output_dir)
+    answers = _answers(run_dir)
+    train = load_coco(cfg.data.train_json)
+    instances = len(list(train.instances()))
+    assert not [a for a in answers if a.step == 0]
+    assert sorted(a.ann_id for a in answers if a.step == 1) == sorted(i.ann_id for i in train.instances())
+    assert [r["points_per_instance"] for r in rows] == [0.0, 1.0]
+    assert rows[0]["annotation_seconds"] == pytest.approx(instances * 7.0)  # the boxes only
+    assert rows[1]["annotation_seconds"] == pytest.approx(instances * (7.0 + 0.9))
+    m0 = load_checkpoint(step_dir(run_dir, 0) / "train" / "model_final.pth")["config"]["loss"]
+    assert (m0["points"], m0["box"]) == (0.0, 1.0)
+    assert run_active_loop(cfg) == rows  # resumes: a finished step 0 without answers is not a lost ledger
