@@ -205,6 +205,15 @@ class LoopConfig:
 
 
 @dataclass
+class AfisConfig:
+    """AFIS, the paper's baseline: the seconds APIS spends on points spent on full masks instead
+    (docs/design.md, "AFIS")."""
+
+    level: str = "none"  # "none" (APIS: points), "image" (buy every mask of chosen images) or "instance"
+    scorer: str = "random"  # which to buy first: "random", "mean-entropy" or "min-det-loss"
+
+
+@dataclass
 class ExperimentConfig:
     """Everything one run needs. ``output_dir`` holds checkpoints, metrics and the ledger."""
 
@@ -219,6 +228,7 @@ class ExperimentConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    afis: AfisConfig = field(default_factory=AfisConfig)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -419,6 +429,16 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_choice("loss.point_normalisation", cfg.loss.point_normalisation, ("point", "instance"))
     _check_choice("oracle.kind", cfg.oracle.kind, ("simulated", "human"))
     _check_choice("loop.init", cfg.loop.init, ("points", "boxinst"))
+    _check_choice("afis.level", cfg.afis.level, ("none", "image", "instance"))
+    _check_choice("afis.scorer", cfg.afis.scorer, ("random", "mean-entropy", "min-det-loss"))
+    if cfg.afis.level != "none":
+        if cfg.loss.full <= 0:
+            raise ConfigError("config key 'afis.level' is set: AFIS trains on the masks it buys, which needs the "
+                              "full-mask loss on (loss.full > 0, e.g. loss.full=1.0)")
+        if cfg.oracle.kind != "simulated" or cfg.loop.initial_run or cfg.loop.init != "points":
+            raise ConfigError("config key 'afis.level' is set: AFIS buys the dataset's GT masks from its own "
+                              "initial set, so it needs oracle.kind=simulated, no loop.initial_run and "
+                              "loop.init=points")
     if cfg.loop.init == "boxinst" and cfg.loss.box <= 0:
         raise ConfigError("config key 'loop.init' is 'boxinst': M0 learns masks from boxes alone, which needs the "
                           "BoxInst terms on (loss.box > 0, e.g. loss.box=1.0)")

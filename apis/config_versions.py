@@ -28,7 +28,7 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     # Version 4: before global point budgets, BoxInst-initialised runs and AFIS, every run gave one point per
     # instance per step after a P0 of random points.
     4: {"selection.allocation": "per_instance", "selection.max_points_per_instance": 5,
-        "selection.min_point_distance": 3.0, "loop.init": "points"},
+        "selection.min_point_distance": 3.0, "loop.init": "points", "afis.level": "none", "afis.scorer": "random"},
 }
 
 CONFIG_VERSION = max(MIGRATIONS) + 1

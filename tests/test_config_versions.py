@@ -61,7 +61,7 @@ def test_migrate_fills_only_missing_keys_and_leaves_its_input_alone():
     values = {"model": {"dynamic_init": "fan_in"}, "seed": 3}
     migrated = migrate(values, 1)
     assert migrated["model"] == {"dynamic_init": "fan_in", "dynamic_activation": "relu"}
-    assert migrated["loop"] == {"point_prior_correction": False} and migrated["seed"] == 3
+    assert migrated["loop"] == {"point_prior_correction": False, "init": "points"} and migrated["seed"] == 3
     assert values == {"model": {"dynamic_init": "fan_in"}, "seed": 3}
     assert migrate(values, CONFIG_VERSION) == values
 

@@ -289,8 +289,14 @@ class ActiveLearningRun:
 
         val_metrics = evaluate_checkpoint(checkpoint, self.cfg, dataset=self.val_set,
                                           results_path=self.dir.step(step) / "val_results.json")
+        record = self._step_record(step, val_metrics)
+        self.dir.finish_step(step, record, self.cfg.loop.steps)
+        logger.info("step %d done: mask AP %s", step, record["mask_AP"])
+
+    def _step_record(self, step: int, val_metrics: dict) -> dict:
+        """The line of ``metrics.jsonl`` for a finished step."""
         answers = self.ledger.answers(max_step=step)
-        record = {
+        return {
             "step": step,
             "strategy": self.metric.name,
             "sets": list(self.cfg.selection.sets),
@@ -303,13 +309,13 @@ class ActiveLearningRun:
             **self._selection_stats(step),
             "val": val_metrics,
         }
-        self.dir.finish_step(step, record, self.cfg.loop.steps)
-        logger.info("step %d done: mask AP %s", step, record["mask_AP"])
 
 
 def run_active_loop(cfg: ExperimentConfig, oracle: Oracle | None = None) -> list[dict]:
-    """Run or resume the loop described by ``cfg``; returns the per-step metrics."""
-    run = ActiveLearningRun(cfg, oracle)
+    """Run or resume the loop described by ``cfg`` (AFIS with ``afis.level`` set); returns the per-step metrics."""
+    from apis.active.afis import AfisRun
+
+    run = (AfisRun if cfg.afis.level != "none" else ActiveLearningRun)(cfg, oracle)
     try:
         return run.run()
     finally:

@@ -426,12 +426,13 @@ class PointLedger:
             return max(cursor.rowcount, 0)
 
     def masks(self, max_step: int | None = None) -> list[BoughtMask]:
-        """Masks bought at ``step <= max_step`` (all when None), in the order they were stored; none in a ledger
+        """Masks bought at ``step <= max_step`` (all when None), by step then annotation id; none in a ledger
         older than schema version 3 opened read-only."""
-        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'masks'").fetchone() is None:
+        table = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'masks'")
+        if table.fetchone() is None:
             return []
-        rows = self._conn.execute(f"SELECT {_MASK_COLUMNS} FROM masks WHERE ? IS NULL OR step <= ? ORDER BY rowid",
-                                  (max_step, max_step))
+        rows = self._conn.execute(f"SELECT {_MASK_COLUMNS} FROM masks WHERE ? IS NULL OR step <= ? "
+                                  "ORDER BY step, ann_id", (max_step, max_step))
         return [BoughtMask(*row) for row in rows]
 
     def export_pointsup(self, coco_json: str | Path | dict, out_path: str | Path, step: int) -> int:
