@@ -435,10 +435,9 @@ def validate(cfg: ExperimentConfig) -> None:
         if cfg.loss.full <= 0:
             raise ConfigError("config key 'afis.level' is set: AFIS trains on the masks it buys, which needs the "
                               "full-mask loss on (loss.full > 0, e.g. loss.full=1.0)")
-        if cfg.oracle.kind != "simulated" or cfg.loop.initial_run or cfg.loop.init != "points":
-            raise ConfigError("config key 'afis.level' is set: AFIS buys the dataset's GT masks from its own "
-                              "initial set, so it needs oracle.kind=simulated, no loop.initial_run and "
-                              "loop.init=points")
+        if cfg.oracle.kind != "simulated" or cfg.loop.init != "points":
+            raise ConfigError("config key 'afis.level' is set: AFIS buys the dataset's GT masks after a random "
+                              "initial set, so it needs oracle.kind=simulated and loop.init=points")
     if cfg.loop.init == "boxinst" and cfg.loss.box <= 0:
         raise ConfigError("config key 'loop.init' is 'boxinst': M0 learns masks from boxes alone, which needs the "
                           "BoxInst terms on (loss.box > 0, e.g. loss.box=1.0)")

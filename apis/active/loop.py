@@ -184,6 +184,11 @@ class ActiveLearningRun:
     def run_dir(self) -> Path:
         return self.dir.root
 
+    @property
+    def strategy(self) -> str:
+        """The run's strategy as its metrics records name it."""
+        return self.metric.name
+
     # ---- steps -------------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Run (or resume) every step; returns the per-step metrics."""
@@ -192,7 +197,7 @@ class ActiveLearningRun:
                 continue
             logger.info("%s: step %d of %d", self.run_dir, step, self.cfg.loop.steps)
             if step == 0 and self.cfg.loop.initial_run:
-                reuse_initial_run(Path(self.cfg.loop.initial_run), self.cfg, self.dir, self.ledger, self.metric.name)
+                reuse_initial_run(Path(self.cfg.loop.initial_run), self.cfg, self.dir, self.ledger, self.strategy)
                 continue
             self._ensure_points(step)
             checkpoint = self._train(step)
@@ -298,7 +303,7 @@ class ActiveLearningRun:
         answers = self.ledger.answers(max_step=step)
         return {
             "step": step,
-            "strategy": self.metric.name,
+            "strategy": self.strategy,
             "sets": list(self.cfg.selection.sets),
             "seed": self.cfg.seed,
             "mask_AP": val_metrics.get("segm/AP"), "mask_AP50": val_metrics.get("segm/AP50"),

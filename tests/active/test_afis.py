@@ -78,8 +78,11 @@ def test_rank_is_highest_first_with_seeded_ties():
 
 
 def test_afis_needs_the_full_mask_loss_and_a_simulated_oracle(tiny_config):
+    """And the initial masks and M0 of an AFIS run of the same level only."""
     with pytest.raises(ConfigError, match="loss.full"):
         tiny_config("afis", "afis.level=instance")
+    with pytest.raises(ConfigError, match="oracle.kind=simulated"):
+        tiny_config("afis", "afis.level=instance", "loss.full=1", "loop.init=boxinst", "loss.box=1")
     with pytest.raises(ConfigError, match="oracle.kind=simulated"):
         tiny_config("afis", "afis.level=instance", "loss.full=1", "oracle.kind=human")
     with pytest.raises(ConfigError, match="afis.scorer"):
@@ -122,3 +125,17 @@ def test_a_tiny_afis_run_spends_the_points_seconds_on_masks_and_resumes(tiny_con
         assert all(ids <= owned_ids or not ids & owned_ids for ids in by_image.values())
     assert run_active_loop(cfg) == rows  # resumes: nothing bought twice, nothing retrained
     assert list(group_runs([run_dir])) == [f"AFIS {level} {scorer}"]
+
+    # Another scorer of the same level starts from this run's initial masks and M0.
+    shared = tiny_config(f"afis_{level}_random", f"afis.level={level}", "afis.scorer=random", "loss.full=1",
+                         "oracle.mask_cost_s=2.7", "loop.steps=1", f"loop.initial_run={run_dir}")
+    shared_rows = run_active_loop(shared)
+    with PointLedger(Path(shared.output_dir) / "ledger.sqlite") as ledger:
+        assert ledger.masks(max_step=0) == [m for m in masks if m.step == 0]
+        assert {m.chosen_by for m in ledger.masks() if m.step == 1} <= {"afis-random"}
+    assert shared_rows[0]["mask_AP"] == rows[0]["mask_AP"] and shared_rows[0]["strategy"] == f"AFIS {level} random"
+    assert (Path(shared.output_dir) / "step_000" / "masks.json").exists()
+    other = "image" if level == "instance" else "instance"
+    with pytest.raises(ConfigError, match="afis.level"):
+        run_active_loop(tiny_config(f"afis_{other}", f"afis.level={other}", "loss.full=1", "loop.steps=1",
+                                    "oracle.mask_cost_s=2.7", f"loop.initial_run={run_dir}"))
