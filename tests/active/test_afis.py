@@ -2,6 +2,7 @@
 
 import json
 import math
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from apis.active.afis import (
     NO_PREDICTION_ENTROPY,
+    AfisRun,
     buy,
     cumulative_budget_s,
     detection_loss,
@@ -21,7 +23,7 @@ from apis.active.compare import group_runs
 from apis.active.loop import run_active_loop
 from apis.config import ConfigError
 from apis.data.coco import load_coco
-from apis.data.ledger import PointLedger
+from apis.data.ledger import LedgerError, PointLedger
 from apis.structures import PredictionSet
 
 
@@ -135,6 +137,10 @@ def test_a_tiny_afis_run_spends_the_points_seconds_on_masks_and_resumes(tiny_con
         assert {m.chosen_by for m in ledger.masks() if m.step == 1} <= {"afis-random"}
     assert shared_rows[0]["mask_AP"] == rows[0]["mask_AP"] and shared_rows[0]["strategy"] == f"AFIS {level} random"
     assert (Path(shared.output_dir) / "step_000" / "masks.json").exists()
+    with sqlite3.connect(run_dir / "ledger.sqlite") as conn:  # a ledger that lost a finished step's masks
+        conn.execute("DELETE FROM masks WHERE step = 1")
+    with pytest.raises(LedgerError, match="lost the masks step 1 bought"):
+        AfisRun(cfg)
     other = "image" if level == "instance" else "instance"
     with pytest.raises(ConfigError, match="afis.level"):
         run_active_loop(tiny_config(f"afis_{other}", f"afis.level={other}", "loss.full=1", "loop.steps=1",
