@@ -64,6 +64,7 @@ class ScoredGrid:
         if metric.needs_gt and gt64 is None:
             raise ValueError(f"metric {metric.name!r} needs the GT mask of annotation {pred.ann_id} (gt=None)")
         self.pred, self.metric, self.probs, self.gt = pred, metric, probs, gt64
+        self._values: Tensor | None = None  # the metric's reported map, computed once a point asks for it
         self.empty = pred.k == 0 and metric.uses_predictions
         scores = torch.zeros(pred.grid_shape, dtype=torch.float64) if self.empty else metric.score(probs, gt64)
         self.scores = scores.detach().to(device="cpu", dtype=torch.float64).numpy()
@@ -78,7 +79,9 @@ class ScoredGrid:
             score = uncertainty = prob_mean = math.nan
         else:
             score = float(self.scores[i, j])
-            uncertainty = float(metric.value(self.probs, self.gt)[i, j])
+            if self._values is None:
+                self._values = metric.value(self.probs, self.gt)
+            uncertainty = float(self._values[i, j])
             prob_mean = float(self.probs[:, i, j].mean()) if pred.k else math.nan
         return SelectedPoint(ann_id=pred.ann_id, x=pred.origin[0] + j, y=pred.origin[1] + i, score=score,
                              uncertainty=uncertainty, k=pred.k,
