@@ -109,8 +109,8 @@ class AfisRun(ActiveLearningRun):
     metrics of :class:`~apis.active.loop.ActiveLearningRun`, with masks bought instead of points asked."""
 
     @property
-    def strategy(self) -> str:
-        return f"AFIS {self.cfg.afis.level} {self.cfg.afis.scorer}"
+    def labels(self) -> dict:
+        return {"strategy": f"AFIS {self.cfg.afis.level} {self.cfg.afis.scorer}", "sets": []}
 
     def _masks_path(self, step: int) -> Path:
         return self.dir.step(step) / "masks.json"
@@ -200,7 +200,6 @@ class AfisRun(ActiveLearningRun):
     def _step_record(self, step: int, val_metrics: dict) -> dict:
         masks = self.ledger.masks(max_step=step)
         return super()._step_record(step, val_metrics) | {
-            "sets": [],
             "masks": len(masks), "masks_per_instance": len(masks) / self.num_instances,
             "budget_seconds": cumulative_budget_s(self.num_instances, self.cfg.oracle.point_cost_s, step),
         }

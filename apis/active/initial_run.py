@@ -20,10 +20,10 @@ def _trains_m0(key: str) -> bool:
 
 
 def reuse_initial_run(source: Path, cfg: ExperimentConfig, run_dir: RunDirectory, ledger: PointLedger,
-                      strategy: str) -> None:
+                      labels: dict) -> None:
     """Copy P0 (the ledger's step-0 answers, or AFIS's initial masks) and M0 (every member's step-0 training) of
-    ``source`` into ``run_dir``, and its step-0 metrics with ``strategy`` as this run's strategy. Resumable:
-    files already copied are kept.
+    ``source`` into ``run_dir``, and its step-0 metrics with this run's ``labels`` (strategy and prediction
+    sets). Resumable: files already copied are kept.
 
     Raises:
         ConfigError: ``source`` has not finished step 0, has no model for a member, or trained M0 with another
@@ -51,5 +51,5 @@ def reuse_initial_run(source: Path, cfg: ExperimentConfig, run_dir: RunDirectory
         if not dst.exists():
             shutil.copytree(src, dst)
     record = source_dir.step_metrics(0)
-    record["strategy"] = strategy
+    record.update(labels)
     run_dir.finish_step(0, record, cfg.loop.steps)

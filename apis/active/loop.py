@@ -185,9 +185,9 @@ class ActiveLearningRun:
         return self.dir.root
 
     @property
-    def strategy(self) -> str:
-        """The run's strategy as its metrics records name it."""
-        return self.metric.name
+    def labels(self) -> dict:
+        """How the run's metrics records name its strategy: ``strategy`` and prediction ``sets``."""
+        return {"strategy": self.metric.name, "sets": list(self.cfg.selection.sets)}
 
     # ---- steps -------------------------------------------------------------------------------
     def run(self) -> list[dict]:
@@ -197,7 +197,7 @@ class ActiveLearningRun:
                 continue
             logger.info("%s: step %d of %d", self.run_dir, step, self.cfg.loop.steps)
             if step == 0 and self.cfg.loop.initial_run:
-                reuse_initial_run(Path(self.cfg.loop.initial_run), self.cfg, self.dir, self.ledger, self.strategy)
+                reuse_initial_run(Path(self.cfg.loop.initial_run), self.cfg, self.dir, self.ledger, self.labels)
                 continue
             self._ensure_points(step)
             checkpoint = self._train(step)
@@ -303,8 +303,7 @@ class ActiveLearningRun:
         answers = self.ledger.answers(max_step=step)
         return {
             "step": step,
-            "strategy": self.strategy,
-            "sets": list(self.cfg.selection.sets),
+            **self.labels,
             "seed": self.cfg.seed,
             "mask_AP": val_metrics.get("segm/AP"), "mask_AP50": val_metrics.get("segm/AP50"),
             "mask_AP75": val_metrics.get("segm/AP75"), "box_AP": val_metrics.get("bbox/AP"),

@@ -126,6 +126,14 @@ def test_strategies_share_p0_and_m0(finished_runs):
     assert {a.chosen_by for a in _answers(Path(rnd.output_dir)) if a.step == 1} == {"random"}
 
 
+def test_a_run_sharing_m0_names_its_own_strategy_and_sets_from_step_0(finished_runs, tiny_config):
+    entropy, entropy_rows = finished_runs["entropy"]
+    cfg = tiny_config("bald_scales", "selection.metric=bald", "selection.sets=[anchors,scales]",
+                      "selection.scales=[48,64]", "loop.steps=0", f"loop.initial_run={entropy.output_dir}")
+    (row,) = run_active_loop(cfg)
+    assert row == {**entropy_rows[0], "strategy": "bald", "sets": ["anchors", "scales"]}
+
+
 def test_crash_while_asking_resumes_with_the_same_points(tiny_config, monkeypatch):
     cfg = tiny_config("crash", "loop.steps=1")
     calls = {"n": 0}
