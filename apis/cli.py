@@ -75,7 +75,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     rows = run_loop(cfg)  # one process, or every rank under torchrun
     for row in rows if context_from_env().is_main else ():
         ap = "undefined" if row["mask_AP"] is None else f"{row['mask_AP']:.2f}"
-        print(f"P{row['step']}: mask AP {ap}  ({row['points_per_instance']:.2f} points/instance)")
+        bought = f"{row['masks']} masks" if "masks" in row else f"{row['points_per_instance']:.2f} points/instance"
+        print(f"P{row['step']}: mask AP {ap}  ({bought}, {row['annotation_seconds'] / 3600:.2f} annotation h)")
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:

@@ -168,6 +168,11 @@ class SelectionConfig:
     ensemble_seeds: list[int] = field(default_factory=lambda: [1, 2])  # extra models for the "models" set
     scales: list[int] = field(default_factory=lambda: [640, 800, 960])
     flips: bool = False
+    # "per_instance": one point per instance per step (the paper); "global": as many points in all, spent
+    # across instances by score, so confident instances get none and hard ones several (apis.active.allocation).
+    allocation: str = "per_instance"
+    max_points_per_instance: int = 5  # global: at most this many points of one instance per step
+    min_point_distance: float = 3.0  # global: pixels between two points of one instance chosen in one step
 
 
 @dataclass
@@ -200,9 +205,21 @@ class LoopConfig:
     # Another run dir: train on the points its model chose (its ledger's answers of every step) instead of
     # selecting; the transfer test (apis.active.transfer).
     points_from: str = ""
+    # How M0 is trained: "points" (the paper's P0, one random point per instance) or "boxinst" (P'_s: M0 from
+    # boxes alone with the BoxInst terms, loss.box > 0; no P0, so every instance has s points at step s).
+    init: str = "points"
     # Fine-tune with point-loss class weights that give the labelled points the object share of P0's random
     # points (see apis.active.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
     point_prior_correction: bool = False
+
+
+@dataclass
+class AfisConfig:
+    """AFIS, the paper's baseline: the seconds APIS spends on points spent on full masks instead
+    (docs/design.md, "AFIS")."""
+
+    level: str = "none"  # "none" (APIS: points), "image" (buy every mask of chosen images) or "instance"
+    scorer: str = "random"  # which to buy first: "random", "mean-entropy" or "min-det-loss"
 
 
 @dataclass
@@ -220,6 +237,7 @@ class ExperimentConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    afis: AfisConfig = field(default_factory=AfisConfig)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -424,8 +442,24 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))
     _check_choice("loss.point_normalisation", cfg.loss.point_normalisation, ("point", "instance"))
     _check_choice("oracle.kind", cfg.oracle.kind, ("simulated", "human"))
+    _check_choice("loop.init", cfg.loop.init, ("points", "boxinst"))
+    _check_choice("afis.level", cfg.afis.level, ("none", "image", "instance"))
+    _check_choice("afis.scorer", cfg.afis.scorer, ("random", "mean-entropy", "min-det-loss"))
+    if cfg.afis.level != "none":
+        if cfg.loss.full <= 0:
+            raise ConfigError("config key 'afis.level' is set: AFIS trains on the masks it buys, which needs the "
+                              "full-mask loss on (loss.full > 0, e.g. loss.full=1.0)")
+        if cfg.oracle.kind != "simulated" or cfg.loop.init != "points":
+            raise ConfigError("config key 'afis.level' is set: AFIS buys the dataset's GT masks after a random "
+                              "initial set, so it needs oracle.kind=simulated and loop.init=points")
+    if cfg.loop.init == "boxinst" and cfg.loss.box <= 0:
+        raise ConfigError("config key 'loop.init' is 'boxinst': M0 learns masks from boxes alone, which needs the "
+                          "BoxInst terms on (loss.box > 0, e.g. loss.box=1.0)")
     for name in cfg.selection.sets:
         _check_choice("selection.sets", name, ("anchors", "models", "scales"))
+    _check_choice("selection.allocation", cfg.selection.allocation, ("per_instance", "global"))
+    _check_range("selection.max_points_per_instance", cfg.selection.max_points_per_instance, minimum=1)
+    _check_range("selection.min_point_distance", cfg.selection.min_point_distance, minimum=0.0)
     if not cfg.selection.sets:
         raise ConfigError("config key 'selection.sets' must name at least one of: anchors, models, scales")
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):

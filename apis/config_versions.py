@@ -25,7 +25,12 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     # Version 2: before people could answer (apis annotate), the simulated oracle answered every run.
     2: {"oracle.kind": "simulated"},
     3: {"loss.point_normalisation": "point"},
+    # Version 4: one model (CondInst) and no transfer runs.
     4: {"model.arch": "condinst", "model.roi_samples_per_image": 512, "loop.points_from": ""},
+    # Version 5: before global point budgets, BoxInst-initialised runs and AFIS, every run gave one point per
+    # instance per step after a P0 of random points.
+    5: {"selection.allocation": "per_instance", "selection.max_points_per_instance": 5,
+        "selection.min_point_distance": 3.0, "loop.init": "points", "afis.level": "none", "afis.scorer": "random"},
 }
 
 CONFIG_VERSION = max(MIGRATIONS) + 1

@@ -62,7 +62,8 @@ def test_migrate_fills_only_missing_keys_and_leaves_its_input_alone():
     migrated = migrate(values, 1)
     # dynamic_init was given (kept), dynamic_activation missing (filled); later versions add keys of their own.
     assert migrated["model"]["dynamic_init"] == "fan_in" and migrated["model"]["dynamic_activation"] == "relu"
-    assert migrated["loop"]["point_prior_correction"] is False and migrated["seed"] == 3
+    assert migrated["loop"]["point_prior_correction"] is False and migrated["loop"]["init"] == "points"
+    assert migrated["seed"] == 3
     assert values == {"model": {"dynamic_init": "fan_in"}, "seed": 3}
     assert migrate(values, CONFIG_VERSION) == values
 

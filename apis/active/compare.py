@@ -1,8 +1,8 @@
 """Compare finished runs: ``curves.png`` (mask AP per step and per annotation hour) and a markdown table.
 
-Runs with the same strategy label (metric + prediction sets, and whether the fine-tuning corrected
-the points' class balance, ``loop.point_prior_correction``) are grouped; with several seeds the curves
-show mean ± std and the table ``mean ± std (n)``.
+Runs with the same strategy label (metric + prediction sets, or the AFIS level and scorer) and the same
+variant (:func:`variant`: prior-corrected fine-tuning, BoxInst init, global budget) are grouped; with
+several seeds the curves show mean ± std and the table ``mean ± std (n)``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ TABLE_COLUMNS = (
 
 
 COLUMN_NOTES = """\
-How to read this: Pk = every training instance has k+1 labelled points. *mask AP*: COCO mask AP on the
+How to read this: Pk = every training instance has k+1 labelled points (k with BoxInst init; AFIS: masks
+bought with the seconds of those points). *mask AP*: COCO mask AP on the
 validation set (percent). *new points misclassified*: the share of the points chosen at that step that
 the previous model got wrong (prediction > 0.5 vs the annotator's answer); informative points are the
 ones the model gets wrong. *distance to boundary*: mean distance in pixels from the new points to the
@@ -57,10 +58,12 @@ def read_run(run_dir: str | Path) -> list[dict]:
 
 
 def run_label(rows: list[dict]) -> str:
-    """``metric (prediction sets)``, or the metric alone when it ignores predictions (random)."""
+    """``metric (prediction sets)``, or the strategy alone when it ignores predictions (random) or names no
+    prediction sets (AFIS)."""
     first = rows[0]
     strategy = first["strategy"]
-    if strategy in available_metrics() and not get_metric(strategy).uses_predictions:
+    if (strategy in available_metrics() and not get_metric(strategy).uses_predictions) or not first.get(
+            "sets", ["anchors"]):
         return strategy
     return f"{strategy} ({'+'.join(first.get('sets', ['anchors']))})"
 
@@ -71,19 +74,27 @@ def run_config(run_dir: str | Path) -> ExperimentConfig | None:
     return load_run_config(path) if path.exists() else None
 
 
+def variant(cfg: ExperimentConfig | None) -> str:
+    """What sets a run apart from the paper's loop with the same strategy: ``", prior-corrected"``
+    (``loop.point_prior_correction``), ``", BoxInst init"`` (``loop.init=boxinst``), ``", global budget"``
+    (``selection.allocation=global``), ``", points of another run"`` (``loop.points_from``), joined; ``""``
+    for none or no config."""
+    if cfg is None:
+        return ""
+    flags = ((cfg.loop.point_prior_correction, "prior-corrected"), (cfg.loop.init == "boxinst", "BoxInst init"),
+             (cfg.selection.allocation == "global", "global budget"), (bool(cfg.loop.points_from),
+                                                                       "points of another run"))
+    return "".join(f", {name}" for on, name in flags if on)
+
+
 def group_run_dirs(run_dirs: list[str | Path]) -> dict[str, list[Path]]:
-    """Run directories grouped by strategy label, in the order first seen; prior-corrected runs
-    (``loop.point_prior_correction``), runs on another run's points (``loop.points_from``) and Mask R-CNN runs
-    (``model.arch``) form their own groups."""
+    """Run directories grouped by model, strategy label and :func:`variant`, in the order first seen
+    (Mask R-CNN runs, ``model.arch``, are named so)."""
     groups: dict[str, list[Path]] = defaultdict(list)
     for run_dir in run_dirs:
         cfg = run_config(run_dir)
-        corrected = cfg is not None and cfg.loop.point_prior_correction
-        transferred = cfg is not None and cfg.loop.points_from
-        mask_rcnn = cfg is not None and cfg.model.arch == "mask_rcnn"
-        label = (("Mask R-CNN, " if mask_rcnn else "") + run_label(read_run(run_dir))
-                 + (", prior-corrected" if corrected else "") + (", points of another run" if transferred else ""))
-        groups[label].append(Path(run_dir))
+        model = "Mask R-CNN, " if cfg is not None and cfg.model.arch == "mask_rcnn" else ""
+        groups[model + run_label(read_run(run_dir)) + variant(cfg)].append(Path(run_dir))
     return dict(groups)
 
 
@@ -159,7 +170,7 @@ def plot_curves(groups: dict[str, list[list[dict]]], out_path: str | Path) -> No
                 axis.fill_between(xs, ap[:, 0] - ap[:, 1], ap[:, 0] + ap[:, 1], color=line.get_color(), alpha=0.2)
     by_step.set_xlabel("step (points per instance - 1)")
     by_step.set_xticks(sorted({r["step"] for runs in groups.values() for rows in runs for r in rows}))
-    by_hours.set_xlabel("annotation hours (boxes + points)")
+    by_hours.set_xlabel("annotation hours (boxes + points or masks)")
     for axis in (by_step, by_hours):
         axis.set_ylabel("val mask AP")
         axis.grid(alpha=0.3)

@@ -98,6 +98,9 @@ def run_loop(cfg: ExperimentConfig, oracle: Oracle | None = None) -> list[dict]:
     if oracle is not None:
         raise ConfigError("under torchrun the loop asks the simulated oracle or people (oracle.kind); "
                           "a Python oracle object cannot be shared by the ranks")
+    if cfg.afis.level != "none":
+        raise ConfigError(f"afis.level={cfg.afis.level}: the AFIS baseline runs in one process "
+                          "(apis run without torchrun)")
     created = init_process_group(ctx, resolve_device(cfg.device, ctx.local_rank), COLLECTIVE_TIMEOUT)
     try:
         run = DistributedRun(cfg, ctx)

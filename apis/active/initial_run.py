@@ -12,7 +12,7 @@ from apis.data.ledger import PointLedger
 
 # What M0 depends on: these sections and keys must be equal in both runs.
 M0_SECTIONS = ("seed", "data", "model", "solver")
-M0_KEYS = {"loss.points", "loss.full", "loss.box", "loop.points_loss_m0"}
+M0_KEYS = {"loss.points", "loss.full", "loss.box", "loop.points_loss_m0", "loop.init", "afis.level"}
 
 
 def _trains_m0(key: str) -> bool:
@@ -20,14 +20,14 @@ def _trains_m0(key: str) -> bool:
 
 
 def reuse_initial_run(source: Path, cfg: ExperimentConfig, run_dir: RunDirectory, ledger: PointLedger,
-                      strategy: str) -> None:
-    """Copy P0 (the ledger's step-0 answers) and M0 (every member's step-0 training) of ``source`` into
-    ``run_dir``, and its step-0 metrics with ``strategy`` as this run's strategy. Resumable: files already
-    copied are kept.
+                      labels: dict) -> None:
+    """Copy P0 (the ledger's step-0 answers, or AFIS's initial masks) and M0 (every member's step-0 training) of
+    ``source`` into ``run_dir``, and its step-0 metrics with this run's ``labels`` (strategy and prediction
+    sets). Resumable: files already copied are kept.
 
     Raises:
         ConfigError: ``source`` has not finished step 0, has no model for a member, or trained M0 with another
-            seed, data, model, solver or M0 loss.
+            seed, data, model, solver, M0 loss, initial model kind (``loop.init``) or AFIS level.
     """
     source_dir = RunDirectory(source, run_dir.members)
     if not source_dir.is_done(0) or not source_dir.config_path.exists():
@@ -39,6 +39,11 @@ def reuse_initial_run(source: Path, cfg: ExperimentConfig, run_dir: RunDirectory
         raise ConfigError(f"loop.initial_run={source}: its M0 was trained differently ({'; '.join(changed)})")
     with PointLedger(source_dir.ledger_path) as other:
         ledger.record(other.answers(max_step=0))
+        ledger.record_masks(other.masks(max_step=0))  # AFIS: the initial masks, and the file that names them
+    masks = source_dir.step(0) / "masks.json"
+    if masks.exists():
+        run_dir.step(0).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(masks, run_dir.step(0) / "masks.json")
     for index in range(run_dir.members):
         src, dst = source_dir.member(0, index), run_dir.member(0, index)
         if not src.exists():
@@ -46,5 +51,5 @@ def reuse_initial_run(source: Path, cfg: ExperimentConfig, run_dir: RunDirectory
         if not dst.exists():
             shutil.copytree(src, dst)
     record = source_dir.step_metrics(0)
-    record["strategy"] = strategy
+    record.update(labels)
     run_dir.finish_step(0, record, cfg.loop.steps)

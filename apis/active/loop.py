@@ -180,7 +180,8 @@ class ActiveLearningRun:
     def _check_ledger_holds_finished_steps(self) -> None:
         """Refuse a ledger that lost the answers of steps the run finished (emptied, replaced, deleted): going
         on would train on fewer points than the run's records say."""
-        missing = sorted(set(self.dir.done_steps()) - self.ledger.steps())
+        asks = set(self.dir.done_steps()) - ({0} if self.cfg.loop.init == "boxinst" else set())  # no P0 to ask
+        missing = sorted(asks - self.ledger.steps())
         if missing:
             self.ledger.close()
             raise LedgerError(
@@ -196,6 +197,11 @@ class ActiveLearningRun:
     @property
     def run_dir(self) -> Path:
         return self.dir.root
+
+    @property
+    def labels(self) -> dict:
+        """How the run's metrics records name its strategy: ``strategy`` and prediction ``sets``."""
+        return {"strategy": self.metric.name, "sets": list(self.cfg.selection.sets)}
 
     # ---- steps -------------------------------------------------------------------------------
     def run(self) -> list[dict]:
@@ -213,15 +219,15 @@ class ActiveLearningRun:
         return self.metrics()
 
     def _reuse_initial_run(self) -> None:
-        reuse_initial_run(Path(self.cfg.loop.initial_run), self.cfg, self.dir, self.ledger, self.metric.name)
+        reuse_initial_run(Path(self.cfg.loop.initial_run), self.cfg, self.dir, self.ledger, self.labels)
 
     def metrics(self) -> list[dict]:
         """The records of the finished steps, in step order."""
         return self.dir.metrics(self.cfg.loop.steps)
 
     def _ensure_points(self, step: int) -> None:
-        """Make sure the ledger holds step ``step``'s answers."""
-        if step in self.ledger.steps():
+        """Make sure the ledger holds step ``step``'s answers (none at step 0 of a BoxInst-initialised run)."""
+        if step in self.ledger.steps() or (step == 0 and self.cfg.loop.init == "boxinst"):
             return
         if self.cfg.loop.points_from:
             copy_points(self.cfg.loop.points_from, step, self.ledger)
@@ -314,11 +320,16 @@ class ActiveLearningRun:
 
     def _record_step(self, step: int, val_metrics: dict[str, float]) -> None:
         """Write the step's ``metrics.json`` (marking it done) from its validation metrics."""
+        record = self._step_record(step, val_metrics)
+        self.dir.finish_step(step, record, self.cfg.loop.steps)
+        logger.info("step %d done: mask AP %s", step, record["mask_AP"])
+
+    def _step_record(self, step: int, val_metrics: dict) -> dict:
+        """The line of ``metrics.jsonl`` for a finished step."""
         answers = self.ledger.answers(max_step=step)
-        record = {
+        return {
             "step": step,
-            "strategy": self.metric.name,
-            "sets": list(self.cfg.selection.sets),
+            **self.labels,
             "seed": self.cfg.seed,
             "mask_AP": val_metrics.get("segm/AP"), "mask_AP50": val_metrics.get("segm/AP50"),
             "mask_AP75": val_metrics.get("segm/AP75"), "box_AP": val_metrics.get("bbox/AP"),
@@ -328,13 +339,13 @@ class ActiveLearningRun:
             **self._selection_stats(step),
             "val": val_metrics,
         }
-        self.dir.finish_step(step, record, self.cfg.loop.steps)
-        logger.info("step %d done: mask AP %s", step, record["mask_AP"])
 
 
 def run_active_loop(cfg: ExperimentConfig, oracle: Oracle | None = None) -> list[dict]:
-    """Run or resume the loop described by ``cfg``; returns the per-step metrics."""
-    run = ActiveLearningRun(cfg, oracle)
+    """Run or resume the loop described by ``cfg`` (AFIS with ``afis.level`` set); returns the per-step metrics."""
+    from apis.active.afis import AfisRun
+
+    run = (AfisRun if cfg.afis.level != "none" else ActiveLearningRun)(cfg, oracle)
     try:
         return run.run()
     finally:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from apis.active.allocation import allocate, ranked_points
 from apis.active.proposal_sets import proposal_prediction_sets
 from apis.active.selection import combine_sets, crop_to_grid, select_point
 from apis.active.strategies import PointMetric
@@ -215,11 +216,13 @@ def select_with_models(checkpoints: list[str], cfg: ExperimentConfig, dataset: C
                        asked: Mapping[int, Set[tuple[int, int]]], seed: Sequence[int],
                        gt_masks: GroundTruthMasks | None = None, progress: bool = True,
                        ctx: DistributedContext | None = None) -> list[SelectedPoint]:
-    """One point per instance of ``dataset``, chosen by ``metric`` on the models' prediction sets.
+    """The step's points of ``dataset``'s instances, chosen by ``metric`` on the models' prediction sets.
 
-    Pure inference: every model is in eval mode and no gradient is kept. Each instance's random
-    tie-break comes from :func:`instance_rng` with ``seed``, and the points come in image order, then
-    annotation-id order, so the result is the same in one process or many.
+    ``selection.allocation=per_instance``: one point per instance; ``global``: as many points in all, spent
+    where they score highest (:mod:`apis.active.allocation`). Pure inference: every model is in eval mode and
+    no gradient is kept. Each instance's random tie-break comes from :func:`instance_rng` with ``seed`` (and
+    the global allocation's from ``seed`` alone), and the points come in image order, then annotation-id
+    order, so the result is the same in one process or many.
 
     ``ctx``: under ``torchrun``, this rank selects on its shard of the images
     (:func:`apis.engine.distributed.shard_images`) and every rank gets all the points.
@@ -232,15 +235,23 @@ def select_with_models(checkpoints: list[str], cfg: ExperimentConfig, dataset: C
     models = [load_model(path, cfg, device) for path in checkpoints]
     shard = dataset.only_images(shard_images([im.image_id for im in dataset.images], ctx)) if ctx.enabled \
         else dataset
-    selected = []
+    per_instance = cfg.selection.allocation == "per_instance"
+    chosen: list[tuple[int, list[SelectedPoint]]] = []  # (annotation id, its points), in visiting order
     for sets in iter_prediction_sets(models, cfg, shard, device, progress and ctx.is_main):
         for ann_id in sorted(sets):
             pred = sets[ann_id]
             gt = crop_to_grid(gt_masks.mask(ann_id), pred) if gt_masks is not None else None
-            point = select_point(pred, metric, instance_rng(seed, ann_id), asked.get(ann_id, frozenset()), gt)
-            if point is not None:
-                selected.append(point)
-    if not ctx.enabled:
-        return selected
-    return in_dataset_order(all_gather_objects(selected, ctx), [im.image_id for im in dataset.images],
-                            lambda point: dataset.instance(point.ann_id).image_id)
+            done, rng = asked.get(ann_id, frozenset()), instance_rng(seed, ann_id)
+            if per_instance:
+                point = select_point(pred, metric, rng, done, gt)
+                chosen.append((ann_id, [point] if point is not None else []))
+            else:
+                chosen.append((ann_id, ranked_points(pred, metric, rng, cfg.selection.max_points_per_instance,
+                                                     cfg.selection.min_point_distance, done, gt)))
+    if ctx.enabled:
+        chosen = in_dataset_order(all_gather_objects(chosen, ctx), [im.image_id for im in dataset.images],
+                                  lambda entry: dataset.instance(entry[0]).image_id)
+    ranked = [points for _, points in chosen]
+    if per_instance:
+        return [point for points in ranked for point in points]
+    return allocate(ranked, budget=sum(1 for points in ranked if points), rng=np.random.default_rng(list(seed)))

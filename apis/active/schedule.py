@@ -1,6 +1,7 @@
 """What each step of the loop trains: the models of a step and the config each one trains with.
 
-M0 trains from scratch with ``solver`` as written and the point loss at ``loop.points_loss_m0``; every later
+M0 trains from scratch with ``solver`` as written and the point loss at ``loop.points_loss_m0`` (off with
+``loop.init=boxinst``: M0 from boxes alone); every later
 model is fine-tuned from its predecessor with the ``loop.finetune_*`` schedule and ``loop.points_loss_finetune``,
 optionally with point-loss class weights that restore P0's object share (``loop.point_prior_correction``).
 With the "models" prediction set, a step trains one model per seed of the ensemble.
@@ -29,12 +30,13 @@ def train_config(cfg: ExperimentConfig, step: int, seed: int, point_weights: dic
                  ) -> ExperimentConfig:
     """The config of the model trained at ``step`` with ``seed``.
 
-    M0 (step 0) uses ``solver`` as written; fine-tuning uses the ``loop.finetune_*`` schedule, no pairwise
-    warm-up, and ``point_weights`` (``loss.point_positive_weight`` / ``point_negative_weight``, see
-    :func:`point_prior_weights`) when given.
+    M0 (step 0) uses ``solver`` as written (and no point loss with ``loop.init=boxinst``); fine-tuning uses
+    the ``loop.finetune_*`` schedule, no pairwise warm-up, and ``point_weights``
+    (``loss.point_positive_weight`` / ``point_negative_weight``, see :func:`point_prior_weights`) when given.
     """
     if step == 0:
-        loss = dataclasses.replace(cfg.loss, points=cfg.loop.points_loss_m0)
+        # A BoxInst-initialised M0 (loop.init=boxinst) has no P0 to train on: boxes alone.
+        loss = dataclasses.replace(cfg.loss, points=0.0 if cfg.loop.init == "boxinst" else cfg.loop.points_loss_m0)
         return dataclasses.replace(cfg, seed=seed, loss=loss)
     solver = dataclasses.replace(cfg.solver, max_iter=cfg.loop.finetune_iters, base_lr=cfg.loop.finetune_lr,
                                  steps=list(cfg.loop.finetune_steps),

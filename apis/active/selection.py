@@ -36,7 +36,7 @@ def crop_to_grid(mask: Tensor | np.ndarray, pred: PredictionSet) -> Tensor:
     return mask[ys:ye, xs:xe].to(torch.float64)
 
 
-def _available_candidates(pred: PredictionSet, asked: Iterable[tuple[int, int]]) -> np.ndarray:
+def available_candidates(pred: PredictionSet, asked: Iterable[tuple[int, int]]) -> np.ndarray:
     """Boolean ``[h, w]``: grid pixels not asked yet. Asked pixels outside the grid are irrelevant."""
     xs, ys, xe, ye = pred.grid_range
     available = np.ones(pred.grid_shape, dtype=bool)
@@ -44,6 +44,49 @@ def _available_candidates(pred: PredictionSet, asked: Iterable[tuple[int, int]])
         if xs <= x < xe and ys <= y < ye:
             available[y - ys, x - xs] = False
     return available
+
+
+class ScoredGrid:
+    """A metric's scores over one instance's candidate grid, and the selected point at any grid cell.
+
+    ``scores``: float64 ``[h, w]`` numpy (zeros for an empty set, where ``empty`` is True: K == 0 with a
+    metric that uses predictions, whose points are uniformly random candidates).
+    """
+
+    def __init__(self, pred: PredictionSet, metric: PointMetric, gt: Tensor | None = None):
+        probs = pred.probs.detach().to(torch.float64)
+        gt64 = None
+        if gt is not None:
+            gt64 = torch.as_tensor(gt, device=probs.device).detach().to(torch.float64)
+            if tuple(gt64.shape) != pred.grid_shape:
+                raise ValueError(f"annotation {pred.ann_id}: gt shape {tuple(gt64.shape)} "
+                                 f"!= grid {pred.grid_shape}")
+        if metric.needs_gt and gt64 is None:
+            raise ValueError(f"metric {metric.name!r} needs the GT mask of annotation {pred.ann_id} (gt=None)")
+        self.pred, self.metric, self.probs, self.gt = pred, metric, probs, gt64
+        self._values: Tensor | None = None  # the metric's reported map, computed once a point asks for it
+        self.empty = pred.k == 0 and metric.uses_predictions
+        scores = torch.zeros(pred.grid_shape, dtype=torch.float64) if self.empty else metric.score(probs, gt64)
+        self.scores = scores.detach().to(device="cpu", dtype=torch.float64).numpy()
+        if self.scores.shape != pred.grid_shape or np.isnan(self.scores).any():
+            raise ValueError(f"metric {metric.name!r} on annotation {pred.ann_id}: scores must be a NaN-free "
+                             f"{pred.grid_shape} map, got shape {self.scores.shape}")
+
+    def point(self, i: int, j: int) -> SelectedPoint:
+        """The :class:`SelectedPoint` at grid row ``i``, column ``j``."""
+        pred, metric = self.pred, self.metric
+        if self.empty:
+            score = uncertainty = prob_mean = math.nan
+        else:
+            score = float(self.scores[i, j])
+            if self._values is None:
+                self._values = metric.value(self.probs, self.gt)
+            uncertainty = float(self._values[i, j])
+            prob_mean = float(self.probs[:, i, j].mean()) if pred.k else math.nan
+        return SelectedPoint(ann_id=pred.ann_id, x=pred.origin[0] + j, y=pred.origin[1] + i, score=score,
+                             uncertainty=uncertainty, k=pred.k,
+                             fallback="empty-set" if self.empty else metric.fallback(pred.k),
+                             metric=metric.name, prob_mean=prob_mean)
 
 
 def select_point(pred: PredictionSet, metric: PointMetric, rng: np.random.Generator,
@@ -67,42 +110,15 @@ def select_point(pred: PredictionSet, metric: PointMetric, rng: np.random.Genera
     Returns:
         The selected point, or ``None`` when every pixel of the grid was asked already.
     """
-    available = _available_candidates(pred, asked)
+    available = available_candidates(pred, asked)
     if not available.any():
         return None
-    probs = pred.probs.detach().to(torch.float64)
-    gt64 = None
-    if gt is not None:
-        gt64 = torch.as_tensor(gt, device=probs.device).detach().to(torch.float64)
-        if tuple(gt64.shape) != pred.grid_shape:
-            raise ValueError(f"annotation {pred.ann_id}: gt shape {tuple(gt64.shape)} "
-                             f"!= grid {pred.grid_shape}")
-    if metric.needs_gt and gt64 is None:
-        raise ValueError(f"metric {metric.name!r} needs the GT mask of annotation {pred.ann_id} (gt=None)")
-
-    empty = pred.k == 0 and metric.uses_predictions
-    scores = torch.zeros(pred.grid_shape, dtype=torch.float64) if empty else metric.score(probs, gt64)
-    scores = scores.detach().to(device="cpu", dtype=torch.float64).numpy()
-    if scores.shape != pred.grid_shape or np.isnan(scores).any():
-        raise ValueError(f"metric {metric.name!r} on annotation {pred.ann_id}: scores must be a NaN-free "
-                         f"{pred.grid_shape} map, got shape {scores.shape}")
-
+    grid = ScoredGrid(pred, metric, gt)
     candidates = np.flatnonzero(available)
-    candidate_scores = scores.reshape(-1)[candidates]
+    candidate_scores = grid.scores.reshape(-1)[candidates]
     tied = candidates[candidate_scores >= candidate_scores.max() - TIE_TOLERANCE]
     flat = int(tied[rng.integers(len(tied))])
-    i, j = divmod(flat, pred.grid_shape[1])
-
-    if empty:
-        score = uncertainty = prob_mean = math.nan
-    else:
-        score = float(scores[i, j])
-        uncertainty = float(metric.value(probs, gt64)[i, j])
-        prob_mean = float(probs[:, i, j].mean()) if pred.k else math.nan
-    return SelectedPoint(ann_id=pred.ann_id, x=pred.origin[0] + j, y=pred.origin[1] + i, score=score,
-                         uncertainty=uncertainty, k=pred.k,
-                         fallback="empty-set" if empty else metric.fallback(pred.k),
-                         metric=metric.name, prob_mean=prob_mean)
+    return grid.point(*divmod(flat, pred.grid_shape[1]))
 
 
 def select_points(preds: Iterable[PredictionSet], metric: PointMetric, rng: np.random.Generator,

@@ -165,6 +165,27 @@ class VarianceMetric(PointMetric):
 
 
 @register_metric
+class BaldMetric(PointMetric):
+    """BALD, the mutual information between the prediction and the set's members:
+    ``H(p̄) - mean_k H(p^k)`` (nats), high where members are each confident but disagree.
+
+    Meant for the "models" and "scales" sets, whose members are different models or views of one instance.
+    With a single member (K == 1) it is identically 0, so it uses ``H(p̄)`` instead.
+    """
+
+    name = "bald"
+
+    def score(self, probs: Tensor, gt: Tensor | None = None) -> Tensor:
+        if probs.shape[0] == 1:
+            return binary_entropy(probs[0])
+        # Clamped entropies can make the difference a rounding error below 0; information is never negative.
+        return (binary_entropy(_mean_probability(probs)) - binary_entropy(probs).mean(dim=0)).clamp_min(0.0)
+
+    def fallback(self, k: int) -> str | None:
+        return "single-prediction-entropy" if k == 1 else None
+
+
+@register_metric
 class MaxErrorMetric(PointMetric):
     """Oracle analysis strategy: error of the averaged prediction, ``|p̄ - gt|``; needs the GT mask."""
 

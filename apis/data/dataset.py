@@ -14,7 +14,7 @@ the frame of the resized image.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Set
 from typing import NamedTuple
 
 import numpy as np
@@ -84,18 +84,21 @@ class TrainingDataset(torch.utils.data.Dataset):
         cfg: resizing, flipping and the image subset.
         with_masks: read GT masks (purpose "full-supervision"): only for the fully supervised loss.
         seed: seeds every random choice together with the stream position.
+        mask_ids: with ``with_masks``, read only these instances' masks (AFIS: the masks bought); the others
+            get an empty mask and ``mask_known`` False, so the mask loss leaves them out. ``None``: all.
 
     Point augmentation (``loss.points_per_iter``) is the model's job: it sees all points of an instance.
 
     Indexed by ``(image index, stream position)`` keys from :class:`InfiniteSampler`. A sample is
     ``{"image": float32[3, h, w], "target": {...}, **meta}`` where target holds ``boxes [N, 4]``,
     ``labels [N]`` int64 (contiguous), ``ann_ids [N]`` int64, ``points [N, P, 2]`` float32,
-    ``point_labels [N, P]`` float32 in {1, 0, -1} and, with masks, ``masks uint8[N, h, w]``; meta is
+    ``point_labels [N, P]`` float32 in {1, 0, -1} and, with masks, ``masks uint8[N, h, w]`` (with ``mask_ids``
+    also ``mask_known bool[N]``); meta is
     ``image_id``, ``original_size (H, W)``, ``scale (sx, sy)`` and ``flip``.
     """
 
     def __init__(self, coco: CocoDataset, points: Mapping[int, InstancePoints] | None, cfg: DataConfig,
-                 with_masks: bool, seed: int):
+                 with_masks: bool, seed: int, mask_ids: Set[int] | None = None):
         self.coco = coco.subset(cfg.max_train_images)
         self.images = [record for record in self.coco.images if record.instances]
         if not self.images:
@@ -103,6 +106,7 @@ class TrainingDataset(torch.utils.data.Dataset):
         self.points = points
         self.cfg = cfg
         self.masks = self.coco.masks("full-supervision") if with_masks else None
+        self.mask_ids = mask_ids
         self.seed = seed
 
     def __len__(self) -> int:
@@ -127,8 +131,12 @@ class TrainingDataset(torch.utils.data.Dataset):
             "point_labels": point_labels,
         }
         if self.masks is not None:
-            masks = np.stack([self.masks.mask(inst.ann_id) for inst in instances])
+            known = [self.mask_ids is None or inst.ann_id in self.mask_ids for inst in instances]
+            empty = np.zeros((record.height, record.width), dtype=bool)
+            masks = np.stack([self.masks.mask(inst.ann_id) if has else empty for inst, has in zip(instances, known)])
             target["masks"] = transform.apply_masks(torch.from_numpy(masks))
+            if self.mask_ids is not None:
+                target["mask_known"] = torch.tensor(known, dtype=torch.bool)
         return {"image": image_to_tensor(image), "target": target, **_meta(record, transform)}
 
     def _points_of(self, ann_id: int) -> InstancePoints:

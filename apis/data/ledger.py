@@ -6,8 +6,10 @@ candidate boxes of the instances live in ``instances`` so that an answer can be 
 is stored. ``P(s)``, the point set of step ``s``, is every answer with ``step <= s``.
 
 Schema version 2 adds the tables of questions waiting for people (``ledger_info``, ``questions``,
-``responses``, ``leases``; used by :mod:`apis.active.questions`). A version-1 ledger is upgraded in
-place when opened: the new tables are created empty and nothing stored before changes.
+``responses``, ``leases``; used by :mod:`apis.active.questions`). Schema version 3 adds ``masks``: the full
+masks an AFIS run bought (:mod:`apis.active.afis`), one row per instance with its step and cost. An older
+ledger is upgraded in place when opened for writing: the new tables are created empty and nothing stored
+before changes; opened read-only it reads as having no masks.
 
 Durability: the database runs in WAL mode with ``synchronous=FULL`` and each :meth:`PointLedger.record`
 call is one transaction, so a crash (even SIGKILL) loses at most the batch being written, never part
@@ -32,7 +34,7 @@ from apis.data.coords import point_in_box
 from apis.data.points import POINT_LABELS, InstancePoints, write_pointsup
 from apis.utils.errors import ApisError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -110,8 +112,20 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (question_id, annotator)
 );
 """
+# Version 3: full masks bought by an AFIS run (apis.active.afis); the mask itself is the dataset's GT mask.
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS masks (
+    ann_id INTEGER PRIMARY KEY REFERENCES instances (ann_id),
+    image_id INTEGER NOT NULL,
+    step INTEGER NOT NULL CHECK (step >= 0),
+    chosen_by TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    answered_at TEXT NOT NULL,
+    cost_s REAL NOT NULL CHECK (cost_s >= 0)
+);
+"""
 # Versions this code opens; older ones are upgraded by creating the tables they lack.
-_READABLE_VERSIONS = ([1], [SCHEMA_VERSION])
+_READABLE_VERSIONS = ([1], [2], [SCHEMA_VERSION])
 
 
 class LedgerError(ApisError):
@@ -168,6 +182,29 @@ class Answer:
             raise ValueError(f"{where}: answered_at {self.answered_at!r} is not in UTC")
 
 
+@dataclass(frozen=True)
+class BoughtMask:
+    """The full mask of instance ``ann_id``, bought at ``step`` (AFIS): how it was chosen (``"afis-random"``,
+    ``"afis-min-det-loss"``, ...), who drew it, when, and its cost in seconds."""
+
+    ann_id: int
+    image_id: int
+    step: int
+    chosen_by: str
+    annotator: str
+    cost_s: float
+    answered_at: str = field(default_factory=utc_now)
+
+    def __post_init__(self) -> None:
+        where = f"mask of annotation {self.ann_id}"
+        for name in ("ann_id", "image_id", "step"):
+            object.__setattr__(self, name, operator.index(getattr(self, name)))
+        object.__setattr__(self, "cost_s", float(self.cost_s))
+        if self.step < 0 or not (math.isfinite(self.cost_s) and self.cost_s >= 0):
+            raise ValueError(f"{where}: step {self.step} and cost_s {self.cost_s} must be non-negative")
+
+
+_MASK_COLUMNS = ", ".join(f.name for f in fields(BoughtMask))
 # The answers table has one column per Answer field, so rows map to Answers in field order.
 _ANSWER_COLUMNS = ", ".join(f.name for f in fields(Answer))
 
@@ -246,10 +283,10 @@ class PointLedger:
             versions = [row[0] for row in self._conn.execute("SELECT version FROM schema_version")]
             if versions and versions not in _READABLE_VERSIONS:
                 raise ValueError(f"{self.path}: ledger schema version {versions}, expected {SCHEMA_VERSION}")
-            for statement in _SCHEMA_V2.split(";"):
+            for statement in (_SCHEMA_V2 + _SCHEMA_V3).split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
-            if versions != [SCHEMA_VERSION]:  # a new ledger, or a version-1 one now upgraded
+            if versions != [SCHEMA_VERSION]:  # a new ledger, or an older one now upgraded
                 self._conn.execute("DELETE FROM schema_version")
                 self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
 
@@ -366,10 +403,37 @@ class PointLedger:
         return self._conn.execute("SELECT MAX(step) FROM answers").fetchone()[0]
 
     def total_cost_s(self, max_step: int | None = None) -> float:
-        """Annotation seconds spent on answers with ``step <= max_step`` (all when None)."""
-        return float(self._conn.execute(
+        """Annotation seconds spent on answers and masks with ``step <= max_step`` (all when None)."""
+        points = float(self._conn.execute(
             "SELECT COALESCE(SUM(cost_s), 0.0) FROM answers WHERE ? IS NULL OR step <= ?",
             (max_step, max_step)).fetchone()[0])
+        return points + sum(mask.cost_s for mask in self.masks(max_step))
+
+    def record_masks(self, masks: Sequence[BoughtMask]) -> int:
+        """Store bought masks in one transaction; returns how many were new (an instance's mask is bought once:
+        a repeated one is skipped). ValueError naming the annotation, and nothing stored, when one is not a
+        registered instance of its image."""
+        with self._transaction():
+            for mask in masks:
+                image_id = self._conn.execute("SELECT image_id FROM instances WHERE ann_id = ?",
+                                              (mask.ann_id,)).fetchone()
+                if image_id is None or image_id[0] != mask.image_id:
+                    raise ValueError(f"{self.path}: mask of annotation {mask.ann_id} on image {mask.image_id}: no "
+                                     "such registered instance")
+            cursor = self._conn.executemany(
+                f"INSERT INTO masks ({_MASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ann_id) DO NOTHING",
+                [astuple(mask) for mask in masks])
+            return max(cursor.rowcount, 0)
+
+    def masks(self, max_step: int | None = None) -> list[BoughtMask]:
+        """Masks bought at ``step <= max_step`` (all when None), by step then annotation id; none in a ledger
+        older than schema version 3 opened read-only."""
+        table = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'masks'")
+        if table.fetchone() is None:
+            return []
+        rows = self._conn.execute(f"SELECT {_MASK_COLUMNS} FROM masks WHERE ? IS NULL OR step <= ? "
+                                  "ORDER BY step, ann_id", (max_step, max_step))
+        return [BoughtMask(*row) for row in rows]
 
     def export_pointsup(self, coco_json: str | Path | dict, out_path: str | Path, step: int) -> int:
         """Write ``P(step)`` as a points-only PointSup json (masks dropped); returns the annotations written.

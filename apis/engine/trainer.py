@@ -26,7 +26,7 @@ import random
 import sys
 import time
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +230,8 @@ def _format_eta(seconds: float) -> str:
 
 
 def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = None,
-          init_weights: str | None = None, output_dir: str | Path | None = None) -> Path:
+          init_weights: str | None = None, output_dir: str | Path | None = None,
+          mask_ids: Set[int] | None = None) -> Path:
     """Train (or resume training) the model ``cfg.model.arch`` names; returns the path of ``model_final.pth``.
 
     Args:
@@ -240,6 +241,8 @@ def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = N
         init_weights: fine-tune from this checkpoint's weights with a fresh optimiser and schedule.
             Ignored when the output folder already holds a checkpoint to resume from.
         output_dir: overrides ``cfg.output_dir``.
+        mask_ids: with the full-mask loss, the annotation ids whose GT masks it may read (AFIS: the masks
+            bought); the other instances train the detector only. ``None``: every instance's mask.
     """
     ctx = context_from_env()
     device = resolve_device(cfg.device, ctx.local_rank if ctx.enabled else None)
@@ -253,7 +256,7 @@ def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = N
         raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but "
                           f"{cfg.data.train_json} has {coco.num_classes} categories")
     points = training_points(cfg, coco, points)
-    dataset = TrainingDataset(coco, points, cfg.data, with_masks=cfg.loss.full > 0, seed=cfg.seed)
+    dataset = TrainingDataset(coco, points, cfg.data, with_masks=cfg.loss.full > 0, seed=cfg.seed, mask_ids=mask_ids)
     # One process (group) per output folder: rank 0 holds the lock from before the stored config is compared
     # until the training ends (docs/design.md, "The run directory").
     lock = FolderLock(output_dir) if ctx.is_main else None

@@ -144,8 +144,14 @@ class CondInstLoss:
                     logits, points[gt], point_labels[gt], stride, self.point_positive_weight,
                     self.point_negative_weight, self.point_normalisation)["loss_mask_points"]
         if self.full > 0:
-            masks = _stride_masks(targets, gt, offsets, stride, logits.device)
-            losses["loss_mask_full"] = self.full * loss_full(logits, masks)["loss_mask_full"]
+            # Instances whose mask is not known (AFIS: not bought) train the detector only.
+            known = torch.cat([t.get("mask_known", torch.ones(len(t["boxes"]), dtype=torch.bool))
+                               for t in targets]).to(logits.device)[gt]
+            if known.any():
+                masks = _stride_masks(targets, gt[known], offsets, stride, logits.device)
+                losses["loss_mask_full"] = self.full * loss_full(logits[known], masks)["loss_mask_full"]
+            else:
+                losses["loss_mask_full"] = logits.sum() * 0.0
         if self.box > 0:
             height, width = logits.shape[-2:]
             boxes = torch.cat([t["boxes"] for t in targets]).to(logits)

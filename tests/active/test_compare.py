@@ -50,6 +50,16 @@ def test_runs_on_another_runs_points_and_mask_rcnn_runs_form_their_own_groups(tm
                             "Mask R-CNN, entropy (anchors)"]
 
 
+def test_boxinst_init_and_global_budget_runs_form_their_own_groups(tmp_path):
+    runs = [_run(tmp_path, name, "entropy", [10.0, 11.0]) for name in ("plain", "boxinst", "global", "both")]
+    for run_dir, overrides in zip(runs, ([], ["loop.init=boxinst", "loss.box=1"], ["selection.allocation=global"],
+                                         ["loop.init=boxinst", "loss.box=1", "selection.allocation=global"])):
+        dump_config(load_config(None, overrides), run_dir / "config.yaml")
+    assert list(group_runs(runs)) == ["entropy (anchors)", "entropy (anchors), BoxInst init",
+                                      "entropy (anchors), global budget",
+                                      "entropy (anchors), BoxInst init, global budget"]
+
+
 def test_compare_writes_png_and_markdown(tmp_path):
     runs = [_run(tmp_path, "e0", "entropy", [10.0, 14.0]), _run(tmp_path, "r0", "random", [10.0, 12.0])]
     table = compare_runs(runs, tmp_path / "out")

@@ -158,3 +158,13 @@ def test_both_ranks_stop_for_peoples_answers(synth_dir, tiny_overrides, tmp_path
     assert completed.returncode != 0
     assert completed.stdout.count("questions waiting; answer them with `apis annotate") == 2, completed.stdout
     assert "APIS bug" not in completed.stderr
+
+
+def test_afis_under_torchrun_is_refused_before_joining_the_group(monkeypatch):
+    from apis.active.distributed_loop import run_loop
+    from apis.config import ConfigError, load_config
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="afis.level=instance: the AFIS baseline runs in one process"):
+        run_loop(load_config(None, ["afis.level=instance", "loss.full=1.0", "device=cpu"]))

@@ -126,6 +126,14 @@ def test_strategies_share_p0_and_m0(finished_runs):
     assert {a.chosen_by for a in _answers(Path(rnd.output_dir)) if a.step == 1} == {"random"}
 
 
+def test_a_run_sharing_m0_names_its_own_strategy_and_sets_from_step_0(finished_runs, tiny_config):
+    entropy, entropy_rows = finished_runs["entropy"]
+    cfg = tiny_config("bald_scales", "selection.metric=bald", "selection.sets=[anchors,scales]",
+                      "selection.scales=[48,64]", "loop.steps=0", f"loop.initial_run={entropy.output_dir}")
+    (row,) = run_active_loop(cfg)
+    assert row == {**entropy_rows[0], "strategy": "bald", "sets": ["anchors", "scales"]}
+
+
 def test_crash_while_asking_resumes_with_the_same_points(tiny_config, monkeypatch):
     cfg = tiny_config("crash", "loop.steps=1")
     calls = {"n": 0}
@@ -434,3 +442,40 @@ def test_a_training_set_changed_mid_run_is_named_with_how_to_go_on(tiny_config, 
         ActiveLearningRun(cfg)
     with pytest.raises(DatasetError, match="restore .*train.json as it was when the run started"):
         ActiveLearningRun(cfg)  # refused again (the lock was released), and says how to go on
+
+
+def test_global_allocation_spends_one_point_per_instance_in_all_and_stores_several_per_instance(tiny_config):
+    """``selection.allocation=global`` with a random metric: the step's points equal the instances in number, each
+    a distinct pixel of its own box, and whatever instance got several has them all in the ledger."""
+    cfg = tiny_config("global", "selection.allocation=global", "selection.metric=random", "loop.steps=1",
+                      "selection.min_point_distance=0")
+    rows = run_active_loop(cfg)
+    train = load_coco(cfg.data.train_json)
+    step1 = [a for a in _answers(Path(cfg.output_dir)) if a.step == 1]
+    assert len(step1) == len(list(train.instances())) == len({(a.ann_id, a.x, a.y) for a in step1})
+    per_instance = np.bincount([a.ann_id for a in step1])
+    assert per_instance.max() > 1  # random scores tie everywhere: the budget lands unevenly
+    selected = _selection(Path(cfg.output_dir), 1)["points"]
+    assert sorted((p["ann_id"], p["x"], p["y"]) for p in selected) == sorted((a.ann_id, a.x, a.y) for a in step1)
+    assert rows[1]["points_per_instance"] == pytest.approx(2.0)
+
+
+def test_boxinst_initialised_run_asks_no_p0_and_counts_s_points_per_instance(tiny_config):
+    """``loop.init=boxinst`` (P'_s): M0 trains from boxes alone (BoxInst terms, no point loss), step 0 asks and
+    charges nothing, step s leaves every instance with s points; resuming the finished run changes nothing."""
+    with pytest.raises(ConfigError, match="loop.init.*loss.box"):
+        tiny_config("no-box", "loop.init=boxinst")
+    cfg = tiny_config("boxinst", "loop.init=boxinst", "loss.box=1.0", "loop.steps=1")
+    rows = run_active_loop(cfg)
+    run_dir = Path(cfg.output_dir)
+    answers = _answers(run_dir)
+    train = load_coco(cfg.data.train_json)
+    instances = len(list(train.instances()))
+    assert not [a for a in answers if a.step == 0]
+    assert sorted(a.ann_id for a in answers if a.step == 1) == sorted(i.ann_id for i in train.instances())
+    assert [r["points_per_instance"] for r in rows] == [0.0, 1.0]
+    assert rows[0]["annotation_seconds"] == pytest.approx(instances * 7.0)  # the boxes only
+    assert rows[1]["annotation_seconds"] == pytest.approx(instances * (7.0 + 0.9))
+    m0 = load_checkpoint(step_dir(run_dir, 0) / "train" / "model_final.pth")["config"]["loss"]
+    assert (m0["points"], m0["box"]) == (0.0, 1.0)
+    assert run_active_loop(cfg) == rows  # resumes: a finished step 0 without answers is not a lost ledger

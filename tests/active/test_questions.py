@@ -193,4 +193,4 @@ def test_a_version_1_ledger_opens_with_its_answers_and_gains_the_question_tables
         assert [(a.ann_id, a.x, a.y, a.label) for a in queue.answers()] == [(1, 2, 3, 1)]
         assert queue.post(1, [PointToAsk(2, 11, 1, 1, "entropy")]) == 1
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]

@@ -14,7 +14,7 @@ from apis.active.strategies import (
 )
 from apis.structures import PredictionSet
 
-BUILT_IN = ["entropy", "least-entropy", "least-error", "max-error", "random", "variance"]
+BUILT_IN = ["bald", "entropy", "least-entropy", "least-error", "max-error", "random", "variance"]
 
 
 def hand_entropy(p: float) -> float:
@@ -61,6 +61,32 @@ def test_variance_is_population_variance_by_hand():
 def test_variance_with_single_prediction_falls_back_to_entropy():
     probs = stack([[0.2, 0.45], [0.9, 0.7]])
     metric = get_metric("variance")
+    assert_grid(metric.score(probs),
+                [[hand_entropy(0.2), hand_entropy(0.45)], [hand_entropy(0.9), hand_entropy(0.7)]])
+    point = select_point(PredictionSet(1, (0, 0), probs), metric, np.random.default_rng(0))
+    assert (point.x, point.y, point.fallback) == (1, 0, "single-prediction-entropy")
+
+
+def test_bald_is_entropy_of_mean_minus_mean_entropy_by_hand():
+    # (0,0): members 0.1 and 0.9 disagree, each confident: H(.5) - H(.1) (entropy is symmetric);
+    # (0,1): members agree at 0.5: H(.5) - H(.5) = 0 although the entropy is the largest possible;
+    # (1,0): 0.2 and 0.6 -> H(.4) - (H(.2) + H(.6)) / 2; (1,1): both 0.99 -> 0.
+    probs = stack([[0.1, 0.5], [0.2, 0.99]], [[0.9, 0.5], [0.6, 0.99]])
+    expected = [[hand_entropy(0.5) - hand_entropy(0.1), 0.0],
+                [hand_entropy(0.4) - (hand_entropy(0.2) + hand_entropy(0.6)) / 2, 0.0]]
+    metric = get_metric("bald")
+    assert_grid(metric.score(probs), expected)
+    point = select_point(PredictionSet(1, (0, 0), probs), metric, np.random.default_rng(0))
+    assert (point.x, point.y, point.fallback) == (0, 0, None)
+    assert point.uncertainty == pytest.approx(expected[0][0], abs=1e-12)
+    # entropy of the mean is 0.693 at both (0,0) and (0,1); BALD tells the disagreement apart
+    entropy_scores = get_metric("entropy").score(probs)
+    assert entropy_scores[0, 0].item() == pytest.approx(entropy_scores[0, 1].item(), abs=1e-12)
+
+
+def test_bald_with_single_prediction_falls_back_to_entropy():
+    probs = stack([[0.2, 0.45], [0.9, 0.7]])
+    metric = get_metric("bald")
     assert_grid(metric.score(probs),
                 [[hand_entropy(0.2), hand_entropy(0.45)], [hand_entropy(0.9), hand_entropy(0.7)]])
     point = select_point(PredictionSet(1, (0, 0), probs), metric, np.random.default_rng(0))

@@ -91,6 +91,21 @@ def test_training_never_reads_masks_without_full_supervision(tiny_coco, monkeypa
     assert "masks" not in sample["target"]
 
 
+def test_training_reads_only_the_masks_it_is_given(tiny_coco, monkeypatch):
+    """AFIS: with ``mask_ids`` only those instances' masks are read; the others are empty, flagged unknown."""
+    coco = load_coco(tiny_coco)
+    masks = coco.masks("full-supervision")
+    read, original = [], type(masks).mask
+    monkeypatch.setattr(type(masks), "mask", lambda self, ann_id: read.append(ann_id) or original(self, ann_id))
+    monkeypatch.setattr(type(coco), "masks", lambda self, purpose: masks)
+    dataset = TrainingDataset(coco, None, DataConfig(min_size_train=[32], max_size=100), with_masks=True, seed=0,
+                              mask_ids={2})
+    target = dataset[(0, 0)]["target"]
+    assert target["ann_ids"].tolist() == [1, 2] and read == [2]
+    assert target["mask_known"].tolist() == [False, True]
+    assert target["masks"][0].sum() == 0
+
+
 def test_training_sample_has_no_crowd_and_consistent_geometry(tiny_coco):
     coco = load_coco(tiny_coco)
     points = random_points(coco, 6, seed=0)

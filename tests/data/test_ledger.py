@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from apis.data.ledger import Answer, LedgerError, PointLedger
+from apis.data.ledger import Answer, BoughtMask, LedgerError, PointLedger
 from apis.data.points import read_pointsup
 
 # Instance 1: box xyxy (2, 3, 8, 9) in a 20x20 image 10 -> candidate pixels x in 2..7, y in 3..8
@@ -159,7 +159,7 @@ def test_reopen_sees_the_same_answers_and_concurrent_readers_see_commits(tmp_pat
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(ValueError, match=r"ledger schema version \[99\], expected 2"):
+    with pytest.raises(ValueError, match=r"ledger schema version \[99\], expected 3"):
         PointLedger(path)
 
 
@@ -245,3 +245,32 @@ def test_steps_lists_the_steps_with_answers(ledger):
     assert ledger.steps() == set()
     ledger.record([answer(step=0), answer(x=3, step=2)])
     assert ledger.steps() == {0, 2}
+
+
+def test_bought_masks_are_stored_once_counted_in_the_cost_and_read_by_step(ledger):
+    ledger.record([answer(x=2, y=3, step=0)])
+    bought = [BoughtMask(1, 10, step=0, chosen_by="afis-random", annotator="simulated-oracle", cost_s=79.2),
+              BoughtMask(2, 11, step=1, chosen_by="afis-min-det-loss", annotator="simulated-oracle", cost_s=79.2)]
+    assert ledger.record_masks(bought) == 2
+    assert ledger.record_masks(bought[:1]) == 0  # an instance's mask is bought once
+    assert [m.ann_id for m in ledger.masks(max_step=0)] == [1] and ledger.masks() == bought
+    assert ledger.total_cost_s(max_step=0) == pytest.approx(0.9 + 79.2)
+    assert ledger.total_cost_s() == pytest.approx(0.9 + 2 * 79.2)
+    with pytest.raises(ValueError, match="mask of annotation 2 on image 10: no such registered instance"):
+        ledger.record_masks([BoughtMask(2, 10, 2, "afis-random", "simulated-oracle", 79.2)])
+
+
+def test_a_version_2_ledger_read_only_has_no_masks(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    with PointLedger(path) as ledger:
+        ledger.register_instances(INSTANCES)
+        ledger.record([answer()])
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE masks")
+        conn.execute("UPDATE schema_version SET version = 2")
+    with PointLedger(path, read_only=True) as old:
+        assert old.masks() == [] and old.total_cost_s() == pytest.approx(0.9)
+    with PointLedger(path) as upgraded:
+        assert upgraded.masks() == []
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]

@@ -202,3 +202,30 @@ def test_predict_scales_boxes_by_original_over_resized(tiny_model):
         decoded = model.decode_boxes(outputs, i, torch.arange(outputs.locations.shape[0]))
         for box in at_1x.boxes[candidates]:
             assert torch.isclose(decoded, box, atol=1e-4).all(dim=1).any()
+
+
+def test_full_mask_loss_leaves_out_instances_whose_mask_is_not_known():
+    """AFIS trains on some masks only: proposals of a GT with ``mask_known`` False add nothing to the Dice loss,
+    whatever its (empty) mask holds; by hand, the loss is the Dice over the known GTs' proposals alone."""
+    from apis.modeling.mask_losses import loss_full, masks_at_stride
+
+    images, sizes, targets = batch()
+    stride = 4
+    logits = torch.randn(3, HEIGHT // stride, WIDTH // stride, generator=torch.Generator().manual_seed(1))
+    image_index, local_gt = torch.tensor([0, 0, 0]), torch.tensor([0, 1, 1])  # proposals of GT 0, 1, 1
+    criterion = CondInstLoss(points=0.0, full=1.0)
+    targets[0]["mask_known"] = torch.tensor([False, True])
+    losses, _ = criterion.mask_losses(logits, stride, targets, image_index, local_gt, images, sizes, 0)
+    second = masks_at_stride(targets[0]["masks"][[1, 1]], stride)
+    expected = loss_full(logits[1:], second)["loss_mask_full"]
+    assert losses["loss_mask_full"].item() == pytest.approx(expected.item(), rel=1e-6)
+    targets[0]["masks"][0] = 1  # the unknown mask's content is never read
+    again, _ = criterion.mask_losses(logits, stride, targets, image_index, local_gt, images, sizes, 0)
+    assert again["loss_mask_full"].item() == pytest.approx(expected.item(), rel=1e-6)
+    targets[0]["mask_known"] = torch.tensor([False, False])
+    none, _ = criterion.mask_losses(logits.requires_grad_(), stride, targets, image_index, local_gt, images, sizes, 0)
+    assert none["loss_mask_full"].item() == 0.0 and none["loss_mask_full"].requires_grad
+    del targets[0]["mask_known"]  # without flags every mask is known, as before
+    every, _ = criterion.mask_losses(logits, stride, targets, image_index, local_gt, images, sizes, 0)
+    both = masks_at_stride(targets[0]["masks"][[0, 1, 1]], stride)
+    assert every["loss_mask_full"].item() == pytest.approx(loss_full(logits, both)["loss_mask_full"].item(), rel=1e-6)
