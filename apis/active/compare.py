@@ -16,7 +16,7 @@ import numpy as np
 
 from apis.active.strategies import available_metrics, get_metric
 from apis.config import ExperimentConfig, load_run_config
-from apis.utils.io import atomic_write_text
+from apis.utils.io import atomic_save_png, atomic_write_text
 
 TABLE_COLUMNS = (
     ("mask_AP", "mask AP", "{:.2f}"),
@@ -177,12 +177,8 @@ def plot_curves(groups: dict[str, list[list[dict]]], out_path: str | Path) -> No
     by_step.legend(fontsize=8)
     fig.suptitle("APIS: mask AP per annotation step")
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_save_png(fig, out_path, dpi=120)
     plt.close(fig)
-    tmp.replace(out_path)
 
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:

@@ -137,6 +137,30 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+def _check_record(record, where: str, integer_fields: tuple[str, ...]) -> None:
+    """Normalise and check the fields an :class:`Answer` and a :class:`BoughtMask` share (frozen dataclasses:
+    the integers and ``cost_s`` are coerced in place); ``where`` names the record in the error."""
+    try:
+        for name in integer_fields:
+            object.__setattr__(record, name, operator.index(getattr(record, name)))
+        object.__setattr__(record, "cost_s", float(record.cost_s))
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}") from None
+    if record.step < 0:
+        raise ValueError(f"{where}: step {record.step} is negative")
+    if not (math.isfinite(record.cost_s) and record.cost_s >= 0):
+        raise ValueError(f"{where}: cost_s {record.cost_s} is not a non-negative number")
+    for name in ("chosen_by", "annotator"):
+        if not isinstance(getattr(record, name), str) or not getattr(record, name):
+            raise ValueError(f"{where}: {name} must be a non-empty string")
+    try:
+        answered_at = datetime.fromisoformat(record.answered_at)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: answered_at {record.answered_at!r} is not an ISO-8601 time") from None
+    if answered_at.utcoffset() is None or answered_at.utcoffset().total_seconds() != 0:
+        raise ValueError(f"{where}: answered_at {record.answered_at!r} is not in UTC")
+
+
 @dataclass(frozen=True)
 class Answer:
     """One annotator answer: is pixel ``(x, y)`` (integer indices) on instance ``ann_id``?
@@ -159,27 +183,9 @@ class Answer:
 
     def __post_init__(self) -> None:
         where = f"answer for annotation {self.ann_id} at point ({self.x}, {self.y})"
-        try:
-            for name in ("ann_id", "image_id", "x", "y", "label", "step"):
-                object.__setattr__(self, name, operator.index(getattr(self, name)))
-            object.__setattr__(self, "cost_s", float(self.cost_s))
-        except TypeError as error:
-            raise ValueError(f"{where}: {error}") from None
+        _check_record(self, where, ("ann_id", "image_id", "x", "y", "label", "step"))
         if self.label not in POINT_LABELS:
             raise ValueError(f"{where}: label {self.label} is not one of {POINT_LABELS}")
-        if self.step < 0:
-            raise ValueError(f"{where}: step {self.step} is negative")
-        if not (math.isfinite(self.cost_s) and self.cost_s >= 0):
-            raise ValueError(f"{where}: cost_s {self.cost_s} is not a non-negative number")
-        for name in ("chosen_by", "annotator"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{where}: {name} must be a non-empty string")
-        try:
-            answered_at = datetime.fromisoformat(self.answered_at)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: answered_at {self.answered_at!r} is not an ISO-8601 time") from None
-        if answered_at.utcoffset() is None or answered_at.utcoffset().total_seconds() != 0:
-            raise ValueError(f"{where}: answered_at {self.answered_at!r} is not in UTC")
 
 
 @dataclass(frozen=True)
@@ -196,12 +202,7 @@ class BoughtMask:
     answered_at: str = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
-        where = f"mask of annotation {self.ann_id}"
-        for name in ("ann_id", "image_id", "step"):
-            object.__setattr__(self, name, operator.index(getattr(self, name)))
-        object.__setattr__(self, "cost_s", float(self.cost_s))
-        if self.step < 0 or not (math.isfinite(self.cost_s) and self.cost_s >= 0):
-            raise ValueError(f"{where}: step {self.step} and cost_s {self.cost_s} must be non-negative")
+        _check_record(self, f"mask of annotation {self.ann_id}", ("ann_id", "image_id", "step"))
 
 
 _MASK_COLUMNS = ", ".join(f.name for f in fields(BoughtMask))

@@ -29,6 +29,7 @@ from apis.data.coco import CocoDataset, load_coco
 from apis.data.ledger import PointLedger
 from apis.data.points import UNSURE
 from apis.structures import PredictionSet
+from apis.utils.io import atomic_save_png
 
 ANSWER_COLOURS = {1: "#2ca02c", 0: "#d62728", UNSURE: "#ffbf00"}
 ANSWER_NAMES = {1: "yes", 0: "no", UNSURE: "unsure"}
@@ -267,12 +268,8 @@ def draw_image(views: StepViews, image_id: int, out_path: str | Path) -> Path:
         box = axis.get_position()
         fig.text((box.x0 + box.x1) / 2, 1 - 0.45 / height, title, ha="center", va="center", fontsize=8.5,
                  weight="bold")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    out_path = atomic_save_png(fig, out_path, dpi=100)
     plt.close(fig)
-    tmp.replace(out_path)
     return out_path
 
 

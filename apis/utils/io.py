@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -80,3 +81,11 @@ def strict_json(obj: Any) -> Any:
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> None:
     """Write ``obj`` as strict JSON: undefined metrics (NaN) become ``null``."""
     atomic_write_text(path, json.dumps(strict_json(obj), indent=indent, allow_nan=False))
+
+
+def atomic_save_png(figure, path: str | Path, dpi: int) -> Path:
+    """Save a matplotlib ``figure`` as a PNG at ``path`` atomically (rendered in memory first); returns the path."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)

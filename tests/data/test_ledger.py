@@ -274,3 +274,17 @@ def test_a_version_2_ledger_read_only_has_no_masks(tmp_path):
         assert upgraded.masks() == []
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"step": -1}, "step -1 is negative"),
+    ({"cost_s": float("nan")}, "cost_s nan is not a non-negative number"),
+    ({"annotator": ""}, "annotator must be a non-empty string"),
+    ({"answered_at": "2026-11-30T10:00:00+01:00"}, "is not in UTC"),
+    ({"ann_id": 1.5}, "mask of annotation 1.5"),
+])
+def test_a_bought_mask_is_checked_like_an_answer(fields, message):
+    record = {"ann_id": 1, "image_id": 10, "step": 0, "chosen_by": "afis-random", "annotator": "simulated-oracle",
+              "cost_s": 79.2} | fields
+    with pytest.raises(ValueError, match=message):
+        BoughtMask(**record)
