@@ -39,14 +39,23 @@ def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int, pos
     valid = labels >= 0
     if not bool(valid.any()):
         return {"loss_mask_points": logits.sum() * 0.0}
-    samples = sample_mask_logits(logits, points, stride)[valid]
+    samples = sample_mask_logits(logits, points, stride)
+    return {"loss_mask_points": weighted_point_bce(samples, labels, valid, positive_weight, negative_weight,
+                                                   normalisation)}
+
+
+def weighted_point_bce(samples: Tensor, labels: Tensor, valid: Tensor, positive_weight: float,
+                       negative_weight: float, normalisation: str) -> Tensor:
+    """The point BCE of any mask model: ``samples [N, P]`` logits at the points, ``labels [N, P]``, counted where
+    ``valid [N, P]`` (at least one); the weighted mean over the counted points, times the points per counted
+    instance with ``normalisation="instance"`` (each instance's points summed, instances averaged)."""
     targets = labels[valid].to(samples.dtype)
     weights = torch.where(targets > 0, positive_weight, negative_weight).to(samples.dtype)
-    terms = F.binary_cross_entropy_with_logits(samples, targets, reduction="none")
+    terms = F.binary_cross_entropy_with_logits(samples[valid], targets, reduction="none")
     loss = (weights * terms).sum() / weights.sum()
     if normalisation == "instance":
         loss = loss * valid.sum() / valid.any(dim=1).sum()
-    return {"loss_mask_points": loss}
+    return loss
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ from apis.modeling.backbone import build_backbone
 from apis.modeling.condinst import PIXEL_MEAN, PIXEL_STD, resize_scale
 from apis.modeling.condinst_loss import gather_training_points
 from apis.modeling.inputs import check_batch, check_targets
+from apis.modeling.mask_losses import weighted_point_bce
 from apis.modeling.postprocess import Detections, to_original_boxes
 
 if TYPE_CHECKING:
@@ -98,13 +99,8 @@ def loss_mask_points(logits: Tensor, boxes: Tensor, points: Tensor, labels: Tens
     valid = (labels >= 0) & inside
     if not bool(valid.any()):
         return {"loss_mask_points": logits.sum() * 0.0}
-    targets = labels[valid].to(samples.dtype)
-    weights = torch.where(targets > 0, positive_weight, negative_weight).to(samples.dtype)
-    terms = F.binary_cross_entropy_with_logits(samples[valid], targets, reduction="none")
-    loss = (weights * terms).sum() / weights.sum()
-    if normalisation == "instance":
-        loss = loss * valid.sum() / valid.any(dim=1).sum()
-    return {"loss_mask_points": loss}
+    return {"loss_mask_points": weighted_point_bce(samples, labels, valid, positive_weight, negative_weight,
+                                                   normalisation)}
 
 
 def box_grid_logits(logits: Tensor, boxes: Tensor, grid_box: tuple[float, float, float, float],
