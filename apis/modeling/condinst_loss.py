@@ -156,8 +156,8 @@ class CondInstLoss:
             height, width = logits.shape[-2:]
             boxes = torch.cat([t["boxes"] for t in targets]).to(logits)
             box_masks = box_masks_at_stride(boxes[gt], height, width, stride)
-            similarity = colour_similarity(images, image_sizes, stride, self.pairwise_dilation)[image_index]
-            pairwise = loss_box_pairwise(logits, box_masks, similarity, self.pairwise_dilation,
+            similarity = colour_similarity(images, image_sizes, stride, self.pairwise_dilation)
+            pairwise = loss_box_pairwise(logits, box_masks, similarity, image_index, self.pairwise_dilation,
                                          self.pairwise_colour_threshold)["loss_mask_box_pairwise"]
             warmup = pairwise_warmup(iteration, self.pairwise_warmup_iters)
             losses["loss_mask_box_proj"] = self.box * loss_box_projection(logits, box_masks)["loss_mask_box_proj"]

@@ -124,24 +124,11 @@ def test_box_projection_by_hand():
     assert loss_box_projection(logits, box)["loss_mask_box_proj"].item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_pairwise_disagreement_by_brute_force():
-    torch.manual_seed(0)
-    logits = torch.randn(1, 5, 6)
-    dilation = 2
-    result = pairwise_disagreement(logits, dilation)
-    probs = torch.sigmoid(logits)[0]
-    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-    for k, (dy, dx) in enumerate(offsets):
-        for i in range(5):
-            for j in range(6):
-                ni, nj = i + dy * dilation, j + dx * dilation
-                if not (0 <= ni < 5 and 0 <= nj < 6):
-                    # No neighbour outside the map (zero-padded log-probabilities give 0); the loss
-                    # weights such pairs with 0 anyway.
-                    assert result[0, k, i, j].item() == pytest.approx(0.0, abs=1e-6)
-                    continue
-                p, q = float(probs[i, j]), float(probs[ni, nj])
-                assert result[0, k, i, j].item() == pytest.approx(-math.log(p * q + (1 - p) * (1 - q)), rel=1e-5)
+def test_pairwise_disagreement_by_hand():
+    centre, neighbour = torch.tensor([2.0, -1.0, 0.0]), torch.tensor([-0.5, -3.0, 4.0])
+    p, q = torch.sigmoid(centre), torch.sigmoid(neighbour)
+    expected = -torch.log(p * q + (1 - p) * (1 - q))
+    assert torch.allclose(pairwise_disagreement(centre, neighbour), expected, rtol=1e-5)
 
 
 def test_loss_box_pairwise_weights():
@@ -150,9 +137,43 @@ def test_loss_box_pairwise_weights():
     similarity = torch.zeros(1, 8, 2, 3)
     similarity[0, 4, 0, 0] = 0.9  # neighbour index 4 is (dy, dx) = (0, +1): cell (0, 0) with (0, 1)
     similarity[0, 4, 0, 1] = 0.2  # below the threshold: ignored
-    loss = loss_box_pairwise(logits, box, similarity, dilation=1, threshold=0.3)["loss_mask_box_pairwise"]
+    loss = loss_box_pairwise(logits, box, similarity, torch.tensor([0]), dilation=1,
+                             threshold=0.3)["loss_mask_box_pairwise"]
     p, q = 1 / (1 + math.exp(-3)), 1 / (1 + math.exp(3))
     assert loss.item() == pytest.approx(-math.log(p * q + (1 - p) * (1 - q)), rel=1e-5)
+
+
+def test_loss_box_pairwise_by_brute_force():
+    """Every (instance, cell in its box, neighbour) pair summed in Python loops, on two images."""
+    torch.manual_seed(0)
+    height, width, dilation, threshold = 6, 7, 2, 0.3
+    logits = torch.randn(3, height, width, requires_grad=True)
+    boxes = torch.zeros(3, height, width, dtype=torch.bool)
+    boxes[0, 1:4, 2:6] = True
+    boxes[1, 0:6, 0:3] = True
+    boxes[2, 4:6, 5:7] = True
+    similarity = torch.rand(2, 8, height, width)
+    image_index = torch.tensor([0, 1, 1])
+    loss = loss_box_pairwise(logits, boxes, similarity, image_index, dilation, threshold)["loss_mask_box_pairwise"]
+    probs = torch.sigmoid(logits.detach())
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    total, count = 0.0, 0
+    touched = torch.zeros(3, height, width, dtype=torch.bool)
+    for n in range(3):
+        for i in range(height):
+            for j in range(width):
+                for k, (dy, dx) in enumerate(offsets):
+                    ni, nj = i + dy * dilation, j + dx * dilation
+                    inside = 0 <= ni < height and 0 <= nj < width
+                    if boxes[n, i, j] and inside and similarity[image_index[n], k, i, j] >= threshold:
+                        p, q = float(probs[n, i, j]), float(probs[n, ni, nj])
+                        total += -math.log(p * q + (1 - p) * (1 - q))
+                        count += 1
+                        touched[n, i, j] = touched[n, ni, nj] = True
+    assert count > 20
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)
+    loss.backward()
+    assert logits.grad[~touched].abs().sum() == 0 and logits.grad[touched].abs().min() > 0
 
 
 def test_rgb_to_lab_known_colours():
