@@ -434,9 +434,9 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_choice("model.depth", cfg.model.depth, (18, 34, 50, 101))
     _check_choice("model.arch", cfg.model.arch, ("condinst", "mask_rcnn"))
     _check_range("model.roi_samples_per_image", cfg.model.roi_samples_per_image, minimum=1)
-    if cfg.model.arch == "mask_rcnn" and (cfg.loss.full > 0 or cfg.loss.box > 0):
-        raise ConfigError(f"model.arch=mask_rcnn learns its masks from points only (loss.points); set loss.full=0 "
-                          f"and loss.box=0 (got {cfg.loss.full} and {cfg.loss.box})")
+    if cfg.model.arch == "mask_rcnn" and cfg.loss.full > 0:
+        raise ConfigError(f"model.arch=mask_rcnn learns its masks from points and boxes (loss.points, loss.box), "
+                          f"not from full masks; set loss.full=0 (got {cfg.loss.full})")
     _check_choice("model.norm", cfg.model.norm, ("frozen_bn", "bn"))
     _check_choice("model.dynamic_init", cfg.model.dynamic_init, ("fan_in", "zeros"))
     _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))

@@ -14,7 +14,6 @@ from torch import Tensor
 from apis.modeling.dynamic_mask_head import sample_mask_logits
 
 DICE_EPS = 1e-5
-NEIGHBOURS = 8  # BoxInst pairwise term: the 3x3 neighbourhood without its centre
 
 
 def loss_points(logits: Tensor, points: Tensor, labels: Tensor, stride: int, positive_weight: float = 1.0,
@@ -203,6 +202,13 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
     return torch.stack([116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], dim=1)
 
 
+def lab_affinity(lab: Tensor, dilation: int) -> Tensor:
+    """BoxInst's colour affinity ``exp(-||lab_i - lab_j|| / 2)`` of each cell of ``lab [B, 3, H, W]``
+    (L*a*b*) with its 8 neighbours at ``dilation`` cells -> ``[B, 8, H, W]`` (neighbours outside the grid
+    compare with zeros: callers mask them)."""
+    return torch.exp(-torch.linalg.vector_norm(lab[:, :, None] - neighbours(lab, dilation), dim=1) * 0.5)
+
+
 def colour_similarity(images: Tensor, image_sizes: list[tuple[int, int]], stride: int, dilation: int) -> Tensor:
     """BoxInst colour affinity ``exp(-||lab_i - lab_j|| / 2)`` of each stride cell with its 8 neighbours.
 
@@ -216,8 +222,7 @@ def colour_similarity(images: Tensor, image_sizes: list[tuple[int, int]], stride
         ``[B, 8, Hp/stride, Wp/stride]``; pairs with a neighbour outside the valid area get 0.
     """
     pooled = F.avg_pool2d(images.float(), kernel_size=stride, stride=stride)
-    lab = rgb_to_lab(pooled)
-    similarity = torch.exp(-torch.linalg.vector_norm(lab[:, :, None] - neighbours(lab, dilation), dim=1) * 0.5)
+    similarity = lab_affinity(rgb_to_lab(pooled), dilation)
     batch, _, height, width = pooled.shape
     centres_y = torch.arange(height, device=images.device) * stride + stride / 2
     centres_x = torch.arange(width, device=images.device) * stride + stride / 2

@@ -10,7 +10,10 @@ The mask of a RoI is a ``28 x 28`` grid over the RoI's box: cell ``(i, j)`` cove
 x0 + (j + 1) w / 28) x [y0 + i h / 28, ...)`` (as torchvision projects GT masks onto proposals and pastes
 predicted masks back). The point loss samples that grid bilinearly at the labelled points of the GT a positive
 proposal is matched to, mapped into the proposal's frame; points outside the proposal are ignored
-(:func:`loss_mask_points`).
+(:func:`loss_mask_points`). BoxInst's box terms (``loss.box > 0``, the recipe of docs/design.md) work in the
+same frame: the projection term against the cells of the grid whose centre lies in the matched GT box
+(:func:`gt_box_cells`), the pairwise term between neighbouring cells of similar colour, the colours being the
+image's L*a*b* values pooled onto each RoI's grid (:func:`roi_colour_similarity`).
 
 Entry points, as CondInst's (:mod:`apis.modeling.condinst`: the same images, image sizes and targets):
 ``model(images)`` -> the feature pyramid; :meth:`MaskRCNNPoints.losses_and_stats`; :meth:`MaskRCNNPoints.predict`
@@ -34,14 +37,21 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign, box_iou
+from torchvision.ops import MultiScaleRoIAlign, box_iou, roi_align
 
 from apis.data.coords import PIXEL_CENTRE, box_pixel_range
 from apis.modeling.backbone import build_backbone
 from apis.modeling.condinst import PIXEL_MEAN, PIXEL_STD, resize_scale
 from apis.modeling.condinst_loss import gather_training_points
 from apis.modeling.inputs import check_batch, check_targets
-from apis.modeling.mask_losses import weighted_point_bce
+from apis.modeling.mask_losses import (
+    lab_affinity,
+    loss_box_pairwise,
+    loss_box_projection,
+    pairwise_warmup,
+    rgb_to_lab,
+    weighted_point_bce,
+)
 from apis.modeling.postprocess import Detections, to_original_boxes
 
 if TYPE_CHECKING:
@@ -103,6 +113,51 @@ def loss_mask_points(logits: Tensor, boxes: Tensor, points: Tensor, labels: Tens
                                                    normalisation)}
 
 
+def gt_box_cells(gt_boxes: Tensor, rois: Tensor, size: int = MASK_SIZE) -> Tensor:
+    """The cells of each RoI's ``size x size`` grid whose centre lies inside the GT box it is matched to.
+
+    Args:
+        gt_boxes: ``[n, 4]`` xyxy, the matched GT boxes (continuous coordinates).
+        rois: ``[n, 4]`` xyxy, the RoIs in the same frame.
+        size: cells per side of the grid.
+
+    Returns:
+        ``[n, size, size]`` bool; the cell nearest the GT box's centre is always marked (a GT box can fall
+        between cell centres only when it is far smaller than its RoI).
+    """
+    steps = (torch.arange(size, device=rois.device, dtype=torch.float32) + 0.5) / size  # cell centres in [0, 1]
+    rois, gt_boxes = rois.float(), gt_boxes.float()
+    centres_x = rois[:, 0:1] + steps * (rois[:, 2:3] - rois[:, 0:1])  # [n, size]
+    centres_y = rois[:, 1:2] + steps * (rois[:, 3:4] - rois[:, 1:2])
+    cols = (centres_x >= gt_boxes[:, 0:1]) & (centres_x <= gt_boxes[:, 2:3])
+    rows = (centres_y >= gt_boxes[:, 1:2]) & (centres_y <= gt_boxes[:, 3:4])
+    nearest_col = (centres_x - (gt_boxes[:, 0:1] + gt_boxes[:, 2:3]) / 2).abs().argmin(dim=1)
+    nearest_row = (centres_y - (gt_boxes[:, 1:2] + gt_boxes[:, 3:4]) / 2).abs().argmin(dim=1)
+    index = torch.arange(len(rois), device=rois.device)
+    cols[index, nearest_col] = True
+    rows[index, nearest_row] = True
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def roi_colour_similarity(images: Tensor, rois: list[Tensor], dilation: int, size: int = MASK_SIZE) -> Tensor:
+    """BoxInst's colour affinity between neighbouring cells of each RoI's ``size x size`` grid.
+
+    Args:
+        images: ``[B, 3, Hp, Wp]`` RGB in 0..255.
+        rois: per image ``[Ri, 4]`` xyxy, continuous coordinates of ``images``.
+        dilation: distance of the neighbours in cells.
+        size: cells per side of the grid.
+
+    Returns:
+        ``[R, 8, size, size]`` (R = sum of Ri), in the order of :func:`apis.modeling.mask_losses.neighbours`;
+        each cell's colour is the mean L*a*b* over it (RoIAlign, 2 x 2 samples a cell, pixel centres at +0.5).
+    """
+    lab = rgb_to_lab(images.float())
+    pooled = roi_align(lab, [r.float() for r in rois], output_size=size, spatial_scale=1.0, sampling_ratio=2,
+                       aligned=True)
+    return lab_affinity(pooled, dilation)
+
+
 def box_grid_logits(logits: Tensor, boxes: Tensor, grid_box: tuple[float, float, float, float],
                     scale: tuple[float, float], original_size: tuple[int, int]) -> tuple[tuple[int, int], Tensor]:
     """Box-frame mask logits of ``K`` RoIs at the pixel centres of one box's candidate grid (original frame).
@@ -160,10 +215,16 @@ class MaskRCNNPoints(nn.Module):
         mask_threshold: inference: a mask pixel is on when its probability exceeds this.
         roi_samples_per_image: RoIs sampled per image to train the box head, a quarter of them positive (the
             positives train the mask head).
-        points: weight of the point loss (0: the mask head is not trained).
+        points: weight of the point loss.
         point_positive_weight: weight of the points labelled 1 in the point loss.
         point_negative_weight: weight of the points labelled 0.
         point_normalisation: "point" or "instance" (see :func:`loss_mask_points`).
+        box: weight of BoxInst's box terms (projection + pairwise) in each RoI's frame (0: none; with
+            ``points`` also 0 the mask head is not trained).
+        pairwise_weight: weight of the pairwise term relative to the projection term.
+        pairwise_dilation: neighbour distance of the pairwise term, in cells of the RoI's grid.
+        pairwise_colour_threshold: colour affinity above which neighbours are pulled together.
+        pairwise_warmup_iters: iterations over which the pairwise term ramps up from 0.
 
     The RPN, box head and sampling keep torchvision's ``maskrcnn_resnet50_fpn`` settings (anchors 32-512 with
     ratios 0.5/1/2, 2000 proposals per image in training and 1000 at test, RoIs a quarter positive, IoU 0.5 for
@@ -174,7 +235,9 @@ class MaskRCNNPoints(nn.Module):
                  norm: str = "frozen_bn", fpn_channels: int = 256, score_threshold: float = 0.05,
                  nms_threshold: float = 0.5, detections_per_image: int = 100, mask_threshold: float = 0.5,
                  roi_samples_per_image: int = 512, points: float = 1.0, point_positive_weight: float = 1.0,
-                 point_negative_weight: float = 1.0, point_normalisation: str = "point"):
+                 point_negative_weight: float = 1.0, point_normalisation: str = "point", box: float = 0.0,
+                 pairwise_weight: float = 1.0, pairwise_dilation: int = 2, pairwise_colour_threshold: float = 0.3,
+                 pairwise_warmup_iters: int = 10000):
         super().__init__()
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold
@@ -182,6 +245,11 @@ class MaskRCNNPoints(nn.Module):
         self.point_positive_weight = point_positive_weight
         self.point_negative_weight = point_negative_weight
         self.point_normalisation = point_normalisation
+        self.box = box
+        self.pairwise_weight = pairwise_weight
+        self.pairwise_dilation = pairwise_dilation
+        self.pairwise_colour_threshold = pairwise_colour_threshold
+        self.pairwise_warmup_iters = pairwise_warmup_iters
         self.backbone = build_backbone(depth, norm, backbone_weights, fpn_channels)
         anchors = AnchorGenerator(tuple((size,) for size in ANCHOR_SIZES), (ASPECT_RATIOS,) * len(ANCHOR_SIZES))
         self.rpn = RegionProposalNetwork(
@@ -204,17 +272,21 @@ class MaskRCNNPoints(nn.Module):
 
     @classmethod
     def from_config(cls, model: ModelConfig, loss: LossConfig | None = None) -> MaskRCNNPoints:
-        """Mask R-CNN as ``model`` (``cfg.model``) describes, with the point loss of ``loss`` (``cfg.loss``).
+        """Mask R-CNN as ``model`` (``cfg.model``) describes, with the point loss and box terms of ``loss``
+        (``cfg.loss``).
 
         Raises:
-            ValueError: ``loss`` asks for a mask loss this model does not have (full masks, box terms).
+            ValueError: ``loss`` asks for full-mask training, which this model does not have.
         """
-        if loss is not None and (loss.full > 0 or loss.box > 0):
-            raise ValueError(f"model.arch=mask_rcnn learns its masks from points only (loss.points); got "
-                             f"loss.full={loss.full} and loss.box={loss.box}: set both to 0")
+        if loss is not None and loss.full > 0:
+            raise ValueError(f"model.arch=mask_rcnn learns its masks from points and boxes (loss.points, "
+                             f"loss.box); got loss.full={loss.full}: set it to 0")
         point_terms = {} if loss is None else {
             "points": loss.points, "point_positive_weight": loss.point_positive_weight,
-            "point_negative_weight": loss.point_negative_weight, "point_normalisation": loss.point_normalisation}
+            "point_negative_weight": loss.point_negative_weight, "point_normalisation": loss.point_normalisation,
+            "box": loss.box, "pairwise_weight": loss.pairwise_weight, "pairwise_dilation": loss.pairwise_dilation,
+            "pairwise_colour_threshold": loss.pairwise_colour_threshold,
+            "pairwise_warmup_iters": loss.pairwise_warmup_iters}
         return cls(model.num_classes, depth=model.depth, backbone_weights=model.backbone_weights, norm=model.norm,
                    fpn_channels=model.fpn_channels, score_threshold=model.score_threshold,
                    nms_threshold=model.nms_threshold, detections_per_image=model.detections_per_image,
@@ -256,13 +328,14 @@ class MaskRCNNPoints(nn.Module):
 
     def losses_and_stats(self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict],
                          iteration: int = 0) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """Training losses and statistics of one batch (targets as CondInst's; ``iteration`` is unused).
+        """Training losses and statistics of one batch (targets as CondInst's; ``iteration`` ramps the pairwise
+        term up).
 
         Returns:
-            ``losses``: ``loss_rpn_obj``, ``loss_rpn_box``, ``loss_rcnn_cls``, ``loss_rcnn_box`` and, with
-            ``points > 0``, ``loss_mask_points`` (weighted); ``stats``: ``num_pos`` (positive RoIs), ``num_proposals``
-            (RoIs the mask head trains on, the same) and ``point_acc`` (share of the counted points the mask head
-            classifies right; NaN when none was counted).
+            ``losses``: ``loss_rpn_obj``, ``loss_rpn_box``, ``loss_rcnn_cls``, ``loss_rcnn_box`` and, as enabled,
+            ``loss_mask_points`` and ``loss_mask_box_proj`` + ``loss_mask_box_pairwise`` (weighted); ``stats``:
+            ``num_pos`` (positive RoIs), ``num_proposals`` (RoIs the mask head trains on, the same) and
+            ``point_acc`` (share of the counted points the mask head classifies right; NaN when none was counted).
         """
         check_batch(images, image_sizes, targets=targets)
         check_targets(targets, images, self.num_classes, needs_masks=False)
@@ -278,29 +351,49 @@ class MaskRCNNPoints(nn.Module):
         positive = [torch.nonzero(image_labels > 0).squeeze(1) for image_labels in labels]
         count = sum(len(p) for p in positive)
         stats = {"num_pos": float(count), "num_proposals": float(count), "point_acc": math.nan}
-        if self.points <= 0:
+        if self.points <= 0 and self.box <= 0:
             return losses, stats
-        boxes = [p[keep] for p, keep in zip(proposals, positive)]
+        rois = [p[keep] for p, keep in zip(proposals, positive)]
         classes = [image_labels[keep] - 1 for image_labels, keep in zip(labels, positive)]
-        logits = self.mask_logits(features, boxes, classes, image_sizes)
-        points, point_labels = gather_training_points(targets, -1, images.device)
-        if points is None or count == 0:
-            losses["loss_mask_points"] = logits.sum() * 0.0
-            return losses, stats
+        logits = self.mask_logits(features, rois, classes, image_sizes)
         offsets = [0]
         for target in targets:
             offsets.append(offsets[-1] + len(target["boxes"]))
         gt = torch.cat([m[keep] + offset for m, keep, offset in zip(matched, positive, offsets)])
-        boxes = torch.cat(boxes)
-        losses["loss_mask_points"] = self.points * loss_mask_points(
+        boxes = torch.cat(rois)
+        if self.points > 0:
+            losses["loss_mask_points"], accuracy = self._point_loss(logits, boxes, targets, gt)
+            stats["point_acc"] = accuracy
+        if self.box > 0:
+            if count == 0:
+                losses["loss_mask_box_proj"] = losses["loss_mask_box_pairwise"] = logits.sum() * 0.0
+                return losses, stats
+            gt_boxes = torch.cat([t["boxes"] for t in targets]).to(boxes)[gt]
+            cells = gt_box_cells(gt_boxes, boxes)
+            similarity = roi_colour_similarity(images, rois, self.pairwise_dilation)
+            pairwise = loss_box_pairwise(logits, cells, similarity, torch.arange(count, device=logits.device),
+                                         self.pairwise_dilation, self.pairwise_colour_threshold)
+            warmup = pairwise_warmup(iteration, self.pairwise_warmup_iters)
+            losses["loss_mask_box_proj"] = self.box * loss_box_projection(logits, cells)["loss_mask_box_proj"]
+            losses["loss_mask_box_pairwise"] = (self.box * self.pairwise_weight * warmup
+                                                * pairwise["loss_mask_box_pairwise"])
+        return losses, stats
+
+    def _point_loss(self, logits: Tensor, boxes: Tensor, targets: list[dict], gt: Tensor) -> tuple[Tensor, float]:
+        """The weighted point loss of the positive RoIs ``boxes [n, 4]`` matched to the batch's GTs ``gt [n]``,
+        and the share of the counted points their logits classify right (NaN when none is counted)."""
+        points, point_labels = gather_training_points(targets, -1, logits.device)
+        if points is None or len(gt) == 0:
+            return logits.sum() * 0.0, math.nan
+        loss = self.points * loss_mask_points(
             logits, boxes, points[gt], point_labels[gt], self.point_positive_weight, self.point_negative_weight,
             self.point_normalisation)["loss_mask_points"]
         with torch.no_grad():
             samples, inside = box_frame_samples(logits, boxes, points[gt])
             counted = (point_labels[gt] >= 0) & inside
-            if bool(counted.any()):
-                stats["point_acc"] = float(((samples[counted] > 0) == (point_labels[gt][counted] > 0)).float().mean())
-        return losses, stats
+            if not bool(counted.any()):
+                return loss, math.nan
+            return loss, float(((samples[counted] > 0) == (point_labels[gt][counted] > 0)).float().mean())
 
     # ------------------------------------------------------------------ inference
 

@@ -11,7 +11,13 @@ from apis.config import ConfigError, LossConfig, ModelConfig, load_config
 from apis.data.coords import box_pixel_range
 from apis.modeling.build import build_model
 from apis.modeling.condinst import CondInst
-from apis.modeling.mask_rcnn import MaskRCNNPoints, box_grid_logits, loss_mask_points
+from apis.modeling.mask_rcnn import (
+    MaskRCNNPoints,
+    box_grid_logits,
+    gt_box_cells,
+    loss_mask_points,
+    roi_colour_similarity,
+)
 
 A, B, C, D = 1.0, -2.0, 0.5, 3.0  # a 2 x 2 mask grid [[A, B], [C, D]]
 
@@ -70,9 +76,10 @@ def test_box_grid_pastes_each_mask_in_its_box_and_nothing_outside():
     assert origin == (xs, ys) and grid.shape == (1, ye - ys, xe - xs)
 
 
-def _tiny(points=1.0, seed=0):
+def _tiny(points=1.0, seed=0, box=0.0):
     torch.manual_seed(seed)
-    return MaskRCNNPoints(num_classes=3, depth=18, norm="bn", fpn_channels=16, points=points)
+    return MaskRCNNPoints(num_classes=3, depth=18, norm="bn", fpn_channels=16, points=points, box=box,
+                          pairwise_warmup_iters=10)
 
 
 def _batch():
@@ -158,10 +165,13 @@ def test_build_model_follows_model_arch_and_refuses_mask_losses_it_lacks():
     assert isinstance(build_model(load_config(None, tiny).model), CondInst)
     cfg = load_config(None, [*tiny, "model.arch=mask_rcnn"])
     assert isinstance(build_model(cfg.model, cfg.loss), MaskRCNNPoints)
-    with pytest.raises(ConfigError, match="mask_rcnn learns its masks from points only"):
-        load_config(None, [*tiny, "model.arch=mask_rcnn", "loss.box=1.0"])
-    with pytest.raises(ValueError, match="set both to 0"):
+    with pytest.raises(ConfigError, match="mask_rcnn learns its masks from points and boxes"):
+        load_config(None, [*tiny, "model.arch=mask_rcnn", "loss.full=1.0"])
+    with pytest.raises(ValueError, match="set it to 0"):
         MaskRCNNPoints.from_config(ModelConfig(depth=18, fpn_channels=16), LossConfig(full=1.0))
+    boxed = load_config(None, [*tiny, "model.arch=mask_rcnn", "loss.box=1.0", "loss.pairwise_warmup_iters=7"])
+    model = build_model(boxed.model, boxed.loss)
+    assert model.box == 1.0 and model.pairwise_warmup_iters == 7
 
 
 def test_point_samples_agree_with_roi_align_of_a_pasted_mask():
@@ -180,3 +190,47 @@ def test_point_samples_agree_with_roi_align_of_a_pasted_mask():
 
     projected = roi_align(image[None, None], [box], (4, 4), 1.0, sampling_ratio=2, aligned=True)
     assert torch.allclose(projected[0, 0], logits[0], atol=1e-6)
+
+
+def test_gt_box_cells_mark_the_cells_whose_centre_lies_in_the_gt_box():
+    rois = torch.tensor([[0.0, 0.0, 8.0, 8.0], [10.0, 10.0, 30.0, 30.0]])
+    gt = torch.tensor([[2.0, 0.0, 5.0, 8.0], [10.0, 10.0, 30.0, 30.0]])
+    cells = gt_box_cells(gt, rois, size=4)  # RoI 0: 2 px cells with centres 1, 3, 5, 7
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[:, 1:3] = True  # centres x = 3 and 5 lie in [2, 5]; every row's centre in [0, 8]
+    assert torch.equal(cells[0], expected)
+    assert cells[1].all()  # the GT box is the RoI
+    # A GT box between cell centres still marks the cell nearest its centre.
+    tiny = gt_box_cells(torch.tensor([[4.2, 4.2, 4.8, 4.8]]), rois[:1], size=4)
+    assert tiny.sum() == 1 and bool(tiny[0, 2, 2])
+
+
+def test_roi_colour_similarity_compares_the_colours_pooled_onto_each_roi_grid():
+    images = torch.zeros(1, 3, 16, 16)
+    images[0, :, :, 8:] = 255.0  # black left half, white right half
+    rois = [torch.tensor([[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 8.0, 8.0]])]
+    similarity = roi_colour_similarity(images, rois, dilation=1, size=4)
+    assert similarity.shape == (2, 8, 4, 4)
+    right = 4  # neighbour index of (dy, dx) = (0, +1)
+    # RoI 0: cells 1 and 2 straddle black | white: L* 0 vs 100 -> exp(-50); within a half: 1.
+    assert float(similarity[0, right, 1, 0]) == pytest.approx(1.0, abs=1e-5)
+    assert float(similarity[0, right, 1, 1]) == pytest.approx(math.exp(-50.0), abs=1e-6)
+    # RoI 1 lies in the black half: every pair inside the grid is alike.
+    assert torch.allclose(similarity[1, right, :, :3], torch.ones(4, 3), atol=1e-5)
+
+
+def test_box_terms_train_the_mask_head_in_each_roi_frame():
+    model = _tiny(points=0.0, box=1.0).train()
+    images, sizes, targets = _batch()
+    losses, stats = model.losses_and_stats(images, sizes, targets, iteration=5)
+    assert {"loss_mask_box_proj", "loss_mask_box_pairwise"} <= set(losses) and "loss_mask_points" not in losses
+    assert math.isnan(stats["point_acc"])
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss_mask_box_proj"].backward()
+    assert model.mask_predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
+    # The pairwise term ramps up: half its weight at iteration 5 of a 10-iteration warm-up.
+    torch.manual_seed(1)
+    half = model.losses_and_stats(images, sizes, targets, iteration=5)[0]["loss_mask_box_pairwise"].detach()
+    torch.manual_seed(1)
+    full = model.losses_and_stats(images, sizes, targets, iteration=10)[0]["loss_mask_box_pairwise"].detach()
+    assert float(full) > 0 and float(half) == pytest.approx(0.5 * float(full), rel=1e-5)
