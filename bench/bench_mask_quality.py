@@ -21,7 +21,8 @@ evaluated on the box's pixels, their probabilities averaged) and scores the mask
 * ``alive L1 / L2``: share of the dynamic head's hidden units (layers 1 and 2, averaged over the
   instance's assigned locations) that are positive at one or more stride-8 cells of the box. A unit that
   is negative over the whole box passes nothing of the image through its ReLU and gets no gradient
-  (with ``model.dynamic_activation=leaky_relu`` it still passes a tenth, so there a low share is no death).
+  (with ``model.dynamic_activation=leaky_relu`` it still passes a tenth, so there a low share is no death);
+  empty for Mask R-CNN, whose prediction set is its positive proposals' box-frame masks.
 
 Rows are also split by the object's size *as the network sees it* (square root of the box area after
 resizing to the test size), because the mask branch works at stride 8 and the masks at stride 4: an
@@ -87,8 +88,11 @@ def input_size(val, ann_id: int, cfg) -> float:
 
 @torch.no_grad()
 def hidden_units_alive(model, cfg, val, device: torch.device) -> list[float]:
-    """Per hidden layer of the dynamic head, the share of units positive somewhere in their GT box."""
+    """Per hidden layer of the dynamic head, the share of units positive somewhere in their GT box (none for
+    a model without a dynamic head: Mask R-CNN)."""
     alive: list[list[float]] = []
+    if not hasattr(model, "dynamic_head"):
+        return []
     images = SelectionImages(val, [(cfg.data.min_size_test, False)], cfg.data.max_size)
     for index in range(len(images)):
         batch = collate(images[index])

@@ -71,9 +71,10 @@ def test_mask_rcnn_synth_config_differs_from_condinsts_in_the_model_only():
 
     condinst = load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
     mask_rcnn = load_config(CONFIGS / "maskrcnn_r18_cpu_synth.yaml")
-    assert (mask_rcnn.model.arch, mask_rcnn.model.roi_samples_per_image) == ("mask_rcnn", 128)
+    assert (mask_rcnn.model.arch, mask_rcnn.model.roi_samples_per_image, mask_rcnn.loss.box) == ("mask_rcnn", 128, 0.0)
     same = dataclasses.replace(mask_rcnn, name=condinst.name, output_dir=condinst.output_dir,
-                               model=dataclasses.replace(mask_rcnn.model, arch="condinst", roi_samples_per_image=512))
+                               model=dataclasses.replace(mask_rcnn.model, arch="condinst", roi_samples_per_image=512),
+                               loss=dataclasses.replace(mask_rcnn.loss, box=condinst.loss.box))
     assert same == condinst
 
 
