@@ -146,6 +146,7 @@ def test_demo_config_starts_from_the_bundled_source_backbone():
 
     cfg = load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")
     assert cfg.model.backbone_weights == "synth-source-r18"
+    assert load_config(CONFIGS / "condinst_r18_cpu_dsb.yaml").model.backbone_weights == "synth-source-r18"
     backbone = build_backbone(cfg.model.depth, cfg.model.norm, cfg.model.backbone_weights, cfg.model.fpn_channels)
     weights = REPO / "apis" / "weights" / BUNDLED_WEIGHTS["synth-source-r18"]
     stored = torch.load(weights, weights_only=True)
