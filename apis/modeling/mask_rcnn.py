@@ -45,6 +45,7 @@ from apis.modeling.condinst import PIXEL_MEAN, PIXEL_STD, resize_scale
 from apis.modeling.condinst_loss import gather_training_points
 from apis.modeling.inputs import check_batch, check_targets
 from apis.modeling.mask_losses import (
+    box_masks_at_stride,
     lab_affinity,
     loss_box_pairwise,
     loss_box_projection,
@@ -122,21 +123,15 @@ def gt_box_cells(gt_boxes: Tensor, rois: Tensor, size: int = MASK_SIZE) -> Tenso
         size: cells per side of the grid.
 
     Returns:
-        ``[n, size, size]`` bool; the cell nearest the GT box's centre is always marked (a GT box can fall
-        between cell centres only when it is far smaller than its RoI).
+        ``[n, size, size]`` bool; along an axis where no cell centre falls inside the GT box (only when it is
+        far smaller than its RoI), the cell holding the box centre is marked, as
+        :func:`apis.modeling.mask_losses.box_masks_at_stride` does in the image frame.
     """
-    steps = (torch.arange(size, device=rois.device, dtype=torch.float32) + 0.5) / size  # cell centres in [0, 1]
     rois, gt_boxes = rois.float(), gt_boxes.float()
-    centres_x = rois[:, 0:1] + steps * (rois[:, 2:3] - rois[:, 0:1])  # [n, size]
-    centres_y = rois[:, 1:2] + steps * (rois[:, 3:4] - rois[:, 1:2])
-    cols = (centres_x >= gt_boxes[:, 0:1]) & (centres_x <= gt_boxes[:, 2:3])
-    rows = (centres_y >= gt_boxes[:, 1:2]) & (centres_y <= gt_boxes[:, 3:4])
-    nearest_col = (centres_x - (gt_boxes[:, 0:1] + gt_boxes[:, 2:3]) / 2).abs().argmin(dim=1)
-    nearest_row = (centres_y - (gt_boxes[:, 1:2] + gt_boxes[:, 3:4]) / 2).abs().argmin(dim=1)
-    index = torch.arange(len(rois), device=rois.device)
-    cols[index, nearest_col] = True
-    rows[index, nearest_row] = True
-    return rows[:, :, None] & cols[:, None, :]
+    origin = rois[:, :2].repeat(1, 2)
+    cell_size = ((rois[:, 2:] - rois[:, :2]) / size).clamp(min=1e-6).repeat(1, 2)
+    # In grid units (cell i covers [i, i + 1)) the grid is a stride-1 grid: the image-frame rule applies.
+    return box_masks_at_stride((gt_boxes - origin) / cell_size, size, size, stride=1)
 
 
 def roi_colour_similarity(images: Tensor, rois: list[Tensor], dilation: int, size: int = MASK_SIZE) -> Tensor:
