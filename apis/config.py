@@ -156,6 +156,9 @@ class SolverConfig:
     clip_grad_norm: float = 0.0  # 0: off
     amp: bool = True  # only takes effect on CUDA
     checkpoint_period: int = 5000
+    # Periodic checkpoints kept on disk, the newest (null: all); model_final.pth is always kept. Resuming needs
+    # only the newest, and a loop of many steps would otherwise fill the disk.
+    keep_checkpoints: int | None = 1
     log_period: int = 20
 
 
@@ -484,6 +487,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _check_range("solver.weight_decay", cfg.solver.weight_decay, minimum=0.0)
     _check_range("solver.gamma", cfg.solver.gamma, minimum=0.0, strict=True)
     _check_range("solver.warmup_iters", cfg.solver.warmup_iters, minimum=0)
+    if cfg.solver.keep_checkpoints is not None:
+        _check_range("solver.keep_checkpoints", cfg.solver.keep_checkpoints, minimum=1)
     for key in ("point_cost_s", "mask_cost_s", "box_cost_s"):
         _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0)
     for key in ("flip_prob", "unsure_rate"):
@@ -512,8 +517,9 @@ def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-RESUMABLE_KEYS = frozenset({"output_dir", "device", "data.num_workers", "loop.steps"})
-"""Keys that may change between a run and its resumption: where it lives, what it runs on, and more steps."""
+RESUMABLE_KEYS = frozenset({"output_dir", "device", "data.num_workers", "loop.steps", "solver.keep_checkpoints"})
+"""Keys that may change between a run and its resumption: where it lives, what it runs on, more steps, and how
+many checkpoints it keeps on disk."""
 
 
 def flat_config(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -31,6 +31,8 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     # instance per step after a P0 of random points.
     5: {"selection.allocation": "per_instance", "selection.max_points_per_instance": 5,
         "selection.min_point_distance": 3.0, "loop.init": "points", "afis.level": "none", "afis.scorer": "random"},
+    # Version 6: every periodic checkpoint stayed on disk.
+    6: {"solver.keep_checkpoints": None},
 }
 
 CONFIG_VERSION = max(MIGRATIONS) + 1

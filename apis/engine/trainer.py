@@ -5,7 +5,7 @@
 
     config.yaml          the resolved config, with its config_version
     metrics.jsonl        one JSON record per log period (see apis.engine.metrics_log)
-    model_0005000.pth    every solver.checkpoint_period iterations
+    model_0005000.pth    every solver.checkpoint_period iterations (the solver.keep_checkpoints newest stay)
     model_final.pth      at the end
     last_checkpoint      names the newest checkpoint
 
@@ -57,6 +57,7 @@ from apis.engine.checkpoint import (
     find_last_checkpoint,
     load_checkpoint,
     load_model_weights,
+    prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
     write_last_checkpoint,
@@ -355,6 +356,8 @@ class _Trainer:
                 "config": to_dict(self.cfg),
             })
             write_last_checkpoint(self.output_dir, path)
+            if self.cfg.solver.keep_checkpoints is not None:
+                prune_checkpoints(self.output_dir, self.cfg.solver.keep_checkpoints)
         return path
 
     def run(self) -> Path:

@@ -11,6 +11,7 @@ from apis.engine.checkpoint import (
     find_last_checkpoint,
     load_checkpoint,
     load_model_weights,
+    prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
     write_last_checkpoint,
@@ -41,6 +42,18 @@ def test_last_checkpoint_pointer(tmp_path):
     with pytest.raises(CheckpointError, match="model_final.pth"):
         find_last_checkpoint(tmp_path)
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_pruning_keeps_the_newest_periodic_checkpoints_and_every_other_file(tmp_path):
+    for name in ("model_0000010.pth", "model_0000002.pth", "model_0000100.pth", "model_final.pth",
+                 "model_best.pth", "last_checkpoint", "config.yaml"):
+        (tmp_path / name).write_bytes(b"x")
+    deleted = prune_checkpoints(tmp_path, keep=2)
+    assert deleted == [tmp_path / "model_0000002.pth"]  # by iteration, not by name order or age
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "config.yaml", "last_checkpoint", "model_0000010.pth", "model_0000100.pth", "model_best.pth",
+        "model_final.pth"]
+    assert prune_checkpoints(tmp_path, keep=2) == []
 
 
 def test_unreadable_and_mismatching_checkpoints_are_named(tmp_path):

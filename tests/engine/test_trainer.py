@@ -57,6 +57,16 @@ def test_resume_continues_exactly(runs):
     assert any(not torch.equal(initial[k], final[k]) for k in initial)
 
 
+def test_only_the_newest_periodic_checkpoints_stay_on_disk(tiny_config, tmp_path):
+    train(tiny_config(tmp_path, "solver.max_iter=4", "solver.checkpoint_period=1", "solver.keep_checkpoints=2"))
+    assert sorted(path.name for path in tmp_path.glob("*.pth")) == [
+        "model_0000002.pth", "model_0000003.pth", "model_final.pth"]
+    # Keeping fewer is not a different experiment: a resumed run may change it, and prunes on its next save.
+    train(tiny_config(tmp_path, "solver.max_iter=5", "solver.checkpoint_period=1", "solver.keep_checkpoints=1"))
+    assert sorted(path.name for path in tmp_path.glob("*.pth")) == ["model_0000003.pth", "model_final.pth"]
+    assert load_checkpoint(tmp_path / "model_final.pth")["iteration"] == 5
+
+
 def test_checkpoint_holds_everything_to_resume(runs):
     out = runs["full"]
     assert find_last_checkpoint(out) == out / "model_final.pth"
