@@ -413,16 +413,21 @@ class _Trainer:
                                      "try a lower solver.base_lr or a longer warm-up")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)  # the norm (and the clipping) in the loss's units, not AMP's scaled ones
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        # Logged because a mask head that blows up shows it here first (a jump of orders of magnitude).
         if self.cfg.solver.clip_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.solver.clip_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(parameters, self.cfg.solver.clip_grad_norm)
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in parameters])
+        values["grad_norm"] = float(grad_norm)  # the norm before clipping; inf/NaN when AMP skips the step
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         return {**values, **{name: float(value) for name, value in stats.items()}}
 
     def _report(self, record: dict[str, Any], bar: tqdm, show_bar: bool) -> None:
-        shown = {k: v for k, v in record.items() if k == "total_loss" or k == "point_acc"}
+        shown = {k: v for k, v in record.items() if k in ("total_loss", "point_acc", "grad_norm")}
         if show_bar:
             bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()} | {"lr": f"{record['lr']:.2e}"})
             return

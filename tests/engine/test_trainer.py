@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from apis.data.points import InstancePoints
 from apis.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from apis.engine.metrics_log import read_metrics
 from apis.engine.trainer import train
+from apis.modeling.build import build_model
 from apis.utils.lock import FolderLock, FolderLocked
 
 # The model samples proposals (max_proposals) and point subsets (points_per_iter) with torch's RNG,
@@ -106,6 +108,24 @@ def test_fine_tuning_starts_from_the_given_weights(runs, tiny_config, tmp_path):
     for key, value in state["model"].items():
         if "running_" not in key and "num_batches" not in key:  # BN statistics move even at lr 0
             assert torch.equal(value, start[key]), key
+
+
+def test_the_gradient_norm_is_logged_and_clipping_bounds_the_step(runs, tiny_config, tmp_path):
+    source = runs["full"] / "model_final.pth"
+    clip = 1.0
+    # No momentum history (fresh optimiser) and no weight decay: the first SGD step moves the parameters by
+    # exactly lr * (the gradient clipped to norm `clip`).
+    final = train(tiny_config(tmp_path, "solver.max_iter=1", f"solver.clip_grad_norm={clip}",
+                              "solver.weight_decay=0.0", *RANDOM_MODEL), init_weights=str(source))
+    (record,) = read_metrics(tmp_path / "metrics.jsonl")
+    assert record["grad_norm"] > 10 * clip  # the unclipped norm is what is logged
+    before, after = load_checkpoint(source)["model"], load_checkpoint(final)["model"]
+    model = build_model(runs["cfg"].model, runs["cfg"].loss)
+    names = [name for name, _ in model.named_parameters()]
+    moved = torch.sqrt(sum(((after[n] - before[n]).double() ** 2).sum() for n in names))
+    assert float(moved) == pytest.approx(record["lr"] * clip, rel=1e-3)
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0
+               for r in read_metrics(runs["full"] / "metrics.jsonl"))
 
 
 def test_training_with_given_points_prints_progress(tiny_config, tmp_path, synth_dir, capsys):
