@@ -42,9 +42,10 @@ def supervision_table(results: list[dict], reference: list[dict] | None = None) 
     for name, runs in by_row.items():
         mask_ap = [r["segm/AP"] for r in runs]
         seeds = [r["seed"] for r in runs]
-        share = "-"
-        if all(seed in full_by_seed for seed in seeds):
-            share = f"{100 * statistics.mean(mask_ap) / statistics.mean(full_by_seed[k] for k in seeds):.0f} %"
+        share = "-"  # no full-mask run of these seeds, or full masks learnt nothing (AP 0: no share to give)
+        full = [full_by_seed[k] for k in seeds if k in full_by_seed]
+        if len(full) == len(seeds) and statistics.mean(full) > 0:
+            share = f"{100 * statistics.mean(mask_ap) / statistics.mean(full):.0f} %"
         rows.append([name, ", ".join(map(str, seeds)), _mean_std(mask_ap), share,
                      _mean_std([r["segm/AP50"] for r in runs]), _mean_std([r["bbox/AP"] for r in runs]),
                      f"{statistics.mean(r['train_s'] for r in runs) / 60:.1f}"])

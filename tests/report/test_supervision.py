@@ -28,6 +28,14 @@ def test_rows_mean_std_and_share_of_full_masks(tmp_path):
                     ["boxes + 1 point", "0, 1", "31.50 ± 2.12", "75 %", "51.50 ± 2.12", "50.00 ± 0.00", "1.5"]]
 
 
+def test_no_share_without_full_masks_or_when_they_learnt_nothing(tmp_path):
+    _result(tmp_path, "boxes_plus_1_point", "boxes + 1 point", 0, 3.0)
+    _result(tmp_path, "boxes_plus_1_point", "boxes + 1 point", 1, 2.0)
+    _result(tmp_path, "full_masks", "full masks", 0, 0.0)
+    _, rows = supervision_table(read_supervision(tmp_path))
+    assert [(row[0], row[3]) for row in rows] == [("full masks", "-"), ("boxes + 1 point", "-")]
+
+
 def test_a_folder_without_results_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no <row>/seed<K>/eval.json"):
         read_supervision(tmp_path)
