@@ -120,6 +120,13 @@ def test_demo_config_shortens_fine_tuning_as_documented():
     assert (cfg.solver.base_lr, cfg.loop.finetune_lr) == (0.01, 0.001)
 
 
+def test_cpu_configs_clip_the_gradient_as_measured():
+    """Both CPU configs clip at norm 5 (docs/benchmarks.md, "Gradient clipping"); the paper's config does not."""
+    for name in ("condinst_r18_cpu_synth.yaml", "condinst_r18_cpu_dsb.yaml"):
+        assert load_config(CONFIGS / name).solver.clip_grad_norm == 5.0, name
+    assert not load_config(CONFIGS / "condinst_r50_1x_coco.yaml").solver.clip_grad_norm
+
+
 def test_dsb_config_points_at_the_shared_data():
     cfg = load_config(CONFIGS / "condinst_r18_cpu_dsb.yaml")
     for path in (cfg.data.train_json, cfg.data.val_json):
