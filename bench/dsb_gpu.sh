@@ -64,6 +64,7 @@ done
 
 alive() { for pid in "${jobs_started[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
 last_report=0
+stopped=0
 while alive; do
     elapsed=$(( $(date +%s) - start ))
     if [ "$DEADLINE" -gt 0 ] && [ "$elapsed" -ge "$DEADLINE" ]; then
@@ -71,6 +72,7 @@ while alive; do
         for pid in "${jobs_started[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
         sleep 5
         for pid in "${jobs_started[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done
+        stopped=1
         break
     fi
     if [ $(( elapsed - last_report )) -ge 60 ]; then
@@ -80,11 +82,17 @@ while alive; do
     fi
     sleep 5
 done
-wait
+failed=0
+for pid in "${jobs_started[@]}"; do wait "$pid" || failed=$((failed + 1)); done
 
 echo "dsb_gpu: $(( $(date +%s) - start )) s in all"
 "$PYTHON" bench/bench_supervision.py --config "$CONFIG" --seeds $SEEDS --out "$RUNS/supervision" --report-only \
     --rows "full masks" "boxes + 1 point + box terms" "boxes only (BoxInst)" | tee "$RUNS/supervision.md"
 for table in "$RUNS"/logs/mask_quality_*.md; do  # one table per model, titled by its row and seed
-    [ -f "$table" ] && printf '\n%s\n\n' "$(basename "$table" .md)" && cat "$table"
+    if [ -f "$table" ]; then printf '\n%s\n\n' "$(basename "$table" .md)"; cat "$table"; fi
 done | tee "$RUNS/mask_quality.md"
+if [ "$stopped" = 0 ] && [ "$failed" -gt 0 ]; then
+    echo "dsb_gpu: $failed of ${#jobs_started[@]} jobs failed; the last lines of each log that holds an error:" >&2
+    grep -l "Error" "$RUNS"/logs/*.log | while read -r log; do echo "== $log" >&2; tail -n 3 "$log" >&2; done
+    exit 1
+fi
