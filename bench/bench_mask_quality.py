@@ -16,6 +16,9 @@ evaluated on the box's pixels, their probabilities averaged) and scores the mask
   rate;
 * ``AUC``: mean over instances of the probability that a random GT-foreground pixel of the box gets a
   higher probability than a random background pixel (0.5 = the mask ignores the image);
+* ``best 1-px shift``: the mIoU (at 0.5) with every mask moved by the one (dx, dy) in {-1, 0, 1}^2 that
+  maximises it, and that shift: (+0, +0) means the masks sit where the GT is, and a head or a paste that
+  put them a pixel off would show here as another shift and a higher mIoU (x = column, y = row);
 * ``spread``: mean over instances of the standard deviation of the probabilities inside the box
   (0 = a constant mask);
 * ``alive L1 / L2``: share of the dynamic head's hidden units (layers 1 and 2, averaged over the
@@ -57,6 +60,7 @@ from apis.utils.device import resolve_device
 
 SIZE_EDGES = [0, 16, 32, math.inf]  # object size at the network's input, pixels
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+SHIFTS = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # pixels the mask moves by: dx columns, dy rows
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -75,6 +79,15 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def shifted_ious(mask: np.ndarray, grid_range: tuple[int, int, int, int], gt: np.ndarray) -> np.ndarray:
+    """IoU of ``mask`` (``[h, w]`` on the grid ``(x0, y0, x1, y1)`` of the full image) with the full-image ``gt``
+    after moving ``mask`` by each of :data:`SHIFTS` (GT outside the image counts as background)."""
+    xs, ys, xe, ye = grid_range
+    padded = np.pad(gt.astype(bool), 1)  # index + 1 = image pixel
+    # Moving the mask by d compares its pixel r with the GT's pixel r + d.
+    return np.array([iou(mask, padded[ys + 1 + dy:ye + 1 + dy, xs + 1 + dx:xe + 1 + dx]) for dx, dy in SHIFTS])
 
 
 def input_size(val, ann_id: int, cfg) -> float:
@@ -126,10 +139,12 @@ def step_quality(checkpoint: Path, cfg, val, device: torch.device) -> list[dict]
         for ann_id, pred in sets.items():
             if pred.k == 0:  # no location assigned to this box: nothing to score
                 continue
-            gt = crop_to_grid(gt_masks.mask(ann_id), pred).numpy().astype(bool)
+            full_gt = gt_masks.mask(ann_id)
+            gt = crop_to_grid(full_gt, pred).numpy().astype(bool)
             probs = pred.probs.mean(dim=0).numpy()
             rows.append({"size": input_size(val, ann_id, cfg),
                          "iou_at": np.array([iou(probs > t, gt) for t in THRESHOLDS]),
+                         "iou_shifted": shifted_ious(probs > 0.5, pred.grid_range, full_gt),
                          "box_fill": iou(np.ones_like(gt), gt),
                          "area_ratio": float((probs > 0.5).sum() / max(gt.sum(), 1)),
                          "auc": roc_auc(probs.ravel(), gt.ravel()), "spread": float(probs.std())})
@@ -143,11 +158,13 @@ def step_quality(checkpoint: Path, cfg, val, device: torch.device) -> list[dict]
         if not members:
             continue
         miou_at = np.mean([r["iou_at"] for r in members], axis=0)
+        miou_shifted = np.mean([r["iou_shifted"] for r in members], axis=0)
         aucs = [r["auc"] for r in members if r["auc"] is not None]
         summaries.append({"size": name, "instances": len(members), "mIoU": miou_at[at_half],
                           "box_fill_mIoU": np.mean([r["box_fill"] for r in members]),
                           "area_ratio": np.mean([r["area_ratio"] for r in members]),
                           "best_mIoU": miou_at.max(), "best_threshold": THRESHOLDS[miou_at.argmax()],
+                          "shift_mIoU": miou_shifted.max(), "shift": SHIFTS[int(miou_shifted.argmax())],
                           "AUC": np.mean(aucs) if aucs else math.nan,
                           "spread": np.mean([r["spread"] for r in members]),
                           "alive": alive if name == "all" else None})
@@ -179,7 +196,9 @@ def _format(row: dict) -> str:
     return (f"| {row['run']} | {row['step']} | {row['size']} | {row['instances']:,} | {row['mIoU']:.3f} "
             f"| {row['box_fill_mIoU']:.3f} "
             f"| {row['mIoU'] - row['box_fill_mIoU']:+.3f} | {row['area_ratio']:.2f} "
-            f"| {row['best_mIoU']:.3f} ({row['best_threshold']:.2f}) | {row['AUC']:.3f} | {row['spread']:.3f} "
+            f"| {row['best_mIoU']:.3f} ({row['best_threshold']:.2f}) "
+            f"| {row['shift_mIoU']:.3f} ({row['shift'][0]:+d}, {row['shift'][1]:+d}) "
+            f"| {row['AUC']:.3f} | {row['spread']:.3f} "
             f"| {' / '.join(f'{a:.2f}' for a in row['alive']) if row['alive'] else ''} |")
 
 
@@ -192,8 +211,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     device = resolve_device(args.device)
     print("| run | step | size at input | instances | mIoU | box-fill mIoU | mIoU - box fill | area ratio "
-          "| best-threshold mIoU (t) | AUC | spread | alive L1 / L2 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| best-threshold mIoU (t) | best 1-px shift mIoU (dx, dy) | AUC | spread | alive L1 / L2 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run_dir in args.runs:
         print_run(run_dir, args.images, device)
 

@@ -1,9 +1,13 @@
 """The diagnostic bench scripts still run against the package's current API (they are not imported by it)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -22,3 +26,19 @@ def test_mask_quality_reports_every_step_of_a_loop_run(finished_runs):
         assert abs(float(row[6]) - (miou - box_fill)) < 2e-3
     # Filling the true box does not depend on the model: the same at every step.
     assert len({row[5] for row in rows}) == 1
+
+
+def test_shifted_ious_find_a_mask_moved_by_one_pixel():
+    """A mask drawn one column right of and one row above its GT scores IoU 1 at the shift (-1, +1) that
+    moves it back, and less at no shift (a 3x3 square against the same square moved diagonally: 4 / 14)."""
+    spec = importlib.util.spec_from_file_location("bench_mask_quality", BENCH / "bench_mask_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gt = np.zeros((10, 10), dtype=bool)
+    gt[4:7, 2:5] = True  # rows 4-6, columns 2-4
+    grid = (1, 2, 8, 9)  # x0, y0, x1, y1: columns 1-7, rows 2-8
+    mask = np.zeros((7, 7), dtype=bool)
+    mask[4 - 1 - 2:7 - 1 - 2, 2 + 1 - 1:5 + 1 - 1] = True  # the GT square at rows 3-5, columns 3-5 of the image
+    ious = module.shifted_ious(mask, grid, gt)
+    assert module.SHIFTS[int(ious.argmax())] == (-1, 1) and ious.max() == 1.0
+    assert ious[module.SHIFTS.index((0, 0))] == pytest.approx(4 / 14)
