@@ -33,7 +33,8 @@ object a few cells wide leaves the head little room for a shape.
 
     .venv/bin/python bench/bench_mask_quality.py runs/label_efficiency_fanin/*_seed* --images 60
 
-Each run is evaluated with its own ``config.yaml`` (data, test size); ``--images`` caps the val images. A
+Each run is evaluated with its own ``config.yaml`` (data, test size); ``--images`` caps the val images and
+``--set key=value`` changes a setting for every run (e.g. the test size). A
 plain training folder (``apis train``'s output) gives one row for its ``model_final.pth``.
 """
 
@@ -183,9 +184,9 @@ def checkpoints_of(run_dir: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def print_run(run_dir: Path, max_images: int, device: torch.device) -> None:
+def print_run(run_dir: Path, max_images: int, device: torch.device, overrides: list[str]) -> None:
     """One table row per final checkpoint of ``run_dir``."""
-    cfg = load_run_config(run_dir / "config.yaml", [f"data.max_val_images={max_images}"])
+    cfg = load_run_config(run_dir / "config.yaml", [f"data.max_val_images={max_images}", *overrides])
     _, val = load_datasets(cfg)
     for step, checkpoint in checkpoints_of(run_dir):
         for summary in step_quality(checkpoint, cfg, val, device):
@@ -207,6 +208,8 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="loop run directories")
     parser.add_argument("--images", type=int, default=60, help="first N val images")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (e.g. data.min_size_test=704: another test size)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = resolve_device(args.device)
@@ -214,7 +217,7 @@ def main() -> None:
           "| best-threshold mIoU (t) | best 1-px shift mIoU (dx, dy) | AUC | spread | alive L1 / L2 |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run_dir in args.runs:
-        print_run(run_dir, args.images, device)
+        print_run(run_dir, args.images, device, args.set)
 
 
 if __name__ == "__main__":

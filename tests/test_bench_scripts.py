@@ -28,6 +28,14 @@ def test_mask_quality_reports_every_step_of_a_loop_run(finished_runs):
     assert len({row[5] for row in rows}) == 1
 
 
+def test_mask_quality_applies_set_overrides_to_every_run(finished_runs):
+    cfg, _ = finished_runs["entropy"]
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "bench_mask_quality.py"), str(cfg.output_dir), "--device", "cpu",
+         "--set", "model.depth=19"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0 and "config key 'model.depth' is 19" in completed.stderr
+
+
 def test_shifted_ious_find_a_mask_moved_by_one_pixel():
     """A mask drawn one column right of and one row above its GT scores IoU 1 at the shift (-1, +1) that
     moves it back, and less at no shift (a 3x3 square against the same square moved diagonally: 4 / 14)."""
