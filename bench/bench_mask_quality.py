@@ -143,11 +143,12 @@ def step_quality(checkpoint: Path, cfg, val, device: torch.device) -> list[dict]
             full_gt = gt_masks.mask(ann_id)
             gt = crop_to_grid(full_gt, pred).numpy().astype(bool)
             probs = pred.probs.mean(dim=0).numpy()
+            mask = probs > 0.5
             rows.append({"size": input_size(val, ann_id, cfg),
                          "iou_at": np.array([iou(probs > t, gt) for t in THRESHOLDS]),
-                         "iou_shifted": shifted_ious(probs > 0.5, pred.grid_range, full_gt),
+                         "iou_shifted": shifted_ious(mask, pred.grid_range, full_gt),
                          "box_fill": iou(np.ones_like(gt), gt),
-                         "area_ratio": float((probs > 0.5).sum() / max(gt.sum(), 1)),
+                         "area_ratio": float(mask.sum() / max(gt.sum(), 1)),
                          "auc": roc_auc(probs.ravel(), gt.ravel()), "spread": float(probs.std())})
     at_half = int(np.flatnonzero(THRESHOLDS == 0.5)[0])
     buckets = [("all", 0.0, math.inf)]
