@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -36,12 +37,18 @@ def test_mask_quality_applies_set_overrides_to_every_run(finished_runs):
     assert completed.returncode != 0 and "config key 'model.depth' is 19" in completed.stderr
 
 
-def test_shifted_ious_find_a_mask_moved_by_one_pixel():
-    """A mask drawn one column right of and one row above its GT scores IoU 1 at the shift (-1, +1) that
-    moves it back, and less at no shift (a 3x3 square against the same square moved diagonally: 4 / 14)."""
+def _mask_quality_module():
+    """``bench/bench_mask_quality.py`` imported as a module (bench/ is not a package)."""
     spec = importlib.util.spec_from_file_location("bench_mask_quality", BENCH / "bench_mask_quality.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_shifted_ious_find_a_mask_moved_by_one_pixel():
+    """A mask drawn one column right of and one row above its GT scores IoU 1 at the shift (-1, +1) that
+    moves it back, and less at no shift (a 3x3 square against the same square moved diagonally: 4 / 14)."""
+    module = _mask_quality_module()
     gt = np.zeros((10, 10), dtype=bool)
     gt[4:7, 2:5] = True  # rows 4-6, columns 2-4
     grid = (1, 2, 8, 9)  # x0, y0, x1, y1: columns 1-7, rows 2-8
@@ -50,3 +57,16 @@ def test_shifted_ious_find_a_mask_moved_by_one_pixel():
     ious = module.shifted_ious(mask, grid, gt)
     assert module.SHIFTS[int(ious.argmax())] == (-1, 1) and ious.max() == 1.0
     assert ious[module.SHIFTS.index((0, 0))] == pytest.approx(4 / 14)
+
+
+def test_top_location_is_the_highest_scoring_member_not_the_mean():
+    """Of three locations, the one scored highest draws the GT exactly; the two others draw nothing, so the
+    mean of the set (1/3 on the object) thresholds to an empty mask while the top location's mask is the GT."""
+    module = _mask_quality_module()
+    gt = torch.zeros(6, 6)
+    gt[1:4, 2:5] = 1.0
+    probs = torch.stack([torch.zeros(6, 6), gt, torch.zeros(6, 6)])
+    top = module.top_location_probs(probs, torch.tensor([0.3, 0.8, 0.5]))
+    assert torch.equal(top, gt)
+    assert module.iou(top.numpy() > 0.5, gt.numpy() > 0.5) == 1.0
+    assert module.iou(probs.mean(dim=0).numpy() > 0.5, gt.numpy() > 0.5) == 0.0
