@@ -10,8 +10,7 @@ evaluated on the box's pixels, their probabilities averaged) and scores the mask
   nothing but "a box is mostly object" reaches;
 * ``top-location mIoU``: the mIoU of the one location of the set with the highest score, the mask inference
   keeps for a detection (NMS keeps the top-scoring location of an object). The mean over the set above is
-  what selection works with; averaging masks of locations near the box's edge, which see the object
-  off-centre, blurs it, so the two can differ;
+  what selection works with; the two can differ (on DSB2018 the single location's mask is the worse one);
 * ``area ratio``: mean over instances of the mask's area divided by the GT mask's area (below 1 = masks
   that come out too small, e.g. when the points a head was trained on are mostly background);
 * ``best-threshold mIoU (t)``: the mIoU at the one threshold ``t`` (0.05 to 0.95 in steps of 0.05, the
