@@ -99,7 +99,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from apis.report.html import write_report
 
     out = write_report(args.runs, args.out, supervision=args.supervision, gallery_step=args.gallery_step,
-                       gallery_images=args.gallery_images, device=args.device)
+                       gallery_images=args.gallery_images, device=args.device,
+                       mask_quality_images=args.mask_quality_images)
     print(f"wrote {out}")
 
 
@@ -116,6 +117,60 @@ def _cmd_export_points(args: argparse.Namespace) -> None:
         out = args.out or run_dir / f"points_step{step:03d}.json"
         count = ledger.export_pointsup(cfg.data.train_json, out, step)
     print(f"wrote {out}: points of {count} annotations known at step {step}")
+
+
+def _cmd_export_masks(args: argparse.Namespace) -> None:
+    from apis.active.mask_export import export_run_masks, masks_to_coco, open_run_step, summarise, write_coco
+
+    run = open_run_step(args.run_dir, args.step)  # everything is checked before the model runs
+    if args.format == "label-studio":
+        from apis.interop.label_studio_masks import brush_encoder
+
+        brush_encoder()  # the converter is there, before the model runs
+    exported = export_run_masks(run, constraint=args.constraint, device=args.device)
+    coco = masks_to_coco(run.train_set, exported)
+    print(f"step {run.step}: {summarise(exported, args.constraint)}")
+    if args.format == "coco":
+        write_coco(args.out, coco)
+        print(f"wrote {args.out}: a COCO instance file; sort annotations by apis_quality to review the worst first")
+    else:
+        from apis.interop.label_studio_masks import write_preannotations
+
+        count, config_path = write_preannotations(coco, run.train_set, args.out, args.image_url_prefix,
+                                                  model_version=f"apis {run.run_dir.name} step {run.step}")
+        print(f"wrote {args.out}: {count} Label Studio tasks with the masks as predictions; labelling config: "
+              f"{config_path}")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from apis.engine.predictor import ImageFailure, Predictor, image_files, predictions_to_coco, read_image
+    from apis.utils.io import atomic_write_json
+
+    image_files(args.paths)  # a path that names nothing fails before the model loads
+    predictor = Predictor(args.checkpoint, config=args.config, overrides=args.overrides, device=args.device,
+                          score_threshold=args.score_threshold, batch_size=args.batch_size)
+    if args.vis is not None:
+        from apis.report.overlay import write_overlay
+
+        args.vis.mkdir(parents=True, exist_ok=True)
+    predictions, failures = [], []
+    for found in predictor.predict_files(args.paths):
+        if isinstance(found, ImageFailure):
+            print(f"error: {found.reason}", file=sys.stderr)
+            failures.append(found)
+            continue
+        predictions.append(found)
+        if args.vis is not None:
+            write_overlay(read_image(found.path), found, predictor.categories,
+                          args.vis / f"{len(predictions):05d}_{found.path.stem}.png")
+    coco = predictions_to_coco(predictions, predictor.categories)
+    atomic_write_json(args.out, coco)
+    print(f"wrote {args.out}: {len(coco['annotations']):,} detections (score >= {args.score_threshold}) on "
+          f"{len(predictions):,} images" + (f"; overlays in {args.vis}" if args.vis is not None else ""))
+    if failures:
+        print(f"error: {len(failures)} image(s) could not be predicted: "
+              f"{', '.join(str(f.path) for f in failures)}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
 
 
 # ---- people answering (oracle.kind=human; docs/annotate.md) ------------------------------------------
@@ -253,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a bench/bench_supervision.py --out folder: adds its supervision table")
     rep.add_argument("--gallery-step", type=int, default=1, help="the step the pictures show (default 1)")
     rep.add_argument("--gallery-images", type=int, default=2, help="images per run in the pictures (0: none)")
+    rep.add_argument("--mask-quality-images", type=int, default=50,
+                     help="training images the training-mask quality curve scores per run (0: all; -1: no curve)")
     rep.add_argument("--device", help="for the pictures' predictions (default: each run's config)")
     rep.set_defaults(handler=_cmd_report)
 
@@ -261,6 +318,35 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--step", type=int, help="default: the last step with answers")
     exp.add_argument("--out", type=Path, help="default: RUN_DIR/points_stepNNN.json")
     exp.set_defaults(handler=_cmd_export_points)
+
+    exm = sub.add_parser("export-masks", help="a mask for every training instance of a run's step (COCO, or Label "
+                                               "Studio pre-annotations to review)")
+    exm.add_argument("run_dir")
+    exm.add_argument("--out", type=Path, required=True, help="the file to write")
+    exm.add_argument("--step", type=int, help="default: the last finished step")
+    exm.add_argument("--format", choices=("coco", "label-studio"), default="coco")
+    exm.add_argument("--constraint", choices=("local", "threshold", "none"), default="local",
+                     help="how a mask is made to agree with the instance's answered points (docs/design.md, "
+                          "\"Exporting masks\"); none: the model's mask as it is")
+    exm.add_argument("--image-url-prefix", help="with --format label-studio: prefix of the image URLs (default: "
+                                                "Label Studio local files)")
+    exm.add_argument("--device", help="default: the run's config (device)")
+    exm.set_defaults(handler=_cmd_export_masks)
+
+    pre_ = sub.add_parser("predict", help="run a checkpoint on new images (no annotations needed): COCO json + "
+                                          "overlay pictures")
+    pre_.add_argument("checkpoint", help="a model_final.pth of `apis train` or of a run's step")
+    pre_.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    pre_.add_argument("--out", type=Path, required=True, help="the COCO json to write")
+    pre_.add_argument("--vis", type=Path, help="also write one overlay PNG per image into this folder")
+    pre_.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this "
+                                                                         "(default 0.5)")
+    pre_.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the checkpoint's config)")
+    pre_.add_argument("--batch-size", type=int, default=2, help="images per forward pass")
+    pre_.add_argument("--config", help="config of the checkpoint's model (default: the one the checkpoint stores)")
+    pre_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. --set data.min_size_test=800 (repeatable)")
+    pre_.set_defaults(handler=_cmd_predict)
 
     status = sub.add_parser("status", help="per step: questions, answers, waiting, annotators, measured seconds")
     status.add_argument("run_dir")

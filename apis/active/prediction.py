@@ -196,12 +196,14 @@ def _keep_views(samples: list[dict]) -> list[dict]:
 
 
 def iter_prediction_sets(models: list[CondInst | MaskRCNNPoints], cfg: ExperimentConfig, dataset: CocoDataset,
-                         device: torch.device, progress: bool = True) -> Iterator[dict[int, PredictionSet]]:
-    """Per image (in dataset order), ``{ann_id: PredictionSet}``; images are read by worker processes."""
+                         device: torch.device, progress: bool = True, desc: str = "selecting"
+                         ) -> Iterator[dict[int, PredictionSet]]:
+    """Per image (in dataset order), ``{ann_id: PredictionSet}``; images are read by worker processes.
+    ``desc`` names the work on the progress bar."""
     images = SelectionImages(dataset, views(cfg), cfg.data.max_size)
     loader = torch.utils.data.DataLoader(images, batch_size=None, num_workers=cfg.data.num_workers,
                                          collate_fn=_keep_views)
-    for samples in tqdm(loader, desc="selecting", unit="img", disable=not progress, total=len(images)):
+    for samples in tqdm(loader, desc=desc, unit="img", disable=not progress, total=len(images)):
         yield image_prediction_sets(models, samples, device)
 
 

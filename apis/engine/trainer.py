@@ -354,6 +354,8 @@ class _Trainer:
                 "iteration": iteration,
                 "rng": rng,
                 "config": to_dict(self.cfg),
+                # What the class indices mean, so that `apis predict` can name them without the training set.
+                "categories": self.dataset.coco.categories,
             })
             write_last_checkpoint(self.output_dir, path)
             if self.cfg.solver.keep_checkpoints is not None:

@@ -32,6 +32,7 @@ from apis.active.compare import (
 from apis.active.point_learning import point_accuracy_curve
 from apis.report.gallery import draw_image, step_views
 from apis.report.supervision import read_supervision, supervision_table
+from apis.report.training_masks import step_mask_quality
 from apis.utils.io import atomic_write_text
 
 STYLE = """
@@ -129,6 +130,47 @@ def plot_selection_statistics(groups: dict[str, list[list[dict]]]) -> bytes:
     return _figure_png(fig)
 
 
+def plot_training_mask_quality(groups: dict[str, list[list[dict]]]) -> bytes:
+    """PNG: mean IoU of the exported training masks (:func:`step_mask_quality` rows) against annotation hours,
+    one line (mean ± std band over seeds) per strategy, and filling the box as a dashed line."""
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(7, 4))
+    box_fill = []
+    for label, runs in groups.items():
+        steps = sorted({row["step"] for rows in runs for row in rows})
+        by_step = [[row for rows in runs for row in rows if row["step"] == step] for step in steps]
+        hours = np.array([np.mean([row["hours"] for row in members]) for members in by_step])
+        mean = np.array([np.mean([row["mIoU"] for row in members]) for members in by_step])
+        (line,) = axis.plot(hours, mean, marker="o", label=f"{label} (n={len(runs)})")
+        if len(runs) > 1:
+            spread = np.array([np.std([row["mIoU"] for row in members]) for members in by_step])
+            axis.fill_between(hours, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
+        box_fill += [row["box_fill_mIoU"] for rows in runs for row in rows]
+    axis.axhline(float(np.mean(box_fill)), color="grey", linestyle="--", label="filling the box")
+    axis.set_xlabel("annotation hours (boxes + points or masks)")
+    axis.set_ylabel("mean IoU of the exported training masks")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def _training_masks_section(dir_groups: dict[str, list[Path]], max_images: int, device: str | None) -> list[str]:
+    scored = {label: [rows for rows in (step_mask_quality(d, max_images, device) for d in dirs) if rows]
+              for label, dirs in dir_groups.items()}
+    scored = {label: runs for label, runs in scored.items() if runs}
+    if not scored:
+        return ["<h2>Training-mask quality</h2>", '<p class="note">No run has GT masks for its training images (people '
+                "answered): the masks <code>apis export-masks</code> writes cannot be scored here.</p>"]
+    images = f"the first {max_images}" if max_images > 0 else "all"
+    return ["<h2>Training-mask quality</h2>",
+            f"<figure>{_png(plot_training_mask_quality(scored), 'training-mask quality')}<figcaption>The masks a "
+            "team takes home (<code>apis export-masks</code>: each step's model on the given boxes, made to agree "
+            f"with the answered points) against the training GT, mean IoU over the instances of {images} training "
+            "images, against the annotation hours spent; dashed: a mask that fills its box. AFIS's bought masks "
+            "count as exact.</figcaption></figure>"]
+
+
 def _curves_png(groups: dict[str, list[list[dict]]]) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "curves.png"
@@ -156,7 +198,7 @@ def _gallery(groups: dict[str, list[Path]], step: int, images: int, device: str 
 
 
 def report_html(run_dirs: list[str | Path], supervision: str | Path | None = None, gallery_step: int = 1,
-                gallery_images: int = 2, device: str | None = None) -> str:
+                gallery_images: int = 2, device: str | None = None, mask_quality_images: int = 50) -> str:
     """The report over ``run_dirs`` as one HTML string (see the module docstring)."""
     run_dirs = [Path(run_dir) for run_dir in run_dirs]
     dir_groups = group_run_dirs(run_dirs)
@@ -179,6 +221,7 @@ def report_html(run_dirs: list[str | Path], supervision: str | Path | None = Non
         "of a batch's labelled points the mask head gets right, logged while training; dotted lines: a step's "
         "fine-tuning starts with its new points. Points the previous model got wrong pull the curve down there; "
         "points it already knew do not.</figcaption></figure>",
+        *(_training_masks_section(dir_groups, mask_quality_images, device) if mask_quality_images >= 0 else []),
         "<h2>The selected points</h2>",
         f"<figure>{_png(plot_selection_statistics(groups), 'selected points statistics')}<figcaption>Per step: "
         "the share of the new points that the previous model misclassified (mean prediction of its set above 0.5 "
@@ -201,8 +244,10 @@ def report_html(run_dirs: list[str | Path], supervision: str | Path | None = Non
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path, supervision: str | Path | None = None,
-                 gallery_step: int = 1, gallery_images: int = 2, device: str | None = None) -> Path:
+                 gallery_step: int = 1, gallery_images: int = 2, device: str | None = None,
+                 mask_quality_images: int = 50) -> Path:
     """Write :func:`report_html` to ``out`` (atomically); returns ``out``."""
     out = Path(out)
-    atomic_write_text(out, report_html(run_dirs, supervision, gallery_step, gallery_images, device))
+    atomic_write_text(out, report_html(run_dirs, supervision, gallery_step, gallery_images, device,
+                                       mask_quality_images))
     return out
