@@ -13,6 +13,30 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+def test_label_quality_scores_every_step_and_writes_a_record(finished_runs, tmp_path):
+    import json
+
+    cfg, _ = finished_runs["entropy"]
+    record = tmp_path / "record.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "bench_label_quality.py"), "--runs", str(cfg.output_dir), "--images", "3",
+         "--record", str(record)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    lines = [line.split("|")[1:-1] for line in completed.stdout.splitlines() if line.startswith("| APIS entropy")]
+    assert [line[1].strip() for line in lines] == ["P0", "P1", "P2"]
+    content = json.loads(record.read_text())
+    assert content["bench"] == "label_quality" and content["schema"] == 1
+    assert content["command"].startswith("python bench/bench_label_quality.py --runs ")
+    assert set(content["machine"]) == {"cpu", "nproc", "gpu"} and isinstance(content["dirty"], bool)
+    rows = content["rows"]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["group"] == "APIS entropy" for r in rows)
+    for line, row in zip(lines, rows):
+        assert float(line[4]) == pytest.approx(row["mIoU"]["local"], abs=6e-4)
+        assert float(line[7]) == pytest.approx(row["box_fill_mIoU"], abs=6e-4)
+        assert 0 <= row["mask_AP"]["local"] <= 100 and 0 <= row["box_fill_mask_AP"] <= 100
+
+
 def test_mask_quality_reports_every_step_of_a_loop_run(finished_runs):
     cfg, _ = finished_runs["entropy"]
     completed = subprocess.run(

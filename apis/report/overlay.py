@@ -35,7 +35,7 @@ def overlay_image(pixels: np.ndarray, found: ImagePrediction, categories: list[d
     if factor > 1:
         image = image.resize((found.width * factor, found.height * factor), Image.NEAREST)
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=14)
     names = [str(c.get("name", c["id"])) for c in categories]
     for index, (box, score, label) in enumerate(zip(found.boxes, found.scores, found.labels)):
         colour = COLOURS[index % len(COLOURS)]

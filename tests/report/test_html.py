@@ -32,7 +32,8 @@ def test_the_report_is_one_self_contained_file_with_the_runs_numbers(finished_ru
     assert "http://" not in page and "https://" not in page
     sources = re.findall(r'src="([^"]*)"', page)
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
-    assert page.count("<img") == len(sources) == 5  # curves, point accuracy, selected points, 2 pictures
+    # curves, point accuracy, training-mask quality, selected points, 2 pictures
+    assert page.count("<img") == len(sources) == 6
     assert not re.search(r"(href|url)\s*[=(]", page)  # no link, stylesheet or font to fetch
     assert all(base64.b64decode(src.split(",", 1)[1])[:8] == PNG for src in sources)
 
@@ -52,4 +53,27 @@ def test_report_command_without_pictures_or_supervision(finished_runs, tmp_path,
     main(["report", str(run_dir), "--out", str(out), "--gallery-images", "0"])
     assert capsys.readouterr().out == f"wrote {out}\n"
     page = out.read_text()
-    assert "Pictures" not in page and "Supervision" not in page and page.count("<img") == 3
+    assert "Pictures" not in page and "Supervision" not in page and page.count("<img") == 4
+    assert "Training-mask quality" in page and "the first 50 training images" in page
+
+
+def test_report_without_the_training_mask_curve(finished_runs, tmp_path):
+    run_dir = finished_runs["entropy"][0].output_dir
+    out = tmp_path / "report.html"
+    main(["report", str(run_dir), "--out", str(out), "--gallery-images", "0", "--mask-quality-images", "-1"])
+    page = out.read_text()
+    assert "Training-mask quality" not in page and page.count("<img") == 3
+
+
+def test_the_training_mask_curve_is_the_exported_masks_quality(finished_runs):
+    from apis.active.mask_export import open_run_step
+    from apis.active.mask_quality import score_training_masks, summarise_quality
+    from apis.report.training_masks import step_mask_quality
+
+    run_dir = finished_runs["entropy"][0].output_dir
+    rows = step_mask_quality(Path(run_dir), max_images=3, device="cpu")
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for row, metrics in zip(rows, _rows(run_dir)):
+        summary = summarise_quality(score_training_masks(open_run_step(run_dir, row["step"]), max_images=3))
+        assert row["mIoU"] == summary["mIoU"]["local"] and row["box_fill_mIoU"] == summary["box_fill_mIoU"]
+        assert row["hours"] == metrics["annotation_seconds"] / 3600
