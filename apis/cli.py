@@ -136,13 +136,26 @@ def _cmd_status(args: argparse.Namespace) -> None:
 
 def _cmd_annotate(args: argparse.Namespace) -> None:
     from apis.active.human import open_human_run
-    from apis.annotate.server import TOKEN_ENV, Access, AnnotationApp, serve
+    from apis.active.questions import QuestionQueue
+    from apis.annotate.server import TOKEN_ENV, Access, AnnotationApp, check_serve_options, serve
 
-    run = open_human_run(args.run_dir)
-    access = Access.create(os.environ.get(TOKEN_ENV), args.annotator)
-    app = AnnotationApp(run.ledger_path, run.train_set, access, lease_s=args.lease_seconds,
-                        answers_per_question=args.answers_per_question)
-    serve(app, host=args.host, port=args.port)
+    check_serve_options(args.port, args.lease_seconds, args.answers_per_question)
+    run = open_human_run(args.run_dir, writing=True)
+    if args.add_annotator:
+        with QuestionQueue(run.ledger_path) as queue:
+            tokens = queue.add_annotator_tokens(args.add_annotator)
+        for name, token in tokens.items():  # shown this once: the ledger keeps only its hash
+            print(f"{name}: http://{args.host}:{args.port}/?token={token}")
+        print("Each token is shown only now; --add-annotator NAME again replaces a lost one.")
+        return
+    with QuestionQueue(run.ledger_path) as queue:
+        named = queue.named_annotators()
+    if args.named_only and not named:
+        raise SystemExit(f"{run.run_dir}: no named annotators yet; add them with --add-annotator NAME")
+    app = AnnotationApp(run.ledger_path, run.train_set, Access.create(os.environ.get(TOKEN_ENV), args.named_only),
+                        lease_s=args.lease_seconds, answers_per_question=args.answers_per_question,
+                        host=args.host, port=args.port)
+    serve(app, named)
 
 
 def _cmd_export_tasks(args: argparse.Namespace) -> None:
@@ -270,8 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("run_dir")
     ann.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     ann.add_argument("--port", type=int, default=8765, help="0: any free port")
-    ann.add_argument("--annotator", action="append", default=[], metavar="NAME",
-                     help="give NAME their own URL (repeat per person); default: one URL with a login form")
+    ann.add_argument("--add-annotator", action="append", default=[], metavar="NAME",
+                     help="give NAME their own random token (repeat per person), print their URL and stop")
+    ann.add_argument("--named-only", action="store_true",
+                     help="no shared URL with a login form: only the annotators added with --add-annotator")
     ann.add_argument("--answers-per-question", type=int, help="answers each question needs (redundancy; default 1)")
     ann.add_argument("--lease-seconds", type=float, default=300.0,
                      help="how long a question stays with the annotator it was shown to")

@@ -8,6 +8,7 @@ saves the screenshot there (docs/annotate.png is made so).
 """
 
 import http.client
+import http.server
 import json
 import os
 import queue
@@ -87,6 +88,77 @@ def raw_get(url: str, path: str) -> int:
     status = connection.getresponse().status
     connection.close()
     return status
+
+
+class OtherLocalSite:
+    """Another web site on this machine (another port of 127.0.0.1): serves ``pages`` ``{path: html}``."""
+
+    def __init__(self, pages: dict[str, str]):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = pages[self.path].encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_another_local_page_can_neither_post_to_the_server_nor_frame_it(human_run, chromium):
+    from playwright.sync_api import sync_playwright
+
+    _, run_dir = human_run("attacked")
+    server = AnnotateServer(run_dir)
+    attacker = OtherLocalSite({
+        # a form post needs no CORS preflight; text/plain is the closest a form comes to a JSON body
+        "/undo.html": f"""<form method="POST" action="{server.url}api/undo" enctype="text/plain">
+            <input name='{{"a":"' value='"}}'></form><script>document.forms[0].submit()</script>""",
+        "/frame.html": f"""<iframe id="victim" src="{server.url}" width="800" height="600"></iframe>""",
+    })
+    try:
+        with sync_playwright() as playwright:
+            browser = chromium(playwright)
+            context = browser.new_context()  # one browser profile: the pages share the cookie
+            page = context.new_page()
+            page.goto(f"{server.url}?token={TOKEN}")
+            page.fill("#login-name", "victim")
+            page.keyboard.press("Enter")
+            answered = shown_question(page, None)
+            page.keyboard.press("y")
+            shown_question(page, answered)
+            before = ledger_state(run_dir)
+            assert [r.question_id for r in before[0]] == [answered]
+
+            # the annotator, still logged in, opens another local page in the same browser
+            attack = context.new_page()
+            attack.goto(f"{attacker.url}/undo.html")
+            attack.wait_for_url(f"{server.url}api/undo", timeout=TIMEOUT_MS)
+            assert "must come from this server's own page" in attack.inner_text("body")  # it arrived, refused
+            assert ledger_state(run_dir) == before
+
+            refused_frames = []
+            attack.on("console", lambda message: refused_frames.append(message.text))
+            attack.goto(f"{attacker.url}/frame.html")
+            attack.wait_for_timeout(1000)
+            victim = attack.frame_locator("#victim")
+            assert victim.locator("#stage").count() == 0  # the page did not render inside the frame
+            assert any("frame" in text and ("X-Frame-Options" in text or "frame-ancestors" in text)
+                       for text in refused_frames), refused_frames
+            browser.close()
+    finally:
+        attacker.close()
+        server.stop()
 
 
 def test_answer_a_step_in_chromium_with_a_server_restart(human_run, tmp_path, chromium):

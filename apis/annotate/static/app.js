@@ -10,11 +10,12 @@ const $ = (id) => document.getElementById(id);
 
 const state = { question: null, shownAt: null, busy: false, zoom: 0, pollTimer: null };
 
+// Every change is a POST with a JSON body ({} when it carries nothing): the server refuses any other kind.
 async function api(method, path, body) {
   const options = { method, headers: {}, credentials: "same-origin" };
-  if (body !== undefined) {
+  if (method === "POST") {
     options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
+    options.body = JSON.stringify(body === undefined ? {} : body);
   }
   const response = await fetch(path, options);
   const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
