@@ -14,6 +14,7 @@ import os
 import queue
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -32,10 +33,11 @@ TIMEOUT_MS = 20_000
 class AnnotateServer:
     """`apis annotate RUN_DIR --port 0` in a child process; ``url`` is the address it printed."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, *options: str, port: int = 0):
         env = {**os.environ, "APIS_ANNOTATE_TOKEN": TOKEN}
-        self.process = subprocess.Popen([sys.executable, "-m", "apis.cli", "annotate", str(run_dir), "--port", "0"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "apis.cli", "annotate", str(run_dir), "--port", str(port), *options],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.url = self._read_url(deadline=time.monotonic() + 60)
 
     def _read_url(self, deadline: float) -> str:
@@ -159,6 +161,80 @@ def test_another_local_page_can_neither_post_to_the_server_nor_frame_it(human_ru
     finally:
         attacker.close()
         server.stop()
+
+
+def test_the_page_recovers_by_itself_from_a_lost_lease_a_failed_image_and_a_restart(human_run, chromium):
+    from playwright.sync_api import sync_playwright
+
+    _, run_dir = human_run("recovering")
+    lease_s = 3
+    server = AnnotateServer(run_dir, "--lease-seconds", str(lease_s))
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    try:
+        with sync_playwright() as playwright:
+            browser = chromium(playwright)
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            policy_errors = []
+            page.on("console", lambda message: policy_errors.append(message.text)
+                    if "Content Security Policy" in message.text else None)
+            page.goto(f"{server.url}?token={TOKEN}")
+            page.fill("#login-name", "tester")
+            page.keyboard.press("Enter")
+            first = shown_question(page, None)
+
+            # zoom: each question starts at 100 %
+            page.keyboard.press("+")
+            page.keyboard.press("+")
+            assert page.inner_text("#zoom-text") == "200 %"
+            page.keyboard.press("y")
+            second = shown_question(page, first)
+            assert page.inner_text("#zoom-text") == "100 %"
+
+            # an image that fails to load: its question is given back and the next one shown
+            failed = []
+            page.route("**/image", lambda route: failed.append(route.request.url) or route.abort()
+                       if not failed else route.continue_())
+            page.keyboard.press("n")
+            third = shown_question(page, second)
+            (skipped,) = failed
+            assert f"/api/questions/{third}/image" not in skipped
+            skipped_id = int(skipped.split("/questions/")[1].split("/")[0])
+            assert f"the image of question {skipped_id} could not be loaded" in page.inner_text("#message")
+            with sqlite3.connect(run_dir / "ledger.sqlite") as ledger:  # released, not left to run out
+                assert ledger.execute("SELECT question_id FROM leases WHERE annotator = 'tester'").fetchall() == [
+                    (third,)]
+            with QuestionQueue(run_dir / "ledger.sqlite") as questions:  # someone else gets it now
+                assert questions.lease_next("bob", 60).id == skipped_id
+            page.unroute("**/image")
+
+            # a lost lease: tester's runs out and bob takes the question; tester's answer is refused (409) and the
+            # page moves on by itself
+            page.wait_for_timeout(lease_s * 1000 + 500)
+            with QuestionQueue(run_dir / "ledger.sqlite") as questions:
+                questions.answer("bob", skipped_id, "yes", 1.0)
+                assert questions.lease_next("carol", 60).id == third
+            page.keyboard.press("y")
+            fourth = shown_question(page, third)
+            assert "leased to someone else" in page.inner_text("#message")
+            page.keyboard.press("u")  # and it works on as before
+            fifth = shown_question(page, fourth)
+
+            # the server goes away: the answer given meanwhile is kept, sent once it is back, and the page goes on
+            server.kill()
+            page.keyboard.press("n")
+            page.wait_for_function("document.querySelector('#message').textContent.includes('cannot be reached')",
+                                   timeout=TIMEOUT_MS)
+            assert f"your answer to question {fifth} will be sent" in page.inner_text("#message")
+            server = AnnotateServer(run_dir, "--lease-seconds", str(lease_s), port=port)
+            sixth = shown_question(page, fifth)
+            assert policy_errors == []
+            browser.close()
+    finally:
+        server.stop()
+    given = {r.question_id: (r.annotator, r.label) for r in ledger_state(run_dir)[0]}
+    assert given == {first: ("tester", 1), second: ("tester", 0), skipped_id: ("bob", 1), fourth: ("tester", -1),
+                     fifth: ("tester", 0)}
+    assert sixth not in given
 
 
 def test_answer_a_step_in_chromium_with_a_server_restart(human_run, tmp_path, chromium):
