@@ -138,6 +138,7 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
     from apis.active.human import open_human_run
     from apis.active.questions import QuestionQueue
     from apis.annotate.server import TOKEN_ENV, Access, AnnotationApp, check_serve_options, serve
+    from apis.config import ConfigError
 
     check_serve_options(args.port, args.lease_seconds, args.answers_per_question)
     run = open_human_run(args.run_dir, writing=True)
@@ -151,7 +152,7 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
     with QuestionQueue(run.ledger_path) as queue:
         named = queue.named_annotators()
     if args.named_only and not named:
-        raise SystemExit(f"{run.run_dir}: no named annotators yet; add them with --add-annotator NAME")
+        raise ConfigError(f"{run.run_dir}: no named annotators yet; add them with --add-annotator NAME")
     app = AnnotationApp(run.ledger_path, run.train_set, Access.create(os.environ.get(TOKEN_ENV), args.named_only),
                         lease_s=args.lease_seconds, answers_per_question=args.answers_per_question,
                         host=args.host, port=args.port)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import sqlite3
 
 import pytest
 import torch
@@ -130,3 +131,74 @@ def test_an_unexpected_exception_is_one_line_that_says_it_is_a_bug(monkeypatch, 
                                  "and report the traceback)\n")
     with pytest.raises(ZeroDivisionError):
         main(["--debug", "demo", "--quick"])
+
+
+def refused(argv, capsys, *expected):
+    """Run ``apis ARGV``: exit status 2 and one line ``error: ...`` containing each of ``expected``."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "APIS bug" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("model.num_classes=2", "model.num_classes"),  # the dataset has 4 categories: read before the run dir is made
+    ("data.min_size_train=[]", "data.min_size_train"),
+    ("data.min_size_train=[0]", "data.min_size_train[0]"),
+    ("solver.checkpoint_period=0", "solver.checkpoint_period"),
+    ("selection.metric=bogus", "selection.metric"),
+    ("seed=-1", "seed"),
+    ("model.mask_out_stride=3", "model.mask_out_stride"),
+    ("model.size_ranges=[0,1]", "model.size_ranges"),
+    ("data.hflip_prob=2", "data.hflip_prob"),
+    ("model.score_threshold=-0.5", "model.score_threshold"),
+])
+def test_a_bad_value_is_refused_before_the_run_dir_is_written_so_the_corrected_command_runs(
+        synth_dir, tmp_path, capsys, override, key):
+    run_dir = tmp_path / "run"
+    command = ["run", "condinst_r18_cpu_synth.yaml", f"data.train_json={synth_dir}/annotations/train.json",
+               f"data.val_json={synth_dir}/annotations/val.json", f"output_dir={run_dir}", "model.num_classes=4",
+               "oracle.kind=human", "device=cpu", "loop.steps=0"]
+    refused([*command, override], capsys, key)
+    assert not run_dir.exists()
+    with pytest.raises(SystemExit) as waiting:  # the corrected command: it stores P0's questions and waits
+        main(command)
+    assert waiting.value.code == 3 and (run_dir / "ledger.sqlite").is_file()
+
+
+def test_bad_annotate_flags_are_refused_before_anything_is_served_or_written(human_run, capsys):
+    _, run_dir = human_run()
+    ledger = (run_dir / "ledger.sqlite").read_bytes()
+    refused(["annotate", str(run_dir), "--port", "99999"], capsys, "--port 99999")
+    refused(["annotate", str(run_dir), "--answers-per-question", "0"], capsys, "--answers-per-question")
+    refused(["annotate", str(run_dir), "--lease-seconds", "0"], capsys, "--lease-seconds")
+    refused(["annotate", str(run_dir), "--lease-seconds", "nan"], capsys, "--lease-seconds")
+    refused(["annotate", str(run_dir), "--named-only"], capsys, "no named annotators")
+    refused(["import-answers", str(run_dir), str(run_dir / "none.json"), "--answers-per-question", "0"], capsys,
+            "answers per question")
+    assert (run_dir / "ledger.sqlite").read_bytes() == ledger
+
+
+def test_a_ledger_of_an_unknown_schema_version_is_named_not_a_bug(human_run, capsys):
+    _, run_dir = human_run()
+    conn = sqlite3.connect(run_dir / "ledger.sqlite", isolation_level=None)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.close()
+    for command in (["status"], ["annotate"], ["export-points"]):
+        refused([*command, str(run_dir)], capsys, str(run_dir / "ledger.sqlite"), "schema version [99]")
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["data", "synth", "OUT", "--images", "0"], "--images"),
+    (["data", "synth", "OUT", "--size", "0"], "--size"),
+    (["data", "synth", "OUT", "--val-fraction", "1"], "--val-fraction"),
+    (["demo", "--steps", "-1", "--out", "OUT"], "loop.steps"),
+])
+def test_bad_flags_of_other_commands_are_named_and_write_nothing(tmp_path, monkeypatch, capsys, argv, flag):
+    monkeypatch.chdir(tmp_path)
+    refused([str(tmp_path / "out") if arg == "OUT" else arg for arg in argv], capsys, flag)
+    assert list(tmp_path.iterdir()) == []

@@ -106,10 +106,19 @@ class ActiveLearningRun:
     def __init__(self, cfg: ExperimentConfig, oracle: Oracle | None = None):
         cfg = absolute_paths(cfg)  # stored so: the run's config means the same files from any directory
         self.cfg = cfg
-        self.metric = get_metric(cfg.selection.metric)  # unknown names fail before any work
+        try:
+            self.metric = get_metric(cfg.selection.metric)  # unknown names fail before any work
+        except ValueError as error:
+            raise ConfigError(f"config key 'selection.metric': {error}") from None
         if cfg.loop.points_from:
             check_points_source(cfg)
         self.train_set, self.val_set = load_datasets(cfg)
+        # What training would refuse, refused now: a run dir written by a command that cannot run would refuse
+        # the corrected command as "a different config".
+        from apis.engine.trainer import check_fits_dataset, check_inputs
+
+        check_inputs(cfg, None, self.ctx.world_size)
+        check_fits_dataset(cfg, self.train_set)
         self.human = cfg.oracle.kind == "human"
         if self.human and oracle is not None:
             raise ConfigError("oracle.kind=human: people answer through `apis annotate`; do not pass an oracle")

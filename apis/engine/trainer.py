@@ -155,6 +155,13 @@ def check_inputs(cfg: ExperimentConfig, init_weights: str | None, world_size: in
         raise ConfigError("config keys 'solver.log_period' and 'solver.checkpoint_period' must be >= 1")
 
 
+def check_fits_dataset(cfg: ExperimentConfig, coco: CocoDataset) -> None:
+    """ConfigError unless the model's classes are the training set's categories (checked before any work)."""
+    if cfg.model.num_classes != coco.num_classes:
+        raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but "
+                          f"{cfg.data.train_json} has {coco.num_classes} categories")
+
+
 def training_points(cfg: ExperimentConfig, coco: CocoDataset, points: Mapping[int, InstancePoints] | None
                     ) -> Mapping[int, InstancePoints] | None:
     """The labelled points to train with: ``points`` if given, else ``data.train_points``, else
@@ -253,9 +260,7 @@ def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = N
     output_dir = Path(cfg.output_dir)
     check_inputs(cfg, init_weights, ctx.world_size)
     coco = load_coco(cfg.data.train_json, cfg.data.image_root or None)
-    if cfg.model.num_classes != coco.num_classes:
-        raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but "
-                          f"{cfg.data.train_json} has {coco.num_classes} categories")
+    check_fits_dataset(cfg, coco)
     points = training_points(cfg, coco, points)
     dataset = TrainingDataset(coco, points, cfg.data, with_masks=cfg.loss.full > 0, seed=cfg.seed, mask_ids=mask_ids)
     # One process (group) per output folder: rank 0 holds the lock from before the stored config is compared
