@@ -42,7 +42,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         metrics = evaluate_checkpoint(state, cfg, gt_json=args.gt or cfg.data.val_json, results_path=args.results)
     else:
         if not (args.gt and args.results):
-            raise SystemExit("apis eval needs --gt and --results (or --checkpoint)")
+            from apis.config import ConfigError
+
+            raise ConfigError("apis eval needs --gt and --results (or --checkpoint)")
         metrics = evaluate(args.gt, args.results, iou_types=tuple(args.iou_types), backend=args.backend)
     print(format_metrics(metrics))
     if args.out:
@@ -105,14 +107,14 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _cmd_export_points(args: argparse.Namespace) -> None:
     from apis.config import load_run_config
-    from apis.data.ledger import PointLedger
+    from apis.data.ledger import LedgerError, PointLedger
 
     run_dir = Path(args.run_dir)
     cfg = load_run_config(run_dir / "config.yaml")
     with PointLedger(run_dir / "ledger.sqlite", read_only=True) as ledger:  # never creates or changes one
         step = ledger.last_step() if args.step is None else args.step
         if step is None:
-            raise SystemExit(f"{run_dir}: the ledger holds no answers yet")
+            raise LedgerError(f"{run_dir}: the ledger holds no answers yet")
         out = args.out or run_dir / f"points_step{step:03d}.json"
         count = ledger.export_pointsup(cfg.data.train_json, out, step)
     print(f"wrote {out}: points of {count} annotations known at step {step}")
@@ -127,7 +129,7 @@ def _cmd_status(args: argparse.Namespace) -> None:
     run = RunDirectory(args.run_dir)
     if not run.ledger_path.is_file():
         raise ConfigError(f"{run.root}: no ledger.sqlite (is this a run directory?)")
-    with QuestionQueue(run.ledger_path) as queue:
+    with QuestionQueue(run.ledger_path, read_only=True) as queue:  # reading writes nothing, anywhere
         summaries = queue.summaries()
     trained = {s.step for s in summaries if run.is_done(s.step)}
     print(f"{run.root}:")
@@ -161,14 +163,14 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
 
 def _cmd_export_tasks(args: argparse.Namespace) -> None:
     from apis.active.human import open_human_run
-    from apis.active.questions import QuestionQueue
+    from apis.active.questions import QuestionError, QuestionQueue
     from apis.interop.label_studio import export_tasks
 
     run = open_human_run(args.run_dir)
-    with QuestionQueue(run.ledger_path) as queue:
+    with QuestionQueue(run.ledger_path, read_only=True) as queue:
         step = queue.progress().step if args.step is None else args.step
         if step is None:
-            raise SystemExit(f"{run.run_dir}: no questions yet; run `apis run` first")
+            raise QuestionError(f"{run.run_dir}: no questions yet; run `apis run` first")
         count, config_path = export_tasks(queue, run.train_set, step, args.out, args.image_url_prefix)
     print(f"wrote {args.out}: {count} Label Studio tasks (step {step}); labelling config: {config_path}")
 

@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +204,48 @@ def test_bad_flags_of_other_commands_are_named_and_write_nothing(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     refused([str(tmp_path / "out") if arg == "OUT" else arg for arg in argv], capsys, flag)
     assert list(tmp_path.iterdir()) == []
+
+
+def snapshot(folder):
+    """Every file under ``folder``: its bytes and modification time."""
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("media", ["writable", "read-only"])
+def test_read_only_commands_write_nothing_to_the_run_directory(human_run, tmp_path, monkeypatch, capsys, media):
+    from apis.active.questions import QuestionQueue
+
+    _, run_dir = human_run()
+    with QuestionQueue(run_dir / "ledger.sqlite") as queue:
+        queue.answer("alice", queue.lease_next("alice", 60).id, "yes", 1.5)
+    before = snapshot(run_dir)
+    assert set(before) >= {run_dir / "ledger.sqlite", run_dir / "config.yaml"}
+    if media == "read-only":  # as on read-only media (CI runs as root, whom chmod does not stop)
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK and Path(path).resolve()
+                            .is_relative_to(run_dir) else real_access(path, mode))
+    main(["status", str(run_dir)])
+    status = capsys.readouterr().out
+    assert "step 0:" in status and "alice" in status
+    main(["export-tasks", str(run_dir), str(tmp_path / "tasks.json")])
+    assert len(json.loads((tmp_path / "tasks.json").read_text())) > 0
+    refused(["export-points", str(run_dir), "--out", str(tmp_path / "points.json")], capsys, "no answers yet")
+    if media == "read-only":
+        refused(["annotate", str(run_dir)], capsys, "read-only", "make the folder and the file writable")
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("damage", ["empty", "DROP TABLE answers", "DROP TABLE responses"])
+def test_status_reports_a_damaged_ledger_and_leaves_it_as_it_was(human_run, capsys, damage):
+    _, run_dir = human_run()
+    ledger = run_dir / "ledger.sqlite"
+    if damage == "empty":
+        ledger.write_bytes(b"")
+    else:
+        conn = sqlite3.connect(ledger, isolation_level=None)
+        conn.execute(damage)
+        conn.close()
+    before = snapshot(run_dir)
+    for command in ("status", "annotate", "export-tasks"):
+        refused([command, str(run_dir), *(["OUT.json"] if command == "export-tasks" else [])], capsys, str(ledger))
+    assert snapshot(run_dir) == before
