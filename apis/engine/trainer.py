@@ -55,8 +55,8 @@ from apis.engine.checkpoint import (
     capture_rng_state,
     checkpoint_name,
     find_last_checkpoint,
-    load_checkpoint,
     load_model_weights,
+    load_resumable_checkpoint,
     prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
@@ -73,7 +73,7 @@ from apis.engine.distributed import (
 from apis.engine.metrics_log import MetricsLog
 from apis.modeling.build import build_model
 from apis.utils.device import resolve_device
-from apis.utils.io import remove_temporaries
+from apis.utils.io import WriteFailed, remove_temporaries
 from apis.utils.lock import FolderLock
 
 logger = logging.getLogger(__name__)
@@ -303,10 +303,10 @@ class _Trainer:
         self.use_amp = cfg.solver.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
         self.start_iter = 0
-        last = find_last_checkpoint(output_dir)
+        resumable = load_resumable_checkpoint(output_dir)
         rng_state = None
-        if last is not None:
-            rng_state = self._resume(last)
+        if resumable is not None:
+            rng_state = self._resume(*resumable)
         elif init_weights is not None:
             load_model_weights(self.model, init_weights)
             logger.info("initialised weights from %s", init_weights)
@@ -328,8 +328,7 @@ class _Trainer:
         else:
             seed_everything(cfg.seed + ctx.rank)
 
-    def _resume(self, path: Path) -> dict | None:
-        state = load_checkpoint(path)
+    def _resume(self, path: Path, state: dict) -> dict | None:
         load_model_weights(self.model, state)
         if "optimizer" not in state:
             raise ConfigError(f"{path} holds weights only and cannot be resumed from; "
@@ -351,15 +350,20 @@ class _Trainer:
         rng = all_gather_objects(capture_rng_state(), self.ctx)  # collective: every rank takes part
         path = self.output_dir / name
         if self.ctx.is_main:
-            save_checkpoint(path, {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "grad_scaler": self.scaler.state_dict(),
-                "iteration": iteration,
-                "rng": rng,
-                "config": to_dict(self.cfg),
-            })
+            kept = find_last_checkpoint(self.output_dir)
+            try:
+                save_checkpoint(path, {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "grad_scaler": self.scaler.state_dict(),
+                    "iteration": iteration,
+                    "rng": rng,
+                    "config": to_dict(self.cfg),
+                })
+            except WriteFailed as error:  # a full disk: say what a run started again resumes from
+                raise WriteFailed(f"{error}; the training resumes from {kept or 'its start'} when run again "
+                                  "with space freed") from error
             write_last_checkpoint(self.output_dir, path)
             if self.cfg.solver.keep_checkpoints is not None:
                 prune_checkpoints(self.output_dir, self.cfg.solver.keep_checkpoints)
