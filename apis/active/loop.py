@@ -69,9 +69,10 @@ def load_datasets(cfg: ExperimentConfig) -> tuple[CocoDataset, CocoDataset]:
     for key in ("train_json", "val_json"):
         if not getattr(cfg.data, key):
             raise ConfigError(f"config key 'data.{key}' is empty; the loop needs a COCO json there")
-    train = load_coco(cfg.data.train_json, cfg.data.image_root or None).subset(cfg.data.max_train_images)
+    train = load_coco(cfg.data.train_json, cfg.data.image_root or None,
+                      used_images=cfg.data.max_train_images).subset(cfg.data.max_train_images)
     val_root = cfg.data.val_image_root or cfg.data.image_root or None
-    val = load_coco(cfg.data.val_json, val_root).subset(cfg.data.max_val_images)
+    val = load_coco(cfg.data.val_json, val_root, used_images=cfg.data.max_val_images).subset(cfg.data.max_val_images)
     return train, val
 
 

@@ -332,23 +332,26 @@ def segmentation_problem(seg: object, width: int, height: int) -> str | None:
 
 
 def load_coco(json_path: str | Path, image_root: str | Path | None = None,
-              check_images: bool = True) -> CocoDataset:
+              check_images: bool = True, used_images: int = 0) -> CocoDataset:
     """Load and validate a COCO instance json.
 
     ``image_root`` defaults to ``<json dir>/../images`` (the layout of the built-in datasets) when
     that folder exists, else the json's folder. ``check_images`` checks that every image exists, matches the
     json's size and is whole: decoded completely, in threads, the first time it is seen
-    (:mod:`apis.data.image_files`; a cache remembers the files found whole by size and mtime).
+    (:mod:`apis.data.image_files`; a cache remembers the files found whole by size and mtime). With
+    ``used_images`` > 0 (a run's ``data.max_*_images``: :meth:`CocoDataset.subset` keeps those) only the first
+    ``used_images`` images are decoded; the others have their header checked.
     """
     json_path = Path(json_path)
     data = _read_json(json_path)
     if image_root is None or str(image_root) == "":
         sibling = json_path.parent.parent / "images"
         image_root = sibling if sibling.is_dir() else json_path.parent
-    return coco_from_dict(data, json_path, Path(image_root), check_images)
+    return coco_from_dict(data, json_path, Path(image_root), check_images, used_images)
 
 
-def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: bool = True) -> CocoDataset:
+def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: bool = True,
+                   used_images: int = 0) -> CocoDataset:
     """Validate an already-read COCO instance dict (the checks of :func:`load_coco`); ``json_path`` names it in
     errors. The one validator of every COCO file APIS reads: training, the loop, ``apis eval --gt``."""
     for key in ("images", "annotations", "categories"):
@@ -367,10 +370,12 @@ def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: 
         if image["width"] <= 0 or image["height"] <= 0:
             raise DatasetError(f"{json_path}: image {image['id']}: size {image['width']}x{image['height']} is "
                                "not positive")
-    if check_images:  # every file decoded whole (once: remembered by size and mtime), the first problem named
+    if check_images:  # every file used decoded whole (once: remembered by size and mtime), the first problem named
+        used = set(sorted(images_by_id)[:used_images] if used_images > 0 else images_by_id)
         paths = [image_root / image["file_name"] for image in images_by_id.values()]
-        for image, path, checked in zip(images_by_id.values(), paths, check_image_files(paths), strict=True):
-            _check_image_file(json_path, image, path, checked)
+        checked = check_image_files(paths, [image_id in used for image_id in images_by_id])
+        for image, path, facts in zip(images_by_id.values(), paths, checked, strict=True):
+            _check_image_file(json_path, image, path, facts)
 
     per_image: dict[int, list[InstanceRecord]] = {i: [] for i in images_by_id}
     segmentations: dict[int, object] = {}

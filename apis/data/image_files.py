@@ -52,20 +52,28 @@ class DamagedImage(Exception):
     """The file is not a whole, decodable image; the message says what is wrong (without the path)."""
 
 
-def check_image_files(paths: Sequence[Path], workers: int | None = None) -> list[ImageFacts | Exception]:
-    """Decode each of ``paths`` whole (unless the cache knows it, unchanged); per path, in order, its
-    :class:`ImageFacts` or the exception it failed with (:class:`DamagedImage`, or an ``OSError`` such as
-    ``FileNotFoundError``). ``workers``: decoding threads (default: one per CPU, at most 16)."""
+def check_image_files(paths: Sequence[Path], whole: Sequence[bool] | None = None, workers: int | None = None
+                      ) -> list[ImageFacts | Exception]:
+    """Check each of ``paths``; per path, in order, its :class:`ImageFacts` or the exception it failed with
+    (:class:`DamagedImage`, or an ``OSError`` such as ``FileNotFoundError``).
+
+    A path with ``whole`` true (every path when ``whole`` is None) is decoded whole unless the cache knows it,
+    unchanged; the others (images a run leaves out, ``data.max_train_images``) only have their header read.
+    ``workers``: decoding threads (default: one per CPU, at most 16).
+    """
+    whole = [True] * len(paths) if whole is None else list(whole)
     cache = _Cache.open()
     keys = [_key(path) for path in paths]
     known = cache.lookup(keys) if cache else {}
     todo = [i for i, key in enumerate(keys) if key is None or key not in known]
     results: list[ImageFacts | Exception] = [known.get(key) for key in keys]
     with ThreadPoolExecutor(max_workers=workers or min(16, os.cpu_count() or 1)) as pool:
-        for i, outcome in zip(todo, pool.map(_decode_outcome, [paths[i] for i in todo]), strict=True):
+        outcomes = pool.map(_check_outcome, [paths[i] for i in todo], [whole[i] for i in todo])
+        for i, outcome in zip(todo, outcomes, strict=True):
             results[i] = outcome
     if cache:
-        cache.store([(keys[i], results[i]) for i in todo if keys[i] and isinstance(results[i], ImageFacts)])
+        cache.store([(keys[i], results[i]) for i in todo
+                     if keys[i] and whole[i] and isinstance(results[i], ImageFacts)])
         cache.close()
     return results
 
@@ -85,9 +93,20 @@ def decode_whole(path: Path) -> ImageFacts:
     return facts
 
 
-def _decode_outcome(path: Path) -> ImageFacts | Exception:
+def read_header(path: Path) -> ImageFacts:
+    """The size and mode ``path``'s header states (nothing decoded); :class:`DamagedImage` when it has none."""
     try:
-        return decode_whole(path)
+        with Image.open(path) as image:
+            return ImageFacts(image.width, image.height, image.mode)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise DamagedImage(str(error) or type(error).__name__) from error
+
+
+def _check_outcome(path: Path, whole: bool) -> ImageFacts | Exception:
+    try:
+        return decode_whole(path) if whole else read_header(path)
     except (DamagedImage, OSError) as error:
         return error
 

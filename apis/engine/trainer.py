@@ -259,7 +259,7 @@ def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = N
     cfg = absolute_paths(cfg)  # stored so: the run's config.yaml means the same files from any directory
     output_dir = Path(cfg.output_dir)
     check_inputs(cfg, init_weights, ctx.world_size)
-    coco = load_coco(cfg.data.train_json, cfg.data.image_root or None)
+    coco = load_coco(cfg.data.train_json, cfg.data.image_root or None, used_images=cfg.data.max_train_images)
     check_fits_dataset(cfg, coco)
     points = training_points(cfg, coco, points)
     dataset = TrainingDataset(coco, points, cfg.data, with_masks=cfg.loss.full > 0, seed=cfg.seed, mask_ids=mask_ids)

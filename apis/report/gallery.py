@@ -88,7 +88,8 @@ def _crop_box(grid: tuple[int, int, int, int], width: int, height: int) -> tuple
 
 
 def _train_set(cfg: ExperimentConfig) -> CocoDataset:
-    return load_coco(cfg.data.train_json, cfg.data.image_root or None).subset(cfg.data.max_train_images)
+    return load_coco(cfg.data.train_json, cfg.data.image_root or None,
+                     used_images=cfg.data.max_train_images).subset(cfg.data.max_train_images)
 
 
 def step_views(run_dir: str | Path, step: int, images: int = 4, instances_per_image: int = 8,

@@ -282,3 +282,18 @@ def test_a_truncated_image_fails_at_load_naming_the_file(tmp_path):
     (tmp_path / "images" / "b.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(DatasetError, match=r"image 2: file .*b.png is unreadable: .*truncated"):
         load_coco(path)
+
+
+def test_only_the_images_a_run_uses_are_decoded_the_others_have_their_header_checked(tmp_path):
+    """data.max_train_images=N keeps the first N images (by id): a CPU-sized run on COCO decodes those, not 118k."""
+    path = _write_dataset(tmp_path, _rename_images("png"), image_size=(300, 300))
+    _large_images(tmp_path, "png")
+    data = bytearray((tmp_path / "images" / "b.png").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 200] = bytes(200)
+    (tmp_path / "images" / "b.png").write_bytes(bytes(data))
+    assert len(load_coco(path, used_images=1).subset(1)) == 1  # image 2 is left out: its header is whole
+    with pytest.raises(DatasetError, match=r"image 2: file .*b.png is unreadable"):
+        load_coco(path, used_images=2)
+    (tmp_path / "images" / "b.png").unlink()
+    with pytest.raises(DatasetError, match=r"image 2: file .*b.png is missing"):
+        load_coco(path, used_images=1)

@@ -130,12 +130,16 @@ function showQuestion(q) {
     stage.dataset.ready = "1";
   };
   // A question the page cannot show goes back to the others at once (its lease released), and the next comes.
-  img.onerror = () => guarded(async () => {
+  const skip = () => {
     if (state.question !== q) return;
-    state.skipped = [...state.skipped, q.id].slice(-MAX_SKIPPED);
-    await next();
-    say(`the image of question ${q.id} could not be loaded; it was given back and skipped`);
-  });
+    if (state.busy) { setTimeout(skip, 200); return; }
+    guarded(async () => {
+      state.skipped = [...state.skipped, q.id].slice(-MAX_SKIPPED);
+      await next();
+      say(`the image of question ${q.id} could not be loaded; it was given back and skipped`);
+    });
+  };
+  img.onerror = skip;
   img.src = q.image_url;
 }
 
