@@ -158,6 +158,9 @@ def refused(argv, capsys, *expected):
     ("model.size_ranges=[0,1]", "model.size_ranges"),
     ("data.hflip_prob=2", "data.hflip_prob"),
     ("model.score_threshold=-0.5", "model.score_threshold"),
+    ("device=cuda:99", "config key 'device'"),  # no CUDA here, or no 100th GPU
+    ("model.backbone_weights=/nonexistent/r18.pth", "model.backbone_weights"),
+    ("loop.initial_run=/nonexistent/run", "loop.initial_run"),
 ])
 def test_a_bad_value_is_refused_before_the_run_dir_is_written_so_the_corrected_command_runs(
         synth_dir, tmp_path, capsys, override, key):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apis.active.initial_run import reuse_initial_run
+from apis.active.initial_run import check_initial_run, reuse_initial_run
 from apis.active.oracle import Oracle
 from apis.active.point_stats import selection_statistics
 from apis.active.questions import QuestionQueue
@@ -117,9 +117,11 @@ class ActiveLearningRun:
         # What training would refuse, refused now: a run dir written by a command that cannot run would refuse
         # the corrected command as "a different config".
         from apis.engine.trainer import check_fits_dataset, check_inputs
+        from apis.utils.device import resolve_device
 
         check_inputs(cfg, None, self.ctx.world_size)
         check_fits_dataset(cfg, self.train_set)
+        resolve_device(cfg.device, self.ctx.local_rank if self.ctx.enabled else None)
         self.human = cfg.oracle.kind == "human"
         if self.human and oracle is not None:
             raise ConfigError("oracle.kind=human: people answer through `apis annotate`; do not pass an oracle")
@@ -134,6 +136,8 @@ class ActiveLearningRun:
             raise ConfigError(f"{cfg.data.train_json}: no non-crowd instance to annotate")
         self.seeds = member_seeds(cfg)
         self.dir = RunDirectory(cfg.output_dir, members=len(self.seeds))
+        if cfg.loop.initial_run and not self.dir.is_done(0):  # P0 and M0 still to be copied from there
+            check_initial_run(Path(cfg.loop.initial_run), cfg, len(self.seeds))
         self._open_run_dir()
 
     def _open_run_dir(self) -> None:

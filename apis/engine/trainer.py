@@ -71,6 +71,7 @@ from apis.engine.distributed import (
     shutdown_process_group,
 )
 from apis.engine.metrics_log import MetricsLog
+from apis.modeling.backbone import BUNDLED_WEIGHTS
 from apis.modeling.build import build_model
 from apis.utils.device import resolve_device
 from apis.utils.io import WriteFailed, remove_temporaries
@@ -144,6 +145,10 @@ def check_inputs(cfg: ExperimentConfig, init_weights: str | None, world_size: in
     if data.train_points and data.random_points_per_instance > 0:
         raise ConfigError("config keys 'data.train_points' and 'data.random_points_per_instance' are both set; "
                           "choose one source of points")
+    weights = cfg.model.backbone_weights
+    if weights not in ("none", "imagenet", *BUNDLED_WEIGHTS) and not Path(weights).is_file():
+        raise ConfigError(f"config key 'model.backbone_weights': no such file {weights} (a path, 'none', 'imagenet' "
+                          f"or one of the bundled names {', '.join(BUNDLED_WEIGHTS)})")
     if init_weights is not None and not Path(init_weights).is_file():
         raise ConfigError(f"init_weights: checkpoint not found: {init_weights}")
     if cfg.solver.max_iter < 1:
