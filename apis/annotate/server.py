@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import hmac
 import json
 import logging
@@ -465,7 +466,13 @@ def serve(app: AnnotationApp, named: Iterable[str] = (), out=sys.stdout) -> None
     family = socket.AF_INET6 if ":" in app.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((app.host, app.port))
+    try:
+        sock.bind((app.host, app.port))
+    except OSError as error:  # a port in use, an address not of this machine, a name that does not resolve
+        sock.close()
+        raise QuestionError(f"cannot listen on --host {app.host} --port {app.port}: {error.strerror or error}"
+                            + (" (another process uses that port; --port 0 picks a free one)"
+                               if error.errno == errno.EADDRINUSE else "")) from None
     sock.listen(128)  # connections made once the URL is printed wait in the backlog until uvicorn accepts them
     app.listen_on(sock.getsockname()[1])
     shown_host = f"[{app.host}]" if family == socket.AF_INET6 else app.host

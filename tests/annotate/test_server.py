@@ -5,6 +5,7 @@ import hmac
 import io
 import json
 import os
+import socket
 import sqlite3
 
 import numpy as np
@@ -468,3 +469,20 @@ def fuzz_served(served):
     client.post("/api/next", headers=named(app, "alice"), json={})
     app.access = Access.create(SECRET)
     return client, app, run
+
+
+def test_an_address_the_server_cannot_listen_on_is_named(human_run, capsys):
+    _, run_dir = human_run()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        for argv, message in ((["--port", str(port)], f"cannot listen on --host 127.0.0.1 --port {port}: "),
+                              (["--host", "no-such-host.invalid"], "cannot listen on --host no-such-host.invalid")):
+            with pytest.raises(SystemExit) as refused:
+                main(["annotate", str(run_dir), *argv])
+            err = capsys.readouterr().err
+            assert refused.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    finally:
+        taken.close()
