@@ -147,8 +147,9 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
     if args.add_annotator:
         with QuestionQueue(run.ledger_path) as queue:
             tokens = queue.add_annotator_tokens(args.add_annotator)
+        port = args.port or "PORT"  # --port 0: the port the server will print
         for name, token in tokens.items():  # shown this once: the ledger keeps only its hash
-            print(f"{name}: http://{args.host}:{args.port}/?token={token}")
+            print(f"{name}: http://{args.host}:{port}/?token={token}")
         print("Each token is shown only now; --add-annotator NAME again replaces a lost one.")
         return
     with QuestionQueue(run.ledger_path) as queue:
