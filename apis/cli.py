@@ -42,7 +42,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         metrics = evaluate_checkpoint(state, cfg, gt_json=args.gt or cfg.data.val_json, results_path=args.results)
     else:
         if not (args.gt and args.results):
-            raise SystemExit("apis eval needs --gt and --results (or --checkpoint)")
+            from apis.config import ConfigError
+
+            raise ConfigError("apis eval needs --gt and --results (or --checkpoint)")
         metrics = evaluate(args.gt, args.results, iou_types=tuple(args.iou_types), backend=args.backend)
     print(format_metrics(metrics))
     if args.out:
@@ -106,14 +108,14 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _cmd_export_points(args: argparse.Namespace) -> None:
     from apis.config import load_run_config
-    from apis.data.ledger import PointLedger
+    from apis.data.ledger import LedgerError, PointLedger
 
     run_dir = Path(args.run_dir)
     cfg = load_run_config(run_dir / "config.yaml")
     with PointLedger(run_dir / "ledger.sqlite", read_only=True) as ledger:  # never creates or changes one
         step = ledger.last_step() if args.step is None else args.step
         if step is None:
-            raise SystemExit(f"{run_dir}: the ledger holds no answers yet")
+            raise LedgerError(f"{run_dir}: the ledger holds no answers yet")
         out = args.out or run_dir / f"points_step{step:03d}.json"
         count = ledger.export_pointsup(cfg.data.train_json, out, step)
     print(f"wrote {out}: points of {count} annotations known at step {step}")
@@ -182,7 +184,7 @@ def _cmd_status(args: argparse.Namespace) -> None:
     run = RunDirectory(args.run_dir)
     if not run.ledger_path.is_file():
         raise ConfigError(f"{run.root}: no ledger.sqlite (is this a run directory?)")
-    with QuestionQueue(run.ledger_path) as queue:
+    with QuestionQueue(run.ledger_path, read_only=True) as queue:  # reading writes nothing, anywhere
         summaries = queue.summaries()
     trained = {s.step for s in summaries if run.is_done(s.step)}
     print(f"{run.root}:")
@@ -191,25 +193,40 @@ def _cmd_status(args: argparse.Namespace) -> None:
 
 def _cmd_annotate(args: argparse.Namespace) -> None:
     from apis.active.human import open_human_run
-    from apis.annotate.server import TOKEN_ENV, Access, AnnotationApp, serve
+    from apis.active.questions import QuestionQueue
+    from apis.annotate.server import TOKEN_ENV, Access, AnnotationApp, check_serve_options, serve
+    from apis.config import ConfigError
 
-    run = open_human_run(args.run_dir)
-    access = Access.create(os.environ.get(TOKEN_ENV), args.annotator)
-    app = AnnotationApp(run.ledger_path, run.train_set, access, lease_s=args.lease_seconds,
-                        answers_per_question=args.answers_per_question)
-    serve(app, host=args.host, port=args.port)
+    check_serve_options(args.port, args.lease_seconds, args.answers_per_question)
+    run = open_human_run(args.run_dir, writing=True)
+    if args.add_annotator:
+        with QuestionQueue(run.ledger_path) as queue:
+            tokens = queue.add_annotator_tokens(args.add_annotator)
+        port = args.port or "PORT"  # --port 0: the port the server will print
+        for name, token in tokens.items():  # shown this once: the ledger keeps only its hash
+            print(f"{name}: http://{args.host}:{port}/?token={token}")
+        print("Each token is shown only now; --add-annotator NAME again replaces a lost one.")
+        return
+    with QuestionQueue(run.ledger_path) as queue:
+        named = queue.named_annotators()
+    if args.named_only and not named:
+        raise ConfigError(f"{run.run_dir}: no named annotators yet; add them with --add-annotator NAME")
+    app = AnnotationApp(run.ledger_path, run.train_set, Access.create(os.environ.get(TOKEN_ENV), args.named_only),
+                        lease_s=args.lease_seconds, answers_per_question=args.answers_per_question,
+                        host=args.host, port=args.port)
+    serve(app, named)
 
 
 def _cmd_export_tasks(args: argparse.Namespace) -> None:
     from apis.active.human import open_human_run
-    from apis.active.questions import QuestionQueue
+    from apis.active.questions import QuestionError, QuestionQueue
     from apis.interop.label_studio import export_tasks
 
     run = open_human_run(args.run_dir)
-    with QuestionQueue(run.ledger_path) as queue:
+    with QuestionQueue(run.ledger_path, read_only=True) as queue:
         step = queue.progress().step if args.step is None else args.step
         if step is None:
-            raise SystemExit(f"{run.run_dir}: no questions yet; run `apis run` first")
+            raise QuestionError(f"{run.run_dir}: no questions yet; run `apis run` first")
         count, config_path = export_tasks(queue, run.train_set, step, args.out, args.image_url_prefix)
     print(f"wrote {args.out}: {count} Label Studio tasks (step {step}); labelling config: {config_path}")
 
@@ -356,8 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("run_dir")
     ann.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     ann.add_argument("--port", type=int, default=8765, help="0: any free port")
-    ann.add_argument("--annotator", action="append", default=[], metavar="NAME",
-                     help="give NAME their own URL (repeat per person); default: one URL with a login form")
+    ann.add_argument("--add-annotator", action="append", default=[], metavar="NAME",
+                     help="give NAME their own random token (repeat per person), print their URL and stop")
+    ann.add_argument("--named-only", action="store_true",
+                     help="no shared URL with a login form: only the annotators added with --add-annotator")
     ann.add_argument("--answers-per-question", type=int, help="answers each question needs (redundancy; default 1)")
     ann.add_argument("--lease-seconds", type=float, default=300.0,
                      help="how long a question stays with the annotator it was shown to")

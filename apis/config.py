@@ -493,6 +493,62 @@ def validate(cfg: ExperimentConfig) -> None:
         _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0)
     for key in ("flip_prob", "unsure_rate"):
         _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0, maximum=1.0)
+    _validate_ranges(cfg)
+
+
+# Keys whose value must be at least a minimum (and at most a maximum when given); each is checked at load, so a
+# value the model, the data loader or the schedule would only trip over later names its key before any work.
+_RANGES = {
+    "seed": (0, 2**32 - 1),  # numpy's seeds
+    "model.num_classes": (1, None), "model.fpn_channels": (1, None), "model.head_convs": (0, None),
+    "model.mask_branch_channels": (1, None), "model.mask_channels": (1, None), "model.dynamic_channels": (1, None),
+    "model.dynamic_layers": (1, None), "model.centre_sampling_radius": (0.0, None),
+    "model.score_threshold": (0.0, 1.0), "model.pre_nms_top_k": (1, None), "model.nms_threshold": (0.0, 1.0),
+    "model.detections_per_image": (1, None), "model.mask_threshold": (0.0, 1.0),
+    "loss.focal_alpha": (0.0, 1.0), "loss.focal_gamma": (0.0, None), "loss.pairwise_weight": (0.0, None),
+    "loss.pairwise_dilation": (1, None), "loss.pairwise_colour_threshold": (0.0, None),
+    "loss.pairwise_warmup_iters": (0, None),
+    "data.random_points_per_instance": (0, None), "data.max_train_images": (0, None),
+    "data.max_val_images": (0, None), "data.min_size_test": (1, None), "data.max_size": (1, None),
+    "data.hflip_prob": (0.0, 1.0), "data.num_workers": (0, None),
+    "solver.warmup_factor": (0.0, 1.0), "solver.clip_grad_norm": (0.0, None), "solver.checkpoint_period": (1, None),
+    "solver.log_period": (1, None),
+    "loop.points_loss_m0": (0.0, None), "loop.points_loss_finetune": (0.0, None),
+}
+# List keys: at least one item (when the minimum length is 1), every item at least its minimum.
+_LIST_RANGES = {"data.min_size_train": (1, 1), "solver.steps": (0, 0), "loop.finetune_steps": (0, 0),
+                "selection.ensemble_seeds": (0, 0), "selection.scales": (1, 1)}
+MASK_BRANCH_STRIDE = 8  # the mask branch's output stride (apis.modeling.condinst.MaskBranch.stride)
+
+
+def _value(cfg: ExperimentConfig, key: str) -> Any:
+    section, _, name = key.rpartition(".")
+    return getattr(getattr(cfg, section) if section else cfg, name)
+
+
+def _validate_ranges(cfg: ExperimentConfig) -> None:
+    for key, (minimum, maximum) in _RANGES.items():
+        _check_range(key, _value(cfg, key), minimum=minimum, maximum=maximum)
+    for key, (min_length, minimum) in _LIST_RANGES.items():
+        values = _value(cfg, key)
+        if len(values) < min_length:
+            raise ConfigError(f"config key '{key}' is {values!r}; it needs at least one value")
+        for index, value in enumerate(values):
+            _check_range(f"{key}[{index}]", value, minimum=minimum)
+    if cfg.model.max_proposals != -1:
+        _check_range("model.max_proposals", cfg.model.max_proposals, minimum=1)
+    if cfg.loss.points_per_iter != -1:
+        _check_range("loss.points_per_iter", cfg.loss.points_per_iter, minimum=1)
+    stride = cfg.model.mask_out_stride
+    if stride < 1 or MASK_BRANCH_STRIDE % stride:
+        raise ConfigError(f"config key 'model.mask_out_stride' is {cfg.model.mask_out_stride}; it must divide the "
+                          f"mask branch's stride {MASK_BRANCH_STRIDE} (1, 2, 4 or 8)")
+    edges = cfg.model.size_ranges
+    if len(edges) != 6 or any(math.isnan(edge) or edge < 0 for edge in edges) or list(edges) != sorted(edges):
+        raise ConfigError(f"config key 'model.size_ranges' is {edges!r}; it needs 6 increasing edges >= 0, one more "
+                          "than the 5 pyramid levels P3-P7")
+    if not cfg.output_dir.strip():
+        raise ConfigError("config key 'output_dir' is empty; name the run's folder")
 
 
 def _check_range(key: str, value: float, minimum: float, strict: bool = False, maximum: float | None = None

@@ -35,14 +35,16 @@ def run_demo(out_dir: Path, quick: bool = False, steps: int = 3) -> str:
     from apis.data.synth import make_synthetic_dataset
     from apis.report.html import write_report
 
-    summary = make_synthetic_dataset(DATA_DIR, num_images=200, size=128, seed=0)
-    print(summary.format(), flush=True)
     extra = QUICK_OVERRIDES if quick else []
     common = [f"data.train_json={DATA_DIR}/annotations/train.json", f"data.val_json={DATA_DIR}/annotations/val.json",
               f"loop.steps={steps}", *extra]
     entropy_dir, random_dir = out_dir / "entropy", out_dir / "random"
     entropy = [*common, f"output_dir={entropy_dir}", "selection.metric=entropy"]
     random = [*common, f"output_dir={random_dir}", "selection.metric=random", f"loop.initial_run={entropy_dir}"]
+    for overrides in (entropy, random):  # a bad --steps is named before anything is written
+        load_config(CONFIG, overrides)
+    summary = make_synthetic_dataset(DATA_DIR, num_images=200, size=128, seed=0)
+    print(summary.format(), flush=True)
     print(f"\n== M0 from boxes + 1 random point per instance, then {steps} active steps of entropy and of "
           "random, side by side ==", flush=True)
     run_active_loop(load_config(CONFIG, [*entropy, "loop.steps=0"]))

@@ -31,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-SECRET = "bench-annotate-secret"
-
 
 def build_run(work: Path, questions: int) -> Path:
     """A synthetic dataset with enough instances and a run dir whose step 0 holds ``questions`` questions."""
@@ -58,12 +56,18 @@ def build_run(work: Path, questions: int) -> Path:
     return run_dir
 
 
-def start_server(run_dir: Path, names: list[str]) -> tuple[subprocess.Popen, int]:
-    command = [sys.executable, "-m", "apis.cli", "annotate", str(run_dir), "--port", "0"]
+def add_annotators(run_dir: Path, names: list[str]) -> dict[str, str]:
+    """``{name: token}``: each name's own token, made by ``apis annotate --add-annotator``."""
+    command = [sys.executable, "-m", "apis.cli", "annotate", str(run_dir)]
     for name in names:
-        command += ["--annotator", name]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "APIS_ANNOTATE_TOKEN": SECRET})
+        command += ["--add-annotator", name]
+    printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return {line.split(": ")[0]: line.split("?token=")[1] for line in printed.splitlines() if "?token=" in line}
+
+
+def start_server(run_dir: Path) -> tuple[subprocess.Popen, int]:
+    command = [sys.executable, "-m", "apis.cli", "annotate", str(run_dir), "--port", "0", "--named-only"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
     deadline = time.monotonic() + 120
@@ -94,11 +98,10 @@ class Annotator(threading.Thread):
         self.errors: list[str] = []
 
     def request(self, connection, path: str, body: dict | None = None) -> tuple[int, dict, float]:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body)
-            headers["Content-Type"] = "application/json"
+        # As the page sends it: from the server's own origin, a JSON body on every POST.
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json",
+                   "Origin": f"http://127.0.0.1:{self.port}"}
+        payload = json.dumps({} if body is None else body)
         start = time.perf_counter()
         connection.request("POST", path, body=payload, headers=headers)
         response = connection.getresponse()
@@ -167,12 +170,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from apis.active.questions import QuestionQueue
-    from apis.annotate.server import Access
 
     run_dir = build_run(args.work, args.questions)
     names = [f"annotator-{i + 1}" for i in range(args.clients)]
-    tokens = {name: token for token, name in Access.create(SECRET, names).tokens.items()}
-    server, port = start_server(run_dir, names)
+    tokens = add_annotators(run_dir, names)
+    server, port = start_server(run_dir)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     try:
         deadline = time.monotonic() + args.timeout

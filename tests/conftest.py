@@ -26,6 +26,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_check_cache(tmp_path_factory):
+    """The cache of images decoded whole (apis.data.image_files) in a folder of the session's, for the processes
+    tests start too: tests leave nothing in the user's cache."""
+    from apis.data.image_files import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        del os.environ[CACHE_ENV]
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """8 synthetic 64 px images (6 train, 2 val), 4 categories with COCO ids 1..4."""

@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +133,122 @@ def test_an_unexpected_exception_is_one_line_that_says_it_is_a_bug(monkeypatch, 
                                  "and report the traceback)\n")
     with pytest.raises(ZeroDivisionError):
         main(["--debug", "demo", "--quick"])
+
+
+def refused(argv, capsys, *expected):
+    """Run ``apis ARGV``: exit status 2 and one line ``error: ...`` containing each of ``expected``."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "APIS bug" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("model.num_classes=2", "model.num_classes"),  # the dataset has 4 categories: read before the run dir is made
+    ("data.min_size_train=[]", "data.min_size_train"),
+    ("data.min_size_train=[0]", "data.min_size_train[0]"),
+    ("solver.checkpoint_period=0", "solver.checkpoint_period"),
+    ("selection.metric=bogus", "selection.metric"),
+    ("seed=-1", "seed"),
+    ("model.mask_out_stride=3", "model.mask_out_stride"),
+    ("model.size_ranges=[0,1]", "model.size_ranges"),
+    ("data.hflip_prob=2", "data.hflip_prob"),
+    ("model.score_threshold=-0.5", "model.score_threshold"),
+    ("device=cuda:99", "config key 'device'"),  # no CUDA here, or no 100th GPU
+    ("model.backbone_weights=/nonexistent/r18.pth", "model.backbone_weights"),
+    ("loop.initial_run=/nonexistent/run", "loop.initial_run"),
+])
+def test_a_bad_value_is_refused_before_the_run_dir_is_written_so_the_corrected_command_runs(
+        synth_dir, tmp_path, capsys, override, key):
+    run_dir = tmp_path / "run"
+    command = ["run", "condinst_r18_cpu_synth.yaml", f"data.train_json={synth_dir}/annotations/train.json",
+               f"data.val_json={synth_dir}/annotations/val.json", f"output_dir={run_dir}", "model.num_classes=4",
+               "oracle.kind=human", "device=cpu", "loop.steps=0"]
+    refused([*command, override], capsys, key)
+    assert not run_dir.exists()
+    with pytest.raises(SystemExit) as waiting:  # the corrected command: it stores P0's questions and waits
+        main(command)
+    assert waiting.value.code == 3 and (run_dir / "ledger.sqlite").is_file()
+
+
+def test_bad_annotate_flags_are_refused_before_anything_is_served_or_written(human_run, capsys):
+    _, run_dir = human_run()
+    ledger = (run_dir / "ledger.sqlite").read_bytes()
+    refused(["annotate", str(run_dir), "--port", "99999"], capsys, "--port 99999")
+    refused(["annotate", str(run_dir), "--answers-per-question", "0"], capsys, "--answers-per-question")
+    refused(["annotate", str(run_dir), "--lease-seconds", "0"], capsys, "--lease-seconds")
+    refused(["annotate", str(run_dir), "--lease-seconds", "nan"], capsys, "--lease-seconds")
+    refused(["annotate", str(run_dir), "--named-only"], capsys, "no named annotators")
+    refused(["import-answers", str(run_dir), str(run_dir / "none.json"), "--answers-per-question", "0"], capsys,
+            "answers per question")
+    assert (run_dir / "ledger.sqlite").read_bytes() == ledger
+
+
+def test_a_ledger_of_an_unknown_schema_version_is_named_not_a_bug(human_run, capsys):
+    _, run_dir = human_run()
+    conn = sqlite3.connect(run_dir / "ledger.sqlite", isolation_level=None)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.close()
+    for command in (["status"], ["annotate"], ["export-points"]):
+        refused([*command, str(run_dir)], capsys, str(run_dir / "ledger.sqlite"), "schema version [99]")
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["data", "synth", "OUT", "--images", "0"], "--images"),
+    (["data", "synth", "OUT", "--size", "0"], "--size"),
+    (["data", "synth", "OUT", "--val-fraction", "1"], "--val-fraction"),
+    (["demo", "--steps", "-1", "--out", "OUT"], "loop.steps"),
+])
+def test_bad_flags_of_other_commands_are_named_and_write_nothing(tmp_path, monkeypatch, capsys, argv, flag):
+    monkeypatch.chdir(tmp_path)
+    refused([str(tmp_path / "out") if arg == "OUT" else arg for arg in argv], capsys, flag)
+    assert list(tmp_path.iterdir()) == []
+
+
+def snapshot(folder):
+    """Every file under ``folder``: its bytes and modification time."""
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("media", ["writable", "read-only"])
+def test_read_only_commands_write_nothing_to_the_run_directory(human_run, tmp_path, monkeypatch, capsys, media):
+    from apis.active.questions import QuestionQueue
+
+    _, run_dir = human_run()
+    with QuestionQueue(run_dir / "ledger.sqlite") as queue:
+        queue.answer("alice", queue.lease_next("alice", 60).id, "yes", 1.5)
+    before = snapshot(run_dir)
+    assert set(before) >= {run_dir / "ledger.sqlite", run_dir / "config.yaml"}
+    if media == "read-only":  # as on read-only media (CI runs as root, whom chmod does not stop)
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK and Path(path).resolve()
+                            .is_relative_to(run_dir) else real_access(path, mode))
+    main(["status", str(run_dir)])
+    status = capsys.readouterr().out
+    assert "step 0:" in status and "alice" in status
+    main(["export-tasks", str(run_dir), str(tmp_path / "tasks.json")])
+    assert len(json.loads((tmp_path / "tasks.json").read_text())) > 0
+    refused(["export-points", str(run_dir), "--out", str(tmp_path / "points.json")], capsys, "no answers yet")
+    if media == "read-only":
+        refused(["annotate", str(run_dir)], capsys, "read-only", "make the folder and the file writable")
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("damage", ["empty", "DROP TABLE answers", "DROP TABLE responses"])
+def test_status_reports_a_damaged_ledger_and_leaves_it_as_it_was(human_run, capsys, damage):
+    _, run_dir = human_run()
+    ledger = run_dir / "ledger.sqlite"
+    if damage == "empty":
+        ledger.write_bytes(b"")
+    else:
+        conn = sqlite3.connect(ledger, isolation_level=None)
+        conn.execute(damage)
+        conn.close()
+    before = snapshot(run_dir)
+    for command in ("status", "annotate", "export-tasks"):
+        refused([command, str(run_dir), *(["OUT.json"] if command == "export-tasks" else [])], capsys, str(ledger))
+    assert snapshot(run_dir) == before

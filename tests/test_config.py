@@ -7,12 +7,12 @@ from apis.config import ConfigError, ExperimentConfig, absolute_paths, dump_conf
 
 def test_overrides_are_typed_and_nested(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("name: x\nsolver:\n  max_iter: 10\nmodel:\n  size_ranges: [0, 8, .inf]\n")
+    path.write_text("name: x\nsolver:\n  max_iter: 10\nmodel:\n  size_ranges: [0, 8, 16, 32, 64, .inf]\n")
     cfg = load_config(path, ["solver.base_lr=1", "selection.sets=[anchors,scales]", "model.depth=18"])
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.solver.max_iter == 10 and cfg.solver.base_lr == 1.0 and isinstance(cfg.solver.base_lr, float)
     assert cfg.selection.sets == ["anchors", "scales"] and cfg.model.depth == 18
-    assert cfg.model.size_ranges == [0.0, 8.0, float("inf")]
+    assert cfg.model.size_ranges == [0.0, 8.0, 16.0, 32.0, 64.0, float("inf")]
 
 
 def test_base_chain_and_dump_round_trip(tmp_path):

@@ -3,6 +3,7 @@ and ``apis import-answers`` open before they start, checked up front."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,9 @@ class HumanRun:
         return RunDirectory(self.run_dir).ledger_path
 
 
-def open_human_run(run_dir: str | Path) -> HumanRun:
-    """Open ``run_dir``; ConfigError unless it is a started run with ``oracle.kind=human``."""
+def open_human_run(run_dir: str | Path, writing: bool = False) -> HumanRun:
+    """Open ``run_dir``; ConfigError unless it is a started run with ``oracle.kind=human`` (and, when ``writing``,
+    one whose folder and ledger can be written)."""
     files = RunDirectory(run_dir)
     if not files.config_path.is_file():
         raise ConfigError(f"{files.root}: no config.yaml; start the run first with `apis run CONFIG oracle.kind=human`")
@@ -36,4 +38,7 @@ def open_human_run(run_dir: str | Path) -> HumanRun:
                           "wait for people's answers")
     if not files.ledger_path.is_file():
         raise ConfigError(f"{files.root}: no ledger.sqlite; run `apis run` once to store the first questions")
+    if writing and not (os.access(files.root, os.W_OK) and os.access(files.ledger_path, os.W_OK)):
+        raise ConfigError(f"{files.root}: read-only, but answers are stored in its ledger.sqlite; make the folder "
+                          "and the file writable (reading it needs no write access: `apis status`)")
     return HumanRun(run_dir=files.root, cfg=cfg, train_set=load_datasets(cfg)[0])

@@ -19,6 +19,20 @@ def _trains_m0(key: str) -> bool:
     return key.split(".")[0] in M0_SECTIONS or key in M0_KEYS
 
 
+def check_initial_run(source: Path, cfg: ExperimentConfig, members: int) -> RunDirectory:
+    """``source``'s run directory when it can give ``cfg`` its P0 and M0 (checked before any work starts);
+    ConfigError naming what does not fit otherwise (see :func:`reuse_initial_run`)."""
+    source_dir = RunDirectory(source, members)
+    if not source_dir.is_done(0) or not source_dir.config_path.exists():
+        raise ConfigError(f"loop.initial_run={source}: that run has not finished step 0")
+    stored = load_run_config(source_dir.config_path)
+    ignore = RESUMABLE_KEYS | {key for key in flat_config(cfg) if not _trains_m0(key)}
+    changed = config_differences(stored, cfg, ignore)
+    if changed:
+        raise ConfigError(f"loop.initial_run={source}: its M0 was trained differently ({'; '.join(changed)})")
+    return source_dir
+
+
 def reuse_initial_run(source: Path, cfg: ExperimentConfig, run_dir: RunDirectory, ledger: PointLedger,
                       labels: dict) -> None:
     """Copy P0 (the ledger's step-0 answers, or AFIS's initial masks) and M0 (every member's step-0 training) of
@@ -29,15 +43,8 @@ def reuse_initial_run(source: Path, cfg: ExperimentConfig, run_dir: RunDirectory
         ConfigError: ``source`` has not finished step 0, has no model for a member, or trained M0 with another
             seed, data, model, solver, M0 loss, initial model kind (``loop.init``) or AFIS level.
     """
-    source_dir = RunDirectory(source, run_dir.members)
-    if not source_dir.is_done(0) or not source_dir.config_path.exists():
-        raise ConfigError(f"loop.initial_run={source}: that run has not finished step 0")
-    stored = load_run_config(source_dir.config_path)
-    ignore = RESUMABLE_KEYS | {key for key in flat_config(cfg) if not _trains_m0(key)}
-    changed = config_differences(stored, cfg, ignore)
-    if changed:
-        raise ConfigError(f"loop.initial_run={source}: its M0 was trained differently ({'; '.join(changed)})")
-    with PointLedger(source_dir.ledger_path) as other:
+    source_dir = check_initial_run(source, cfg, run_dir.members)
+    with PointLedger(source_dir.ledger_path, read_only=True) as other:  # another run's: never written
         ledger.record(other.answers(max_step=0))
         ledger.record_masks(other.masks(max_step=0))  # AFIS: the initial masks, and the file that names them
     masks = source_dir.step(0) / "masks.json"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apis.active.initial_run import reuse_initial_run
+from apis.active.initial_run import check_initial_run, reuse_initial_run
 from apis.active.oracle import Oracle
 from apis.active.point_stats import selection_statistics
 from apis.active.questions import QuestionQueue
@@ -69,9 +69,10 @@ def load_datasets(cfg: ExperimentConfig) -> tuple[CocoDataset, CocoDataset]:
     for key in ("train_json", "val_json"):
         if not getattr(cfg.data, key):
             raise ConfigError(f"config key 'data.{key}' is empty; the loop needs a COCO json there")
-    train = load_coco(cfg.data.train_json, cfg.data.image_root or None).subset(cfg.data.max_train_images)
+    train = load_coco(cfg.data.train_json, cfg.data.image_root or None,
+                      used_images=cfg.data.max_train_images).subset(cfg.data.max_train_images)
     val_root = cfg.data.val_image_root or cfg.data.image_root or None
-    val = load_coco(cfg.data.val_json, val_root).subset(cfg.data.max_val_images)
+    val = load_coco(cfg.data.val_json, val_root, used_images=cfg.data.max_val_images).subset(cfg.data.max_val_images)
     return train, val
 
 
@@ -106,10 +107,21 @@ class ActiveLearningRun:
     def __init__(self, cfg: ExperimentConfig, oracle: Oracle | None = None):
         cfg = absolute_paths(cfg)  # stored so: the run's config means the same files from any directory
         self.cfg = cfg
-        self.metric = get_metric(cfg.selection.metric)  # unknown names fail before any work
+        try:
+            self.metric = get_metric(cfg.selection.metric)  # unknown names fail before any work
+        except ValueError as error:
+            raise ConfigError(f"config key 'selection.metric': {error}") from None
         if cfg.loop.points_from:
             check_points_source(cfg)
         self.train_set, self.val_set = load_datasets(cfg)
+        # What training would refuse, refused now: a run dir written by a command that cannot run would refuse
+        # the corrected command as "a different config".
+        from apis.engine.trainer import check_fits_dataset, check_inputs
+        from apis.utils.device import resolve_device
+
+        check_inputs(cfg, None, self.ctx.world_size)
+        check_fits_dataset(cfg, self.train_set)
+        resolve_device(cfg.device, self.ctx.local_rank if self.ctx.enabled else None)
         self.human = cfg.oracle.kind == "human"
         if self.human and oracle is not None:
             raise ConfigError("oracle.kind=human: people answer through `apis annotate`; do not pass an oracle")
@@ -124,6 +136,8 @@ class ActiveLearningRun:
             raise ConfigError(f"{cfg.data.train_json}: no non-crowd instance to annotate")
         self.seeds = member_seeds(cfg)
         self.dir = RunDirectory(cfg.output_dir, members=len(self.seeds))
+        if cfg.loop.initial_run and not self.dir.is_done(0):  # P0 and M0 still to be copied from there
+            check_initial_run(Path(cfg.loop.initial_run), cfg, len(self.seeds))
         self._open_run_dir()
 
     def _open_run_dir(self) -> None:

@@ -28,7 +28,9 @@ ones included: that is the annotation time the point cost.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
+import secrets
 import statistics
 import time
 import uuid
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apis.data.ledger import Answer, PointLedger, utc_now
+from apis.data.ledger import Answer, LedgerError, PointLedger, utc_now
 from apis.utils.errors import ApisError
 
 if TYPE_CHECKING:  # the loop imports this module
@@ -50,6 +52,7 @@ SOURCES = ("web", "label-studio")
 # Letters, digits, space and . _ @ + - (e-mail addresses fit); no comma: merged answers join names with ", ".
 ANNOTATOR_NAME = re.compile(r"[\w .@+-]{1,100}")
 PACE_WINDOW = 20  # the annotator's pace is the median of their last PACE_WINDOW answers
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger question id cannot name a row
 
 
 class QuestionError(ApisError, ValueError):
@@ -160,6 +163,12 @@ def check_annotator(name: object) -> str:
     return name
 
 
+def token_digest(token: str) -> str:
+    """The hex SHA-256 of an annotator's token: what the ledger keeps (the tokens are random 192-bit secrets, so
+    a fast hash suffices)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def parse_label(value: object) -> int:
     """``"yes"`` / ``"no"`` / ``"unsure"`` (or 1 / 0 / -1) -> 1 / 0 / -1; anything else is a QuestionError."""
     if isinstance(value, str) and value in LABELS:
@@ -193,11 +202,20 @@ class QuestionQueue(PointLedger):
     # ---- the loop's side ---------------------------------------------------------------------
     @property
     def run_id(self) -> str:
-        """A random id given to this ledger when first asked: tasks exported from it carry it."""
+        """A random id given to this ledger when its first questions are stored (or, in a ledger from before that,
+        when first asked): tasks exported from it carry it."""
+        row = self._conn.execute("SELECT value FROM ledger_info WHERE key = 'run_id'").fetchone()
+        if row is not None:
+            return row[0]
+        if self.read_only:
+            raise LedgerError(f"{self.path}: no run id yet, and the ledger is opened read-only; run `apis annotate "
+                              f"{self.path.parent}` once (with write access) to give it one")
         with self._transaction():
-            self._conn.execute("INSERT OR IGNORE INTO ledger_info (key, value) VALUES ('run_id', ?)",
-                               (uuid.uuid4().hex,))
-            return self._conn.execute("SELECT value FROM ledger_info WHERE key = 'run_id'").fetchone()[0]
+            self._give_run_id()
+        return self.run_id
+
+    def _give_run_id(self) -> None:
+        self._conn.execute("INSERT OR IGNORE INTO ledger_info (key, value) VALUES ('run_id', ?)", (uuid.uuid4().hex,))
 
     def post(self, step: int, chosen: Sequence[PointToAsk]) -> int:
         """Store step ``step``'s points ``chosen`` as questions, in order; returns how many.
@@ -214,6 +232,7 @@ class QuestionQueue(PointLedger):
                     for position, point in enumerate(chosen)]
             for row in rows:
                 self._check(row)
+            self._give_run_id()
             self._conn.executemany(
                 "INSERT INTO questions (step, position, ann_id, image_id, x, y, chosen_by) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -269,31 +288,37 @@ class QuestionQueue(PointLedger):
                 "AND r.undone_at IS NULL) >= answers_wanted) WHERE step NOT IN (SELECT DISTINCT step FROM answers)")
             return cursor.rowcount
 
-    def lease_next(self, annotator: str, lease_s: float) -> Question | None:
+    def lease_next(self, annotator: str, lease_s: float, skip: Sequence[int] = ()) -> Question | None:
         """The question ``annotator`` should answer now, leased to them for ``lease_s`` seconds.
 
         A question they hold a live lease on comes first (a reloaded page shows the same question);
         otherwise the first open question, in step and selection order, that they have not answered
         and that has room: its answers plus the live leases of others are fewer than it wants.
-        None when there is no such question.
+        Questions in ``skip`` (ones their page could not show) are passed over, and their leases of them
+        given back, so that others get them. None when there is no such question.
         """
         check_annotator(annotator)
+        skip = [int(question_id) for question_id in skip]
+        not_skipped = f"q.id NOT IN ({', '.join('?' * len(skip))})"
         with self._lease_commits(), self._transaction():
             now = self._clock()
             self._conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+            self._conn.executemany("DELETE FROM leases WHERE question_id = ? AND annotator = ?",
+                                   [(question_id, annotator) for question_id in skip])
             # CROSS JOIN keeps the (few) leases as the outer loop, not the thousands of open questions.
             row = self._conn.execute(
                 "SELECT q.id FROM leases l CROSS JOIN questions q ON q.id = l.question_id "
                 "WHERE l.annotator = ? AND q.complete = 0 AND NOT EXISTS (SELECT 1 FROM responses r "
                 "WHERE r.question_id = q.id AND r.annotator = ? AND r.undone_at IS NULL) "
-                "ORDER BY q.step, q.position LIMIT 1", (annotator, annotator)).fetchone()
+                f"AND {not_skipped} ORDER BY q.step, q.position LIMIT 1", (annotator, annotator, *skip)).fetchone()
             if row is None:
                 row = self._conn.execute(
                     "SELECT q.id FROM questions q WHERE q.complete = 0 AND NOT EXISTS (SELECT 1 FROM responses r "
                     "WHERE r.question_id = q.id AND r.annotator = ? AND r.undone_at IS NULL) "
                     "AND (SELECT COUNT(*) FROM responses r WHERE r.question_id = q.id AND r.undone_at IS NULL) "
                     "+ (SELECT COUNT(*) FROM leases l WHERE l.question_id = q.id AND l.annotator != ?) "
-                    "< q.answers_wanted ORDER BY q.step, q.position LIMIT 1", (annotator, annotator)).fetchone()
+                    f"< q.answers_wanted AND {not_skipped} ORDER BY q.step, q.position LIMIT 1",
+                    (annotator, annotator, *skip)).fetchone()
             if row is None:
                 return None
             self._lease(row[0], annotator, now, lease_s)
@@ -373,6 +398,33 @@ class QuestionQueue(PointLedger):
             self._conn.execute("UPDATE questions SET complete = 0 WHERE id = ?", (question_id,))
             self._lease(question_id, annotator, self._clock(), lease_s)
             return self._question(question_id)
+
+    # ---- named annotators (apis annotate --add-annotator) ------------------------------------------
+    def add_annotator_tokens(self, annotators: Sequence[str]) -> dict[str, str]:
+        """A new random token for each of ``annotators`` (all names checked first), ``{name: token}``; only the
+        tokens' SHA-256 is stored, so this is the one time they are seen. A name that had a token gets a new one
+        and the old one stops working."""
+        names = [check_annotator(name) for name in annotators]
+        tokens = {name: secrets.token_urlsafe(24) for name in names}
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO annotator_tokens (annotator, token_sha256, created_at) VALUES (?, ?, ?)",
+                [(name, token_digest(token), utc_now()) for name, token in tokens.items()])
+        return tokens
+
+    def annotator_of_token(self, token: str) -> str | None:
+        """The named annotator whose token this is, None when it is nobody's."""
+        if not self.has_table("annotator_tokens"):  # an older ledger opened read-only
+            return None
+        row = self._conn.execute("SELECT annotator FROM annotator_tokens WHERE token_sha256 = ?",
+                                 (token_digest(token),)).fetchone()
+        return None if row is None else row[0]
+
+    def named_annotators(self) -> list[str]:
+        """The annotators with a token of their own, sorted."""
+        if not self.has_table("annotator_tokens"):
+            return []
+        return [row[0] for row in self._conn.execute("SELECT annotator FROM annotator_tokens ORDER BY annotator")]
 
     def question(self, question_id: int) -> Question:
         """The question with this id (QuestionNotFound otherwise)."""
@@ -498,7 +550,7 @@ class QuestionQueue(PointLedger):
         return question
 
     def _question(self, question_id: int, where: str | None = None) -> Question:
-        found = self._questions("id = ?", (question_id,))
+        found = self._questions("id = ?", (question_id,)) if 0 < question_id <= MAX_ID else []
         if not found:
             raise QuestionNotFound(f"{where + ': ' if where else ''}no question {question_id} in this run's ledger")
         return found[0]

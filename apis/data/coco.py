@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from apis.data.image_files import ImageFacts, check_image_files
 from apis.utils.errors import ApisError
 
 logger = logging.getLogger(__name__)
@@ -224,46 +225,21 @@ def _unique_ids(items: list, kind: str, json_path: Path) -> dict[int, dict]:
     return by_id
 
 
-# A truncated file must fail at load, not in the middle of training. Decoding every image to find out costs
-# minutes at COCO's 118k images, so JPEG and PNG files larger than this are checked for their end marker
-# instead (the last bytes of a whole file); smaller files and other formats are decoded.
-DECODE_BELOW_BYTES = 64 * 1024
-_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
-_END_SEARCH_BYTES = 4096  # JPEG or PNG data after the end marker (camera padding) is tolerated up to this
-
-
-def _check_image_file(json_path: Path, image: dict, path: Path) -> None:
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            mode = img.mode
-            marker = _END_MARKERS.get(img.format)
-            size = path.stat().st_size
-            if marker is None or size < DECODE_BELOW_BYTES:
-                img.load()  # decodes the pixels
-            elif not _ends_with_marker(path, marker, size):
-                raise OSError(f"image file is truncated (no {img.format} end marker in its last "
-                              f"{_END_SEARCH_BYTES} bytes)")
-    except FileNotFoundError:
-        raise DatasetError(f"{json_path}: image {image['id']}: file {path} is missing") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DatasetError(f"{json_path}: image {image['id']}: file {path} is unreadable: {exc}") from exc
-    if mode in _UNSUPPORTED_MODES:
-        raise DatasetError(f"{json_path}: image {image['id']}: file {path} has pixel mode {mode!r} (floating "
-                           "point), which APIS cannot read; store it as 8- or 16-bit PNG or JPEG")
-    if (width, height) != (image["width"], image["height"]):
+def _check_image_file(json_path: Path, image: dict, path: Path, checked: ImageFacts | Exception) -> None:
+    """DatasetError naming the file unless :func:`~apis.data.image_files.check_image_files` found it whole, of the
+    json's size and of a pixel mode APIS reads."""
+    if isinstance(checked, FileNotFoundError):
+        raise DatasetError(f"{json_path}: image {image['id']}: file {path} is missing")
+    if isinstance(checked, Exception):
+        raise DatasetError(f"{json_path}: image {image['id']}: file {path} is unreadable: {checked}") from checked
+    if checked.mode in _UNSUPPORTED_MODES:
+        raise DatasetError(f"{json_path}: image {image['id']}: file {path} has pixel mode {checked.mode!r} "
+                           "(floating point), which APIS cannot read; store it as 8- or 16-bit PNG or JPEG")
+    if (checked.width, checked.height) != (image["width"], image["height"]):
         raise DatasetError(
             f"{json_path}: image {image['id']}: json says {image['width']}x{image['height']} "
-            f"but {path} is {width}x{height}"
+            f"but {path} is {checked.width}x{checked.height}"
         )
-
-
-def _ends_with_marker(path: Path, marker: bytes, size: int) -> bool:
-    """Whether ``marker`` is in the file's last bytes. In a cut JPEG those are entropy-coded data, where 0xFF is
-    never followed by 0xD9; in a cut PNG, compressed data (a chance match: ~1 in a million)."""
-    with path.open("rb") as handle:
-        handle.seek(max(0, size - _END_SEARCH_BYTES))
-        return marker in handle.read()
 
 
 def _clip_box(json_path: Path, ann: dict, width: int, height: int) -> tuple[float, float, float, float]:
@@ -356,23 +332,26 @@ def segmentation_problem(seg: object, width: int, height: int) -> str | None:
 
 
 def load_coco(json_path: str | Path, image_root: str | Path | None = None,
-              check_images: bool = True) -> CocoDataset:
+              check_images: bool = True, used_images: int = 0) -> CocoDataset:
     """Load and validate a COCO instance json.
 
     ``image_root`` defaults to ``<json dir>/../images`` (the layout of the built-in datasets) when
-    that folder exists, else the json's folder. ``check_images`` opens every image header to
-    check it exists, matches the json's size and is whole (fast: JPEG and PNG files over
-    :data:`DECODE_BELOW_BYTES` are not decoded, their end marker is looked for).
+    that folder exists, else the json's folder. ``check_images`` checks that every image exists, matches the
+    json's size and is whole: decoded completely, in threads, the first time it is seen
+    (:mod:`apis.data.image_files`; a cache remembers the files found whole by size and mtime). With
+    ``used_images`` > 0 (a run's ``data.max_*_images``: :meth:`CocoDataset.subset` keeps those) only the first
+    ``used_images`` images are decoded; the others have their header checked.
     """
     json_path = Path(json_path)
     data = _read_json(json_path)
     if image_root is None or str(image_root) == "":
         sibling = json_path.parent.parent / "images"
         image_root = sibling if sibling.is_dir() else json_path.parent
-    return coco_from_dict(data, json_path, Path(image_root), check_images)
+    return coco_from_dict(data, json_path, Path(image_root), check_images, used_images)
 
 
-def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: bool = True) -> CocoDataset:
+def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: bool = True,
+                   used_images: int = 0) -> CocoDataset:
     """Validate an already-read COCO instance dict (the checks of :func:`load_coco`); ``json_path`` names it in
     errors. The one validator of every COCO file APIS reads: training, the loop, ``apis eval --gt``."""
     for key in ("images", "annotations", "categories"):
@@ -391,8 +370,12 @@ def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: 
         if image["width"] <= 0 or image["height"] <= 0:
             raise DatasetError(f"{json_path}: image {image['id']}: size {image['width']}x{image['height']} is "
                                "not positive")
-        if check_images:
-            _check_image_file(json_path, image, image_root / image["file_name"])
+    if check_images:  # every file used decoded whole (once: remembered by size and mtime), the first problem named
+        used = set(sorted(images_by_id)[:used_images] if used_images > 0 else images_by_id)
+        paths = [image_root / image["file_name"] for image in images_by_id.values()]
+        checked = check_image_files(paths, [image_id in used for image_id in images_by_id])
+        for image, path, facts in zip(images_by_id.values(), paths, checked, strict=True):
+            _check_image_file(json_path, image, path, facts)
 
     per_image: dict[int, list[InstanceRecord]] = {i: [] for i in images_by_id}
     segmentations: dict[int, object] = {}

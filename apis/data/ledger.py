@@ -7,9 +7,11 @@ is stored. ``P(s)``, the point set of step ``s``, is every answer with ``step <=
 
 Schema version 2 adds the tables of questions waiting for people (``ledger_info``, ``questions``,
 ``responses``, ``leases``; used by :mod:`apis.active.questions`). Schema version 3 adds ``masks``: the full
-masks an AFIS run bought (:mod:`apis.active.afis`), one row per instance with its step and cost. An older
-ledger is upgraded in place when opened for writing: the new tables are created empty and nothing stored
-before changes; opened read-only it reads as having no masks.
+masks an AFIS run bought (:mod:`apis.active.afis`), one row per instance with its step and cost. Schema version 4
+adds ``annotator_tokens``: the SHA-256 of each named annotator's random token for ``apis annotate``, never the
+token itself. An older ledger is upgraded in place when opened for writing: the new tables are created empty
+and nothing stored before changes; opened read-only it reads as having no masks and no named tokens. A ledger
+of any other version is refused (:class:`LedgerError`), never changed.
 
 Durability: the database runs in WAL mode with ``synchronous=FULL`` and each :meth:`PointLedger.record`
 call is one transaction, so a crash (even SIGKILL) loses at most the batch being written, never part
@@ -34,7 +36,7 @@ from apis.data.coords import point_in_box
 from apis.data.points import POINT_LABELS, InstancePoints, write_pointsup
 from apis.utils.errors import ApisError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -124,8 +126,22 @@ CREATE TABLE IF NOT EXISTS masks (
     cost_s REAL NOT NULL CHECK (cost_s >= 0)
 );
 """
+# Version 4: the named annotators of `apis annotate` (apis.active.questions): each one's token is a random secret
+# shown once; only its SHA-256 is kept, so the ledger (or a backup of it) cannot be used to log in.
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS annotator_tokens (
+    annotator TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+"""
 # Versions this code opens; older ones are upgraded by creating the tables they lack.
-_READABLE_VERSIONS = ([1], [2], [SCHEMA_VERSION])
+_READABLE_VERSIONS = ([1], [2], [3], [SCHEMA_VERSION])
+# The tables a ledger of each version has (a missing one means a damaged file, which is never recreated).
+_TABLES = {1: ("schema_version", "instances", "answers")}
+_TABLES[2] = (*_TABLES[1], "ledger_info", "questions", "responses", "leases")
+_TABLES[3] = (*_TABLES[2], "masks")
+_TABLES[4] = (*_TABLES[3], "annotator_tokens")
 
 
 class LedgerError(ApisError):
@@ -215,8 +231,17 @@ class PointLedger:
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         """Open (or create) the ledger at ``path``; with ``read_only``, open an existing one without writing
-        anything, even in a folder that cannot be written (a finished run kept read-only)."""
+        anything, even in a folder that cannot be written (a finished run kept read-only).
+
+        An existing file is checked before anything is written to it: a file SQLite cannot read whole, an empty
+        one, one of an unknown schema version or one missing a table of its version is a :class:`LedgerError`
+        naming it, and is left as it was (never recreated or "repaired")."""
         self.path = Path(path)
+        self.read_only = read_only
+        existed = self.path.is_file()
+        if existed and self.path.stat().st_size == 0:
+            raise LedgerError(f"{self.path}: the file is empty (0 bytes), not an answer ledger. Nothing was changed; "
+                              "restore it from a backup, or move it aside and run again")
         # isolation_level=None: no implicit transactions; record() and register_instances() open
         # their own with BEGIN IMMEDIATE so validation and writing see the same database state.
         if read_only:
@@ -225,14 +250,13 @@ class PointLedger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
+            self._check_integrity()
+            if existed:
+                self._check_tables(self._check_version())
             if not read_only:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._conn.execute("PRAGMA foreign_keys=ON")
-            self._check_integrity()
-            if read_only:
-                self._check_version()
-            else:
                 self._create_schema()
         except sqlite3.DatabaseError as error:
             self._conn.close()
@@ -244,23 +268,45 @@ class PointLedger:
             raise
 
     def _connect_read_only(self) -> sqlite3.Connection:
-        """A connection that never writes. In a folder that cannot be written SQLite cannot make the WAL's shared
-        memory file, so the file is opened as immutable, which is right once no process writes it."""
+        """A connection that never writes, and creates nothing beside the file. A ledger that no process has open
+        for writing has no WAL files (a writer makes them, and removes them when it closes): it is opened as
+        immutable, so SQLite makes no WAL or shared-memory file for the reader either, and a read-only folder
+        needs none. One being written (its WAL files exist) is read through them, seeing every commit."""
         if not self.path.is_file():
             raise LedgerError(f"{self.path}: no ledger (is {self.path.parent} a run directory?)")
         uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        if not os.access(self.path.parent, os.W_OK):
-            wal = self.path.with_name(f"{self.path.name}-wal")
+        wal, shm = (self.path.with_name(f"{self.path.name}-{suffix}") for suffix in ("wal", "shm"))
+        if not (wal.exists() or shm.exists()):
+            uri += "&immutable=1"
+        elif not os.access(self.path.parent, os.W_OK):
             if wal.is_file() and wal.stat().st_size > 0:
                 raise LedgerError(f"{self.path}: answers of an interrupted run are still in {wal}; make "
                                   f"{self.path.parent} writable and run the same command again to merge them")
             uri += "&immutable=1"
         return sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> int:
+        """The schema version the file records; LedgerError unless it is one this code reads."""
+        if not self.has_table("schema_version"):
+            raise LedgerError(f"{self.path}: no schema_version table, so not an answer ledger (or a damaged one). "
+                              "Nothing was changed; restore it from a backup, or move it aside and run again")
         versions = [row[0] for row in self._conn.execute("SELECT version FROM schema_version")]
         if versions not in _READABLE_VERSIONS:
-            raise LedgerError(f"{self.path}: ledger schema version {versions}, expected {SCHEMA_VERSION}")
+            raise LedgerError(f"{self.path}: ledger schema version {versions}, expected {SCHEMA_VERSION} (or "
+                              "an older one); was it written by a newer APIS? Nothing was changed")
+        return versions[0]
+
+    def _check_tables(self, version: int) -> None:
+        missing = [name for name in _TABLES[version] if not self.has_table(name)]
+        if missing:
+            raise LedgerError(f"{self.path}: a version-{version} ledger without its table(s) {', '.join(missing)}: "
+                              "it is damaged. Nothing was changed; restore it from a backup, or move it aside "
+                              "and start the run again in a new output_dir")
+
+    def has_table(self, name: str) -> bool:
+        """Whether the ledger has table ``name`` (one opened read-only may predate it)."""
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                  (name,)).fetchone() is not None
 
     def _check_integrity(self) -> None:
         """Raise on a file SQLite cannot read whole (truncated, overwritten): checked at open, not mid-run."""
@@ -282,9 +328,7 @@ class PointLedger:
                 if statement.strip():
                     self._conn.execute(statement)
             versions = [row[0] for row in self._conn.execute("SELECT version FROM schema_version")]
-            if versions and versions not in _READABLE_VERSIONS:
-                raise ValueError(f"{self.path}: ledger schema version {versions}, expected {SCHEMA_VERSION}")
-            for statement in (_SCHEMA_V2 + _SCHEMA_V3).split(";"):
+            for statement in (_SCHEMA_V2 + _SCHEMA_V3 + _SCHEMA_V4).split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
             if versions != [SCHEMA_VERSION]:  # a new ledger, or an older one now upgraded
@@ -429,8 +473,7 @@ class PointLedger:
     def masks(self, max_step: int | None = None) -> list[BoughtMask]:
         """Masks bought at ``step <= max_step`` (all when None), by step then annotation id; none in a ledger
         older than schema version 3 opened read-only."""
-        table = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'masks'")
-        if table.fetchone() is None:
+        if not self.has_table("masks"):
             return []
         rows = self._conn.execute(f"SELECT {_MASK_COLUMNS} FROM masks WHERE ? IS NULL OR step <= ? "
                                   "ORDER BY step, ann_id", (max_step, max_step))

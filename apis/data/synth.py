@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from apis.config import ConfigError
 from apis.data.coords import box_pixel_range, xywh_to_xyxy
 from apis.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -128,14 +129,14 @@ def make_synthetic_dataset(out_dir: str | Path, num_images: int = 200, size: int
     not look like a synthetic dataset is refused unless ``overwrite`` is true.
     """
     if num_images < 1:
-        raise ValueError(f"num_images must be at least 1, got {num_images}")
+        raise ConfigError(f"num_images (apis data synth --images) must be at least 1, got {num_images}")
     if size < MIN_IMAGE_SIZE:
-        raise ValueError(f"size must be at least {MIN_IMAGE_SIZE} px to hold {MIN_OBJECT_DIAMETER:g} px "
-                         f"objects, got {size}")
+        raise ConfigError(f"size (apis data synth --size) must be at least {MIN_IMAGE_SIZE} px to hold "
+                          f"{MIN_OBJECT_DIAMETER:g} px objects, got {size}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction (apis data synth --val-fraction) must lie in [0, 1), got {val_fraction}")
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+        raise ConfigError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} exists and is not a directory")

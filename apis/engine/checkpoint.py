@@ -18,6 +18,7 @@ plain Python values are stored.
 from __future__ import annotations
 
 import io
+import logging
 import random
 import re
 from pathlib import Path
@@ -29,6 +30,8 @@ from torch import nn
 
 from apis.utils.errors import ApisError
 from apis.utils.io import atomic_write_bytes, atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL_CHECKPOINT = "model_final.pth"
@@ -115,11 +118,50 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable APIS checkpoint: {exc}") from exc
+    except Exception as exc:  # PyTorch's message runs to several lines (and suggests unsafe loading): its first
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not a readable APIS checkpoint (damaged or cut short? {reason})") from exc
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not an APIS checkpoint (no 'model' entry)")
     return state
+
+
+def load_resumable_checkpoint(output_dir: str | Path, map_location: str | torch.device = "cpu"
+                              ) -> tuple[Path, dict[str, Any]] | None:
+    """``(path, state)`` of the checkpoint a training in ``output_dir`` resumes from, None when there is none.
+
+    That is the one ``last_checkpoint`` names; if it is missing or does not read whole (a damaged disk, a copy cut
+    short), the newest older periodic checkpoint that does, with a warning naming both.
+
+    Raises:
+        CheckpointError: no checkpoint of the folder reads whole; the message names the damaged one.
+    """
+    output_dir = Path(output_dir)
+    try:
+        last = find_last_checkpoint(output_dir)
+    except CheckpointError as error:
+        last, problems = None, [str(error)]
+    else:
+        if last is None:
+            return None
+        problems = []
+    newest_first = sorted(((int(match.group(1)), path) for path in output_dir.iterdir()
+                           if (match := _PERIODIC.fullmatch(path.name))), reverse=True)
+    below = _PERIODIC.fullmatch(last.name) if last is not None else None
+    candidates = [last] if last is not None else []
+    candidates += [path for iteration, path in newest_first if below is None or iteration < int(below.group(1))]
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, map_location)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        if problems:
+            logger.warning("%s; resuming from %s instead, the newest earlier checkpoint that reads whole",
+                           problems[0], path.name)
+        return path, state
+    raise CheckpointError(f"{problems[0]}; no earlier checkpoint in {output_dir} reads whole. Restore it from a "
+                          "backup, or move the folder aside to train again from the start")
 
 
 def load_model_weights(model: nn.Module, checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:

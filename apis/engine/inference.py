@@ -130,7 +130,7 @@ def evaluate_checkpoint(checkpoint: str | Path | dict, cfg: ExperimentConfig | N
         if not Path(gt_json).is_file():
             raise ConfigError(f"evaluation json not found: {gt_json}")
         image_root = cfg.data.val_image_root or cfg.data.image_root or None
-        dataset = load_coco(gt_json, image_root).subset(cfg.data.max_val_images)
+        dataset = load_coco(gt_json, image_root, used_images=cfg.data.max_val_images).subset(cfg.data.max_val_images)
     ctx = ctx or DistributedContext()
     torch_device = resolve_device(device or cfg.device, ctx.local_rank if ctx.enabled else None)
     model = load_model(state, cfg, torch_device)

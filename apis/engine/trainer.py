@@ -55,8 +55,8 @@ from apis.engine.checkpoint import (
     capture_rng_state,
     checkpoint_name,
     find_last_checkpoint,
-    load_checkpoint,
     load_model_weights,
+    load_resumable_checkpoint,
     prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
@@ -71,9 +71,10 @@ from apis.engine.distributed import (
     shutdown_process_group,
 )
 from apis.engine.metrics_log import MetricsLog
+from apis.modeling.backbone import BUNDLED_WEIGHTS
 from apis.modeling.build import build_model
 from apis.utils.device import resolve_device
-from apis.utils.io import remove_temporaries
+from apis.utils.io import WriteFailed, remove_temporaries
 from apis.utils.lock import FolderLock
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,10 @@ def check_inputs(cfg: ExperimentConfig, init_weights: str | None, world_size: in
     if data.train_points and data.random_points_per_instance > 0:
         raise ConfigError("config keys 'data.train_points' and 'data.random_points_per_instance' are both set; "
                           "choose one source of points")
+    weights = cfg.model.backbone_weights
+    if weights not in ("none", "imagenet", *BUNDLED_WEIGHTS) and not Path(weights).is_file():
+        raise ConfigError(f"config key 'model.backbone_weights': no such file {weights} (a path, 'none', 'imagenet' "
+                          f"or one of the bundled names {', '.join(BUNDLED_WEIGHTS)})")
     if init_weights is not None and not Path(init_weights).is_file():
         raise ConfigError(f"init_weights: checkpoint not found: {init_weights}")
     if cfg.solver.max_iter < 1:
@@ -153,6 +158,13 @@ def check_inputs(cfg: ExperimentConfig, init_weights: str | None, world_size: in
                           f"number of processes ({world_size})")
     if cfg.solver.log_period < 1 or cfg.solver.checkpoint_period < 1:
         raise ConfigError("config keys 'solver.log_period' and 'solver.checkpoint_period' must be >= 1")
+
+
+def check_fits_dataset(cfg: ExperimentConfig, coco: CocoDataset) -> None:
+    """ConfigError unless the model's classes are the training set's categories (checked before any work)."""
+    if cfg.model.num_classes != coco.num_classes:
+        raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but "
+                          f"{cfg.data.train_json} has {coco.num_classes} categories")
 
 
 def training_points(cfg: ExperimentConfig, coco: CocoDataset, points: Mapping[int, InstancePoints] | None
@@ -252,10 +264,8 @@ def train(cfg: ExperimentConfig, points: Mapping[int, InstancePoints] | None = N
     cfg = absolute_paths(cfg)  # stored so: the run's config.yaml means the same files from any directory
     output_dir = Path(cfg.output_dir)
     check_inputs(cfg, init_weights, ctx.world_size)
-    coco = load_coco(cfg.data.train_json, cfg.data.image_root or None)
-    if cfg.model.num_classes != coco.num_classes:
-        raise ConfigError(f"config key 'model.num_classes' is {cfg.model.num_classes} but "
-                          f"{cfg.data.train_json} has {coco.num_classes} categories")
+    coco = load_coco(cfg.data.train_json, cfg.data.image_root or None, used_images=cfg.data.max_train_images)
+    check_fits_dataset(cfg, coco)
     points = training_points(cfg, coco, points)
     dataset = TrainingDataset(coco, points, cfg.data, with_masks=cfg.loss.full > 0, seed=cfg.seed, mask_ids=mask_ids)
     # One process (group) per output folder: rank 0 holds the lock from before the stored config is compared
@@ -298,10 +308,10 @@ class _Trainer:
         self.use_amp = cfg.solver.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
         self.start_iter = 0
-        last = find_last_checkpoint(output_dir)
+        resumable = load_resumable_checkpoint(output_dir)
         rng_state = None
-        if last is not None:
-            rng_state = self._resume(last)
+        if resumable is not None:
+            rng_state = self._resume(*resumable)
         elif init_weights is not None:
             load_model_weights(self.model, init_weights)
             logger.info("initialised weights from %s", init_weights)
@@ -323,8 +333,7 @@ class _Trainer:
         else:
             seed_everything(cfg.seed + ctx.rank)
 
-    def _resume(self, path: Path) -> dict | None:
-        state = load_checkpoint(path)
+    def _resume(self, path: Path, state: dict) -> dict | None:
         load_model_weights(self.model, state)
         if "optimizer" not in state:
             raise ConfigError(f"{path} holds weights only and cannot be resumed from; "
@@ -346,17 +355,22 @@ class _Trainer:
         rng = all_gather_objects(capture_rng_state(), self.ctx)  # collective: every rank takes part
         path = self.output_dir / name
         if self.ctx.is_main:
-            save_checkpoint(path, {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "grad_scaler": self.scaler.state_dict(),
-                "iteration": iteration,
-                "rng": rng,
-                "config": to_dict(self.cfg),
-                # What the class indices mean, so that `apis predict` can name them without the training set.
-                "categories": self.dataset.coco.categories,
-            })
+            kept = find_last_checkpoint(self.output_dir)
+            try:
+                save_checkpoint(path, {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "grad_scaler": self.scaler.state_dict(),
+                    "iteration": iteration,
+                    "rng": rng,
+                    "config": to_dict(self.cfg),
+                    # What the class indices mean, so that `apis predict` can name them without the training set.
+                    "categories": self.dataset.coco.categories,
+                })
+            except WriteFailed as error:  # a full disk: say what a run started again resumes from
+                raise WriteFailed(f"{error}; the training resumes from {kept or 'its start'} when run again "
+                                  "with space freed") from error
             write_last_checkpoint(self.output_dir, path)
             if self.cfg.solver.keep_checkpoints is not None:
                 prune_checkpoints(self.output_dir, self.cfg.solver.keep_checkpoints)

@@ -24,7 +24,7 @@ from apis.active.run_dir import RunDirectory, RunDirectoryError
 from apis.active.schedule import member_seeds
 from apis.active.selection import crop_to_grid
 from apis.active.strategies import PointMetric, get_metric
-from apis.config import ExperimentConfig, load_run_config
+from apis.config import ConfigError, ExperimentConfig, load_run_config
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.ledger import PointLedger
 from apis.data.points import UNSURE
@@ -88,7 +88,8 @@ def _crop_box(grid: tuple[int, int, int, int], width: int, height: int) -> tuple
 
 
 def _train_set(cfg: ExperimentConfig) -> CocoDataset:
-    return load_coco(cfg.data.train_json, cfg.data.image_root or None).subset(cfg.data.max_train_images)
+    return load_coco(cfg.data.train_json, cfg.data.image_root or None,
+                     used_images=cfg.data.max_train_images).subset(cfg.data.max_train_images)
 
 
 def step_views(run_dir: str | Path, step: int, images: int = 4, instances_per_image: int = 8,
@@ -277,6 +278,9 @@ def show_step(run_dir: str | Path, step: int, out_dir: str | Path | None = None,
               instances_per_image: int = 8, device: str | None = None) -> list[Path]:
     """``apis show``: one PNG per image (``image_<id>.png``) in ``out_dir`` (default
     ``RUN_DIR/show/step_NNN``); returns their paths."""
+    for flag, value in (("--images", images), ("--instances", instances_per_image)):
+        if value < 1:
+            raise ConfigError(f"apis show {flag} must be at least 1, got {value}")
     views = step_views(run_dir, step, images, instances_per_image, device)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dir) / "show" / f"step_{step:03d}"
     return [draw_image(views, image_id, out_dir / f"image_{image_id}.png")

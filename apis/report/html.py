@@ -30,6 +30,7 @@ from apis.active.compare import (
     table_rows,
 )
 from apis.active.point_learning import point_accuracy_curve
+from apis.config import ConfigError
 from apis.report.gallery import draw_image, step_views
 from apis.report.supervision import read_supervision, supervision_table
 from apis.report.training_masks import step_mask_quality
@@ -247,6 +248,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path, supervision: str |
                  gallery_step: int = 1, gallery_images: int = 2, device: str | None = None,
                  mask_quality_images: int = 50) -> Path:
     """Write :func:`report_html` to ``out`` (atomically); returns ``out``."""
+    if gallery_step < 1 or gallery_images < 0:
+        raise ConfigError(f"apis report --gallery-step must be at least 1 and --gallery-images at least 0, got "
+                          f"{gallery_step} and {gallery_images}")
     out = Path(out)
     atomic_write_text(out, report_html(run_dirs, supervision, gallery_step, gallery_images, device,
                                        mask_quality_images))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from apis.config import ConfigError
+
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"cuda:N"`` -> a usable device.
@@ -13,24 +15,26 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.d
     is kept as written.
 
     Raises:
-        ValueError: an unknown name, CUDA asked for but not available, or a GPU index out of range.
+        ConfigError: an unknown name, CUDA asked for but not available, or a GPU index out of range.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name != "cuda" and not name.startswith("cuda:"):
-        raise ValueError(f"device {name!r} is not one of: auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"config key 'device': device {name!r} is not one of: auto, cpu, cuda, cuda:N")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available on this machine")
+        raise ConfigError(f"config key 'device': device {name!r} was asked for but CUDA is not available on this "
+                          "machine")
     if name == "cuda":
         index = local_rank if local_rank is not None else torch.cuda.current_device()
     else:
         suffix = name.split(":", 1)[1]
         if not suffix.isdigit():
-            raise ValueError(f"device {name!r}: the GPU index must be a non-negative integer")
+            raise ConfigError(f"config key 'device': device {name!r}: the GPU index must be a non-negative integer")
         index = int(suffix)
     count = torch.cuda.device_count()
     if index >= count:
-        raise ValueError(f"device {name!r}: GPU index {index} does not exist (this machine has {count})")
+        raise ConfigError(f"config key 'device': device {name!r}: GPU index {index} does not exist (this machine "
+                          f"has {count})")
     return torch.device("cuda", index)

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from apis.utils.errors import ApisError
+
 
 def read_json(path: str | Path, error: type[Exception]) -> Any:
     """Parse the JSON file ``path``; a missing, unreadable or malformed file raises ``error`` naming it."""
@@ -19,6 +21,11 @@ def read_json(path: str | Path, error: type[Exception]) -> Any:
         raise error(f"{path}: not valid JSON ({exc})") from exc
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
+class WriteFailed(ApisError, OSError):
+    """A file could not be written (a full disk, a quota, a read-only folder); the message names it and says what
+    was kept."""
 
 
 TEMPORARY_GLOB = ".*.tmp"
@@ -35,10 +42,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and ``os.replace``.
 
     The file gets the mode an ordinary ``open`` would give it (0666 less the umask), not ``mkstemp``'s 0600.
+
+    Raises:
+        WriteFailed: the system refused the write (a full disk, ...): the message names ``path`` and says that its
+            previous version, if any, is kept as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _write_failed(path, error) from error
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
@@ -46,9 +60,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _write_failed(path, error) from error
         raise
+
+
+def _write_failed(path: Path, error: OSError) -> WriteFailed:
+    kept = "its previous version is kept unchanged" if path.is_file() else "nothing was written there"
+    return WriteFailed(f"{path}: could not be written ({error.strerror or error}); {kept}")
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:

@@ -306,11 +306,15 @@ def test_a_ledger_that_lost_finished_steps_is_refused(tiny_config, loss):
         ledger.write_bytes(b"")
     else:
         ledger.unlink()
-    with pytest.raises(LedgerError, match=rf"{ledger}: holds no answers for step\(s\) 0, which .*lost finished "
-                                          "\\(step_NNN/metrics.json\\).*Restore ledger.sqlite from a backup"):
+    message = (rf"{ledger}: the file is empty \(0 bytes\), not an answer ledger. Nothing was changed"
+               if loss == "emptied" else rf"{ledger}: holds no answers for step\(s\) 0, which .*lost finished "
+                    "\\(step_NNN/metrics.json\\).*Restore ledger.sqlite from a backup")
+    with pytest.raises(LedgerError, match=message):
         ActiveLearningRun(cfg)
     with pytest.raises(LedgerError):
         ActiveLearningRun(cfg)  # and its own, too: refused again, not "in use"
+    if loss == "emptied":
+        assert ledger.read_bytes() == b""  # reported, never "repaired"
 
 
 @pytest.mark.parametrize(("split", "key", "value", "message"), [

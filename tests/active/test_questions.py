@@ -186,11 +186,25 @@ def test_a_version_1_ledger_opens_with_its_answers_and_gains_the_question_tables
         ledger.record([Answer(ann_id=1, image_id=10, x=2, y=3, label=1, step=0, chosen_by="p0-random",
                               annotator="simulated-oracle", cost_s=0.9)])
     with sqlite3.connect(path) as conn:  # turn it back into the version-1 file that earlier APIS wrote
-        for table in ("leases", "responses", "questions", "ledger_info"):
+        for table in ("leases", "responses", "questions", "ledger_info", "masks", "annotator_tokens"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("UPDATE schema_version SET version = 1")
     with QuestionQueue(path) as queue:
         assert [(a.ann_id, a.x, a.y, a.label) for a in queue.answers()] == [(1, 2, 3, 1)]
         assert queue.post(1, [PointToAsk(2, 11, 1, 1, "entropy")]) == 1
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+
+
+def test_a_version_3_ledger_reads_without_named_annotators_and_gains_their_table(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    with PointLedger(path) as ledger:
+        ledger.register_instances(INSTANCES)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE annotator_tokens")
+        conn.execute("UPDATE schema_version SET version = 3")
+    with QuestionQueue(path, read_only=True) as old:
+        assert old.named_annotators() == [] and old.annotator_of_token("anything") is None
+    with QuestionQueue(path) as upgraded:
+        token = upgraded.add_annotator_tokens(["alice"])["alice"]
+        assert upgraded.annotator_of_token(token) == "alice" and upgraded.annotator_of_token(token[:-1]) is None

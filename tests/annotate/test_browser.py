@@ -8,11 +8,13 @@ saves the screenshot there (docs/annotate.png is made so).
 """
 
 import http.client
+import http.server
 import json
 import os
 import queue
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -31,10 +33,11 @@ TIMEOUT_MS = 20_000
 class AnnotateServer:
     """`apis annotate RUN_DIR --port 0` in a child process; ``url`` is the address it printed."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, *options: str, port: int = 0):
         env = {**os.environ, "APIS_ANNOTATE_TOKEN": TOKEN}
-        self.process = subprocess.Popen([sys.executable, "-m", "apis.cli", "annotate", str(run_dir), "--port", "0"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "apis.cli", "annotate", str(run_dir), "--port", str(port), *options],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.url = self._read_url(deadline=time.monotonic() + 60)
 
     def _read_url(self, deadline: float) -> str:
@@ -87,6 +90,151 @@ def raw_get(url: str, path: str) -> int:
     status = connection.getresponse().status
     connection.close()
     return status
+
+
+class OtherLocalSite:
+    """Another web site on this machine (another port of 127.0.0.1): serves ``pages`` ``{path: html}``."""
+
+    def __init__(self, pages: dict[str, str]):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = pages[self.path].encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_another_local_page_can_neither_post_to_the_server_nor_frame_it(human_run, chromium):
+    from playwright.sync_api import sync_playwright
+
+    _, run_dir = human_run("attacked")
+    server = AnnotateServer(run_dir)
+    attacker = OtherLocalSite({
+        # a form post needs no CORS preflight; text/plain is the closest a form comes to a JSON body
+        "/undo.html": f"""<form method="POST" action="{server.url}api/undo" enctype="text/plain">
+            <input name='{{"a":"' value='"}}'></form><script>document.forms[0].submit()</script>""",
+        "/frame.html": f"""<iframe id="victim" src="{server.url}" width="800" height="600"></iframe>""",
+    })
+    try:
+        with sync_playwright() as playwright:
+            browser = chromium(playwright)
+            context = browser.new_context()  # one browser profile: the pages share the cookie
+            page = context.new_page()
+            page.goto(f"{server.url}?token={TOKEN}")
+            page.fill("#login-name", "victim")
+            page.keyboard.press("Enter")
+            answered = shown_question(page, None)
+            page.keyboard.press("y")
+            shown_question(page, answered)
+            before = ledger_state(run_dir)
+            assert [r.question_id for r in before[0]] == [answered]
+
+            # the annotator, still logged in, opens another local page in the same browser
+            attack = context.new_page()
+            attack.goto(f"{attacker.url}/undo.html")
+            attack.wait_for_url(f"{server.url}api/undo", timeout=TIMEOUT_MS)
+            assert "must come from this server's own page" in attack.inner_text("body")  # it arrived, refused
+            assert ledger_state(run_dir) == before
+
+            refused_frames = []
+            attack.on("console", lambda message: refused_frames.append(message.text))
+            attack.goto(f"{attacker.url}/frame.html")
+            attack.wait_for_timeout(1000)
+            victim = attack.frame_locator("#victim")
+            assert victim.locator("#stage").count() == 0  # the page did not render inside the frame
+            assert any("frame" in text and ("X-Frame-Options" in text or "frame-ancestors" in text)
+                       for text in refused_frames), refused_frames
+            browser.close()
+    finally:
+        attacker.close()
+        server.stop()
+
+
+def test_the_page_recovers_by_itself_from_a_lost_lease_a_failed_image_and_a_restart(human_run, chromium):
+    from playwright.sync_api import sync_playwright
+
+    _, run_dir = human_run("recovering")
+    lease_s = 3
+    server = AnnotateServer(run_dir, "--lease-seconds", str(lease_s))
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    try:
+        with sync_playwright() as playwright:
+            browser = chromium(playwright)
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            policy_errors = []
+            page.on("console", lambda message: policy_errors.append(message.text)
+                    if "Content Security Policy" in message.text else None)
+            page.goto(f"{server.url}?token={TOKEN}")
+            page.fill("#login-name", "tester")
+            page.keyboard.press("Enter")
+            first = shown_question(page, None)
+
+            # zoom: each question starts at 100 %
+            page.keyboard.press("+")
+            page.keyboard.press("+")
+            assert page.inner_text("#zoom-text") == "200 %"
+            page.keyboard.press("y")
+            second = shown_question(page, first)
+            assert page.inner_text("#zoom-text") == "100 %"
+
+            # an image that fails to load: its question is given back and the next one shown
+            failed = []
+            page.route("**/image", lambda route: failed.append(route.request.url) or route.abort()
+                       if not failed else route.continue_())
+            page.keyboard.press("n")
+            third = shown_question(page, second)
+            (skipped,) = failed
+            assert f"/api/questions/{third}/image" not in skipped
+            skipped_id = int(skipped.split("/questions/")[1].split("/")[0])
+            assert f"the image of question {skipped_id} could not be loaded" in page.inner_text("#message")
+            with sqlite3.connect(run_dir / "ledger.sqlite") as ledger:  # released, not left to run out
+                assert ledger.execute("SELECT question_id FROM leases WHERE annotator = 'tester'").fetchall() == [
+                    (third,)]
+            with QuestionQueue(run_dir / "ledger.sqlite") as questions:  # someone else gets it now
+                assert questions.lease_next("bob", 60).id == skipped_id
+            page.unroute("**/image")
+
+            # a lost lease: tester's runs out and bob takes the question; tester's answer is refused (409) and the
+            # page moves on by itself
+            page.wait_for_timeout(lease_s * 1000 + 500)
+            with QuestionQueue(run_dir / "ledger.sqlite") as questions:
+                questions.answer("bob", skipped_id, "yes", 1.0)
+                assert questions.lease_next("carol", 60).id == third
+            page.keyboard.press("y")
+            fourth = shown_question(page, third)
+            assert "leased to someone else" in page.inner_text("#message")
+            page.keyboard.press("u")  # and it works on as before
+            fifth = shown_question(page, fourth)
+
+            # the server goes away: the answer given meanwhile is kept, sent once it is back, and the page goes on
+            server.kill()
+            page.keyboard.press("n")
+            page.wait_for_function("document.querySelector('#message').textContent.includes('cannot be reached')",
+                                   timeout=TIMEOUT_MS)
+            assert f"your answer to question {fifth} will be sent" in page.inner_text("#message")
+            server = AnnotateServer(run_dir, "--lease-seconds", str(lease_s), port=port)
+            sixth = shown_question(page, fifth)
+            assert policy_errors == []
+            browser.close()
+    finally:
+        server.stop()
+    given = {r.question_id: (r.annotator, r.label) for r in ledger_state(run_dir)[0]}
+    assert given == {first: ("tester", 1), second: ("tester", 0), skipped_id: ("bob", 1), fourth: ("tester", -1),
+                     fifth: ("tester", 0)}
+    assert sixth not in given
 
 
 def test_answer_a_step_in_chromium_with_a_server_restart(human_run, tmp_path, chromium):

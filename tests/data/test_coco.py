@@ -2,13 +2,15 @@
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 from pycocotools import mask as mask_utils
 
-from apis.data.coco import DECODE_BELOW_BYTES, DatasetError, load_coco, segmentation_problem
+from apis.data import image_files
+from apis.data.coco import DatasetError, load_coco, segmentation_problem
 
 
 def _write_dataset(root, mutate=None, image_size=(40, 30)):
@@ -190,11 +192,11 @@ def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped(tmp_path):
 
 
 def _large_images(root, fmt):
-    """Overwrite both images with noise, JPEG or PNG files well over DECODE_BELOW_BYTES."""
+    """Overwrite both images with noise, JPEG or PNG files of well over 64 KiB."""
     noisy = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
     for name in ("a", "b"):
         Image.fromarray(noisy).save(root / "images" / f"{name}.{fmt}", quality=95)
-        assert (root / "images" / f"{name}.{fmt}").stat().st_size > DECODE_BELOW_BYTES
+        assert (root / "images" / f"{name}.{fmt}").stat().st_size > 64 * 1024
 
 
 def _rename_images(fmt):
@@ -204,17 +206,61 @@ def _rename_images(fmt):
     return mutate
 
 
+def test_images_are_decoded_whole_once_then_remembered_by_size_and_mtime(tmp_path, monkeypatch):
+    path = _write_dataset(tmp_path, _rename_images("jpg"), image_size=(300, 300))
+    _large_images(tmp_path, "jpg")
+    decoded = []
+    real = image_files.decode_whole
+    monkeypatch.setattr(image_files, "decode_whole", lambda file: decoded.append(file.name) or real(file))
+    assert len(load_coco(path)) == 2 and sorted(decoded) == ["a.jpg", "b.jpg"]
+    load_coco(path)
+    assert len(decoded) == 2  # unchanged files: not decoded again
+    os.utime(tmp_path / "images" / "b.jpg", ns=(1, 1))
+    load_coco(path)
+    assert sorted(decoded) == ["a.jpg", "b.jpg", "b.jpg"]
+    data = (tmp_path / "images" / "a.jpg").read_bytes()
+    stat = (tmp_path / "images" / "a.jpg").stat()
+    (tmp_path / "images" / "a.jpg").write_bytes(data[: len(data) // 2] + b"\xff\xd9")  # cut; same mtime
+    os.utime(tmp_path / "images" / "a.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(DatasetError, match=r"image 1: file .*a.jpg is unreadable: the JPEG data stops before"):
+        load_coco(path)  # another size: decoded again
+
+
+def test_a_jpeg_cut_short_and_given_its_end_marker_back_fails_at_load(tmp_path):
+    """Decoded, it would be a grey lower half (libjpeg fills what it has no data for) and train silently."""
+    path = _write_dataset(tmp_path, _rename_images("jpg"), image_size=(300, 300))
+    _large_images(tmp_path, "jpg")
+    whole = (tmp_path / "images" / "b.jpg").read_bytes()
+    for cut in (0.5, 0.99):
+        (tmp_path / "images" / "b.jpg").write_bytes(whole[: int(len(whole) * cut)] + b"\xff\xd9")
+        with Image.open(tmp_path / "images" / "b.jpg") as image:
+            image.load()  # Pillow reads it without complaint
+            assert (np.asarray(image)[-8:, -8:] == 128).all()
+        with pytest.raises(DatasetError, match=r"image 2: file .*b.jpg is unreadable: the JPEG data stops before"):
+            load_coco(path)
+
+
+def test_a_whole_jpeg_whose_corner_is_grey_128_is_not_taken_for_a_cut_one(tmp_path):
+    path = _write_dataset(tmp_path, _rename_images("jpg"), image_size=(300, 300))
+    _large_images(tmp_path, "jpg")
+    padded = np.asarray(Image.open(tmp_path / "images" / "a.jpg")).copy()
+    padded[200:] = 128  # letterboxed with mid-grey
+    Image.fromarray(padded).save(tmp_path / "images" / "a.jpg", quality=95)
+    with Image.open(tmp_path / "images" / "a.jpg") as image:
+        assert (np.asarray(image)[-8:, -8:] == 128).all()
+    assert len(load_coco(path)) == 2
+
+
 @pytest.mark.parametrize("fmt", ["png", "jpg"])
-def test_large_images_are_checked_whole_without_decoding_them(tmp_path, monkeypatch, fmt):
-    """COCO scale (issue 15): load_coco reads headers and end markers, not 118k images' pixels."""
+def test_an_image_damaged_in_the_middle_fails_at_load_naming_the_file(tmp_path, fmt):
     path = _write_dataset(tmp_path, _rename_images(fmt), image_size=(300, 300))
     _large_images(tmp_path, fmt)
-
-    def no_decoding(self):
-        raise AssertionError("load_coco decoded an image")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    assert len(load_coco(path)) == 2
+    data = bytearray((tmp_path / "images" / f"b.{fmt}").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 200] = bytes(200) if fmt == "png" else b"\xff\xd9" + bytes(198)
+    (tmp_path / "images" / f"b.{fmt}").write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=rf"image 2: file .*b.{fmt} is unreadable: "):
+        load_coco(path)
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg"])
@@ -236,3 +282,18 @@ def test_a_truncated_image_fails_at_load_naming_the_file(tmp_path):
     (tmp_path / "images" / "b.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(DatasetError, match=r"image 2: file .*b.png is unreadable: .*truncated"):
         load_coco(path)
+
+
+def test_only_the_images_a_run_uses_are_decoded_the_others_have_their_header_checked(tmp_path):
+    """data.max_train_images=N keeps the first N images (by id): a CPU-sized run on COCO decodes those, not 118k."""
+    path = _write_dataset(tmp_path, _rename_images("png"), image_size=(300, 300))
+    _large_images(tmp_path, "png")
+    data = bytearray((tmp_path / "images" / "b.png").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 200] = bytes(200)
+    (tmp_path / "images" / "b.png").write_bytes(bytes(data))
+    assert len(load_coco(path, used_images=1).subset(1)) == 1  # image 2 is left out: its header is whole
+    with pytest.raises(DatasetError, match=r"image 2: file .*b.png is unreadable"):
+        load_coco(path, used_images=2)
+    (tmp_path / "images" / "b.png").unlink()
+    with pytest.raises(DatasetError, match=r"image 2: file .*b.png is missing"):
+        load_coco(path, used_images=1)

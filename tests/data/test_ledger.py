@@ -159,7 +159,7 @@ def test_reopen_sees_the_same_answers_and_concurrent_readers_see_commits(tmp_pat
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         conn.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(ValueError, match=r"ledger schema version \[99\], expected 3"):
+    with pytest.raises(LedgerError, match=r"ledger schema version \[99\], expected 4"):
         PointLedger(path)
 
 
@@ -260,6 +260,31 @@ def test_bought_masks_are_stored_once_counted_in_the_cost_and_read_by_step(ledge
         ledger.record_masks([BoughtMask(2, 10, 2, "afis-random", "simulated-oracle", 79.2)])
 
 
+@pytest.mark.parametrize("read_only", [False, True])
+@pytest.mark.parametrize(("damage", "message"), [
+    ("empty", "the file is empty"),
+    ("DROP TABLE answers", r"without its table\(s\) answers: it is damaged"),
+    ("DROP TABLE questions", r"without its table\(s\) questions: it is damaged"),
+    ("DROP TABLE schema_version", "no schema_version table"),
+    ("UPDATE schema_version SET version = 99", r"schema version \[99\], expected 4"),
+])
+def test_a_damaged_ledger_is_reported_and_never_repaired(tmp_path, damage, message, read_only):
+    path = tmp_path / "ledger.sqlite"
+    with PointLedger(path) as ledger:
+        ledger.register_instances(INSTANCES)
+    if damage == "empty":
+        path.write_bytes(b"")
+    else:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(damage)
+        conn.close()  # the last connection checkpoints the WAL into the file and removes it
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(LedgerError, match=message) as refused:
+        PointLedger(path, read_only=read_only)
+    assert str(path) in str(refused.value) and "Nothing was changed" in str(refused.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_a_version_2_ledger_read_only_has_no_masks(tmp_path):
     path = tmp_path / "ledger.sqlite"
     with PointLedger(path) as ledger:
@@ -273,7 +298,7 @@ def test_a_version_2_ledger_read_only_has_no_masks(tmp_path):
     with PointLedger(path) as upgraded:
         assert upgraded.masks() == []
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
 
 
 @pytest.mark.parametrize("fields, message", [

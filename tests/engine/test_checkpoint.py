@@ -1,3 +1,4 @@
+import logging
 import random
 
 import numpy as np
@@ -8,9 +9,11 @@ from torch import nn
 from apis.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    checkpoint_name,
     find_last_checkpoint,
     load_checkpoint,
     load_model_weights,
+    load_resumable_checkpoint,
     prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
@@ -70,3 +73,40 @@ def test_unreadable_and_mismatching_checkpoints_are_named(tmp_path):
     same = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
     load_model_weights(same, tmp_path / "m.pth")
     assert torch.equal(same[0].weight, source[0].weight)
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path):
+    save_checkpoint(tmp_path / "m.pth", {"model": nn.Linear(2, 3).state_dict()})
+    data = (tmp_path / "m.pth").read_bytes()
+    (tmp_path / "m.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as damaged:
+        load_checkpoint(tmp_path / "m.pth")
+    message = str(damaged.value)
+    assert message.startswith(f"{tmp_path / 'm.pth'}: not a readable APIS checkpoint (damaged or cut short?")
+    assert "\n" not in message and "weights_only" not in message
+
+
+def _periodic(folder, *iterations):
+    for iteration in iterations:
+        save_checkpoint(folder / checkpoint_name(iteration), {"model": {}, "iteration": iteration})
+    write_last_checkpoint(folder, folder / checkpoint_name(iterations[-1]))
+
+
+def test_resuming_falls_back_to_the_newest_earlier_checkpoint_that_reads_whole(tmp_path, caplog):
+    _periodic(tmp_path, 2, 4, 6)
+    assert load_resumable_checkpoint(tmp_path)[1]["iteration"] == 6
+    (tmp_path / checkpoint_name(6)).write_bytes((tmp_path / checkpoint_name(6)).read_bytes()[:100])
+    (tmp_path / checkpoint_name(4)).write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        path, state = load_resumable_checkpoint(tmp_path)
+    assert path == tmp_path / checkpoint_name(2) and state["iteration"] == 2
+    assert f"{tmp_path / checkpoint_name(6)}: not a readable APIS checkpoint" in caplog.text
+    assert f"resuming from {checkpoint_name(2)} instead" in caplog.text
+    (tmp_path / checkpoint_name(6)).unlink()  # the pointer names a file that is gone
+    assert load_resumable_checkpoint(tmp_path)[1]["iteration"] == 2
+    (tmp_path / checkpoint_name(2)).write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match=r"no earlier checkpoint in .* reads whole") as nothing:
+        load_resumable_checkpoint(tmp_path)
+    assert "\n" not in str(nothing.value)
+    (tmp_path / "fresh").mkdir()
+    assert load_resumable_checkpoint(tmp_path / "fresh") is None

@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import pytest
@@ -7,10 +8,12 @@ import torch
 from apis.config import ConfigError, config_from_dict
 from apis.data.coco import load_coco
 from apis.data.points import InstancePoints
+from apis.engine import checkpoint
 from apis.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from apis.engine.metrics_log import read_metrics
 from apis.engine.trainer import train
 from apis.modeling.build import build_model
+from apis.utils.io import WriteFailed
 from apis.utils.lock import FolderLock, FolderLocked
 
 # The model samples proposals (max_proposals) and point subsets (points_per_iter) with torch's RNG,
@@ -185,3 +188,30 @@ def test_training_removes_the_temporaries_of_a_killed_run_and_holds_its_folder(t
     assert leftover.exists()  # refused before touching the folder
     train(tiny_config(out, "solver.max_iter=1", *RANDOM_MODEL))
     assert not leftover.exists() and (out / "model_final.pth").is_file()
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tiny_config, tmp_path, caplog):
+    cfg = tiny_config(tmp_path, "solver.max_iter=4", "solver.checkpoint_period=2", "solver.keep_checkpoints=null")
+    train(cfg)
+    final = tmp_path / "model_final.pth"
+    final.write_bytes(final.read_bytes()[:1000])  # a copy cut short
+    with caplog.at_level(logging.WARNING):
+        train(cfg)
+    assert f"{final}: not a readable APIS checkpoint" in caplog.text
+    assert "resuming from model_0000002.pth instead" in caplog.text
+    assert load_checkpoint(final)["iteration"] == 4  # trained again from iteration 2
+
+
+def test_a_full_disk_while_saving_says_what_the_training_resumes_from(tiny_config, tmp_path, monkeypatch, capsys):
+    real = checkpoint.atomic_write_bytes
+
+    def full_after_the_first(path, data):
+        if path.name != "model_0000002.pth":
+            raise WriteFailed(f"{path}: could not be written (No space left on device); nothing was written there")
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_after_the_first)
+    cfg = tiny_config(tmp_path, "solver.max_iter=4", "solver.checkpoint_period=2")
+    with pytest.raises(WriteFailed, match=rf"{tmp_path / 'model_final.pth'}: could not be written .*; the training "
+                                          rf"resumes from {tmp_path / 'model_0000002.pth'} when run again"):
+        train(cfg)

@@ -8,15 +8,29 @@ const POLL_MS = 10000; // how often to look again when the remaining questions a
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 
-const state = { question: null, shownAt: null, busy: false, zoom: 0, pollTimer: null };
+const RETRY_MS = [1000, 2000, 4000, 8000, 10000]; // waits between tries while the server cannot be reached
+const MAX_SKIPPED = 100; // the server takes at most this many question ids to pass over
 
+// pending: an answer sent but not confirmed (sent again once the server is back); skipped: questions whose
+// image did not load, passed over for the rest of the session.
+const state = { question: null, shownAt: null, busy: false, zoom: 0, pollTimer: null, retryTimer: null,
+                retries: 0, pending: null, skipped: [] };
+
+// Every change is a POST with a JSON body ({} when it carries nothing): the server refuses any other kind.
 async function api(method, path, body) {
   const options = { method, headers: {}, credentials: "same-origin" };
-  if (body !== undefined) {
+  if (method === "POST") {
     options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
+    options.body = JSON.stringify(body === undefined ? {} : body);
   }
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (cause) { // no answer at all: the server is down or restarting
+    const error = new Error("the server cannot be reached");
+    error.status = 0;
+    throw error;
+  }
   const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
   if (!response.ok) {
     const error = new Error(data.error || `HTTP ${response.status}`);
@@ -99,6 +113,7 @@ function drawOverlay(q, scale) {
 function showQuestion(q) {
   state.question = q;
   state.shownAt = null;
+  state.zoom = 0; // each question starts fitted to the view, its whole box visible
   const stage = $("stage");
   stage.dataset.ready = "0";
   $("empty").hidden = true;
@@ -114,7 +129,17 @@ function showQuestion(q) {
     state.shownAt = performance.now(); // the answer's time starts when the person can see the question
     stage.dataset.ready = "1";
   };
-  img.onerror = () => say("the image could not be loaded; press a key to try the next question");
+  // A question the page cannot show goes back to the others at once (its lease released), and the next comes.
+  const skip = () => {
+    if (state.question !== q) return;
+    if (state.busy) { setTimeout(skip, 200); return; }
+    guarded(async () => {
+      state.skipped = [...state.skipped, q.id].slice(-MAX_SKIPPED);
+      await next();
+      say(`the image of question ${q.id} could not be loaded; it was given back and skipped`);
+    });
+  };
+  img.onerror = skip;
   img.src = q.image_url;
 }
 
@@ -131,7 +156,7 @@ function showEmpty(data) {
   } else if (data.leased_to_others > 0 || p.answered < p.total) {
     empty.textContent = `You have answered all you can for now; ${p.total - p.answered} question(s) are with ` +
       "other annotators. Looking again every 10 s.";
-    state.pollTimer = setTimeout(next, POLL_MS);
+    state.pollTimer = setTimeout(() => guarded(next), POLL_MS);
   } else {
     empty.textContent = `All ${p.total} questions of step ${p.step} have their answers. ` +
       "Run the same `apis run` command again to train on them and select the next step's questions.";
@@ -146,8 +171,10 @@ async function guarded(action) {
   document.querySelectorAll("button").forEach((b) => { b.disabled = true; });
   try {
     await action();
+    state.retries = 0;
   } catch (error) {
-    if (error.status === 401 && /log in/.test(error.message)) showLogin();
+    if (error.status === 0) retryLater();
+    else if (error.status === 401 && /log in/.test(error.message)) showLogin();
     else say(error.message);
   } finally {
     state.busy = false;
@@ -156,20 +183,61 @@ async function guarded(action) {
   }
 }
 
+// The server is down (restarting?): try again, less and less often, until it answers; an answer given
+// meanwhile is sent first, so nothing the person did is lost.
+function retryLater() {
+  const wait = RETRY_MS[Math.min(state.retries, RETRY_MS.length - 1)];
+  state.retries += 1;
+  say(`the server cannot be reached; trying again in ${wait / 1000} s` +
+      (state.pending ? ` (your answer to question ${state.pending.question} will be sent then)` : ""));
+  clearTimeout(state.retryTimer);
+  state.retryTimer = setTimeout(() => {
+    state.retryTimer = null;
+    if (state.busy) { retryLater(); return; }
+    guarded(async () => {
+      if (!(await sendPending())) say("connected to the server again");
+      await next();
+    });
+  }, wait);
+}
+
 async function next() {
-  const data = await api("POST", "api/next");
+  clearTimeout(state.pollTimer);
+  const data = await api("POST", "api/next", { skip: state.skipped });
   showStanding(data);
   if (data.question) showQuestion(data.question); else showEmpty(data);
+}
+
+// Send the answer given last, if any, and say what became of it (true when there was one). Unconfirmed because
+// the server cannot be reached, it is kept (and sent again by retryLater). A conflict (the lease ran out and
+// the question went to someone else, or a retried answer that had been stored already) is said, and the page
+// moves on.
+async function sendPending() {
+  const pending = state.pending;
+  if (!pending) return false;
+  let data;
+  try {
+    data = await api("POST", "api/answer", pending);
+  } catch (error) {
+    if (error.status === 0) throw error;
+    state.pending = null;
+    if (error.status !== 409) throw error;
+    say(`question ${pending.question}: ${error.message}; here is the next one`);
+    return true;
+  }
+  state.pending = null;
+  showStanding(data);
+  say(`question ${pending.question}: ${pending.label} (${pending.seconds.toFixed(1)} s)`);
+  return true;
 }
 
 function answer(label) {
   return guarded(async () => {
     const q = state.question;
-    if (!q || state.shownAt === null) return;
+    if (!q || state.shownAt === null || state.pending) return;
     const seconds = (performance.now() - state.shownAt) / 1000;
-    const data = await api("POST", "api/answer", { question: q.id, label, seconds });
-    showStanding(data);
-    say(`question ${q.id}: ${label} (${seconds.toFixed(1)} s)`);
+    state.pending = { question: q.id, label, seconds };
+    await sendPending();
     await next();
   });
 }
