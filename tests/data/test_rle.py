@@ -1,0 +1,116 @@
+"""Point lookups in run-length codes against pycocotools' decoding of the same masks."""
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from apis.data.rle import encode_segmentations, labels_at, run_ends
+
+
+def _random_mask(rng, height, width, kind):
+    if kind == "empty":
+        return np.zeros((height, width), np.uint8)
+    if kind == "full":
+        return np.ones((height, width), np.uint8)
+    if kind == "edges":  # on along every border of the image only
+        mask = np.zeros((height, width), np.uint8)
+        mask[[0, -1], :] = 1
+        mask[:, [0, -1]] = 1
+        return mask
+    return (rng.random((height, width)) < rng.uniform(0.05, 0.95)).astype(np.uint8)
+
+
+def _every_pixel(height, width):
+    ys, xs = np.mgrid[:height, :width]
+    return xs.ravel(), ys.ravel()
+
+
+def test_compressed_strings_decode_to_pycocotools_run_lengths():
+    """Runs long enough to need several characters and the delta coding of the fourth run on (negative deltas
+    included) give back what the mask was encoded from."""
+    rng = np.random.default_rng(0)
+    masks = [np.asfortranarray(_random_mask(rng, h, w, "random")) for h, w in ((3, 5), (40, 30), (1, 1))]
+    big = np.zeros((300, 400), np.uint8, order="F")
+    big[10:290, 5:395] = 1  # runs of 280 and 10 + 10 alternate, then a long last run
+    masks.append(big)
+    strings = [mask_utils.encode(mask)["counts"] for mask in masks]
+    ends, offsets = run_ends(strings)
+    for index, mask in enumerate(masks):
+        flat = mask.ravel(order="F")
+        changes = np.flatnonzero(np.diff(flat)) + 1
+        expected = np.concatenate(([0] if flat[0] else [], changes, [flat.size]))
+        assert ends[offsets[index]:offsets[index + 1]].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("kind", ["empty", "full", "edges", "random"])
+def test_every_pixel_of_rle_masks_matches_decoding(kind):
+    rng = np.random.default_rng(1)
+    sizes = [(1, 1), (1, 7), (7, 1), (13, 9), (64, 48)]
+    masks = [_random_mask(rng, h, w, kind) for h, w in sizes]
+    rles = [mask_utils.encode(np.asfortranarray(mask)) for mask in masks]
+    # Compressed strings as bytes and as str (as json stores them), and uncompressed counts lists.
+    segmentations = [{"size": rle["size"], "counts": rle["counts"]} for rle in rles[:2]]
+    segmentations += [{"size": rle["size"], "counts": rle["counts"].decode("ascii")} for rle in rles[2:4]]
+    segmentations.append(_uncompressed(masks[4]))
+    heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
+    strings = encode_segmentations(segmentations, heights, widths)
+    for index, (height, width) in enumerate(sizes):
+        xs, ys = _every_pixel(height, width)
+        which = np.full(xs.size, index)
+        decoded = mask_utils.decode({"size": [height, width], "counts": strings[index]}).astype(bool)
+        assert np.array_equal(decoded, masks[index].astype(bool))
+        assert np.array_equal(labels_at(strings, np.array(heights), which, xs, ys), decoded[ys, xs])
+
+
+def _uncompressed(mask):
+    flat = mask.ravel(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate(([0], changes, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    return {"size": list(mask.shape), "counts": ([0] if flat[0] else []) + runs}
+
+
+def test_random_polygons_match_decoding_on_every_pixel_and_the_image_edges():
+    """Polygons (several per instance, reaching past the image's edges) are rasterised as pycocotools does."""
+    rng = np.random.default_rng(2)
+    segmentations, heights, widths = [], [], []
+    for _ in range(40):
+        height, width = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+        polygons = []
+        for _ in range(int(rng.integers(1, 4))):
+            corners = int(rng.integers(3, 9))
+            xy = np.stack([rng.uniform(-5, width + 5, corners), rng.uniform(-5, height + 5, corners)], axis=1)
+            polygons.append(xy.ravel().round(2).tolist())
+        segmentations.append(polygons)
+        heights.append(height)
+        widths.append(width)
+    strings = encode_segmentations(segmentations, heights, widths)
+    for index, polygons in enumerate(segmentations):
+        height, width = heights[index], widths[index]
+        decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))).astype(bool)
+        xs, ys = _every_pixel(height, width)
+        got = labels_at(strings, np.array(heights), np.full(xs.size, index), xs, ys)
+        assert np.array_equal(got, decoded[ys, xs]), index
+
+
+def test_many_masks_and_points_in_one_call():
+    """Points of many masks in any order, repeated, and on the four corners of each image."""
+    rng = np.random.default_rng(3)
+    sizes = [(int(rng.integers(1, 40)), int(rng.integers(1, 40))) for _ in range(60)]
+    kinds = ["empty", "full", "edges", "random"]
+    masks = [_random_mask(rng, h, w, kinds[index % 4]) for index, (h, w) in enumerate(sizes)]
+    strings = [mask_utils.encode(np.asfortranarray(mask))["counts"] for mask in masks]
+    which = rng.integers(0, len(masks), 5000)
+    xs = np.array([rng.integers(0, sizes[i][1]) for i in which])
+    ys = np.array([rng.integers(0, sizes[i][0]) for i in which])
+    corners = [(i, x, y) for i, (h, w) in enumerate(sizes) for x in (0, w - 1) for y in (0, h - 1)]
+    which = np.concatenate([which, [c[0] for c in corners]])
+    xs = np.concatenate([xs, [c[1] for c in corners]])
+    ys = np.concatenate([ys, [c[2] for c in corners]])
+    expected = [bool(masks[i][y, x]) for i, x, y in zip(which, xs, ys)]
+    assert labels_at(strings, np.array([h for h, _ in sizes]), which, xs, ys).tolist() == expected
+
+
+def test_a_segmentation_that_is_no_mask_is_refused():
+    with pytest.raises(ValueError, match="segmentation 1"):
+        encode_segmentations([[[0, 0, 4, 0, 4, 4]], "nothing"], [5, 5], [5, 5])
