@@ -98,7 +98,7 @@ class GroundTruthMasks:
             raise ValueError(f"annotation {ids[which[first]]}: point (x={xs[first]}, y={ys[first]}) outside its "
                              f"image (width {widths[which[first]]}, height {heights[which[first]]})")
         self._encode([ann_id for ann_id in ids if ann_id not in self._encoded])
-        return labels_at([self._encoded[ann_id] for ann_id in ids], heights, which, xs, ys)
+        return labels_at([self._encoded[ann_id] for ann_id in ids], heights, widths, which, xs, ys)
 
     def _encode(self, ann_ids: list[int]) -> None:
         """Make and keep the compressed RLE strings of ``ann_ids``."""

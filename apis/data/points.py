@@ -24,14 +24,16 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from apis.data.coco import DatasetError, is_finite_number
 from apis.data.coords import index_to_continuous, point_in_box, xywh_to_xyxy
 from apis.utils.io import atomic_write_json, read_json
+
+if TYPE_CHECKING:  # imported where tensors are made: the ledger and `apis status` need no torch (1-2 s to import)
+    import torch
 
 UNSURE = -1  # an answer that marks the pixel as asked but carries no supervision
 POINT_LABELS = (1, 0, UNSURE)
@@ -202,6 +204,8 @@ def to_tensors(points: Sequence[InstancePoints]) -> tuple[torch.Tensor, torch.Te
         float32 ``[N, P]``, ``P`` the largest point count; shorter instances are padded with label -1
         (ignored by the loss) at coordinate (0.5, 0.5).
     """
+    import torch
+
     num_points = max((len(p) for p in points), default=0)
     coords = np.zeros((len(points), num_points, 2), dtype=np.int64)
     labels = np.full((len(points), num_points), PADDING_LABEL, dtype=np.float32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from apis.data.rle import encode_segmentations, labels_at, run_ends
+from apis.data.rle import MASKS_PER_CALL, encode_segmentations, labels_at
 
 
 def _random_mask(rng, height, width, kind):
@@ -25,23 +25,6 @@ def _every_pixel(height, width):
     return xs.ravel(), ys.ravel()
 
 
-def test_compressed_strings_decode_to_pycocotools_run_lengths():
-    """Runs long enough to need several characters and the delta coding of the fourth run on (negative deltas
-    included) give back what the mask was encoded from."""
-    rng = np.random.default_rng(0)
-    masks = [np.asfortranarray(_random_mask(rng, h, w, "random")) for h, w in ((3, 5), (40, 30), (1, 1))]
-    big = np.zeros((300, 400), np.uint8, order="F")
-    big[10:290, 5:395] = 1  # runs of 280 and 10 + 10 alternate, then a long last run
-    masks.append(big)
-    strings = [mask_utils.encode(mask)["counts"] for mask in masks]
-    ends, offsets = run_ends(strings)
-    for index, mask in enumerate(masks):
-        flat = mask.ravel(order="F")
-        changes = np.flatnonzero(np.diff(flat)) + 1
-        expected = np.concatenate(([0] if flat[0] else [], changes, [flat.size]))
-        assert ends[offsets[index]:offsets[index + 1]].tolist() == expected.tolist()
-
-
 @pytest.mark.parametrize("kind", ["empty", "full", "edges", "random"])
 def test_every_pixel_of_rle_masks_matches_decoding(kind):
     rng = np.random.default_rng(1)
@@ -59,7 +42,7 @@ def test_every_pixel_of_rle_masks_matches_decoding(kind):
         which = np.full(xs.size, index)
         decoded = mask_utils.decode({"size": [height, width], "counts": strings[index]}).astype(bool)
         assert np.array_equal(decoded, masks[index].astype(bool))
-        assert np.array_equal(labels_at(strings, np.array(heights), which, xs, ys), decoded[ys, xs])
+        assert np.array_equal(labels_at(strings, heights, widths, which, xs, ys), decoded[ys, xs])
 
 
 def _uncompressed(mask):
@@ -89,14 +72,16 @@ def test_random_polygons_match_decoding_on_every_pixel_and_the_image_edges():
         height, width = heights[index], widths[index]
         decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))).astype(bool)
         xs, ys = _every_pixel(height, width)
-        got = labels_at(strings, np.array(heights), np.full(xs.size, index), xs, ys)
+        got = labels_at(strings, heights, widths, np.full(xs.size, index), xs, ys)
         assert np.array_equal(got, decoded[ys, xs]), index
 
 
 def test_many_masks_and_points_in_one_call():
-    """Points of many masks in any order, repeated, and on the four corners of each image."""
+    """Points of many masks in any order, repeated, and on the four corners of each image; many masks of one
+    image size, so that they take several pycocotools calls."""
     rng = np.random.default_rng(3)
     sizes = [(int(rng.integers(1, 40)), int(rng.integers(1, 40))) for _ in range(60)]
+    sizes += [(17, 23)] * (2 * MASKS_PER_CALL + 5)
     kinds = ["empty", "full", "edges", "random"]
     masks = [_random_mask(rng, h, w, kinds[index % 4]) for index, (h, w) in enumerate(sizes)]
     strings = [mask_utils.encode(np.asfortranarray(mask))["counts"] for mask in masks]
@@ -108,7 +93,8 @@ def test_many_masks_and_points_in_one_call():
     xs = np.concatenate([xs, [c[1] for c in corners]])
     ys = np.concatenate([ys, [c[2] for c in corners]])
     expected = [bool(masks[i][y, x]) for i, x, y in zip(which, xs, ys)]
-    assert labels_at(strings, np.array([h for h, _ in sizes]), which, xs, ys).tolist() == expected
+    heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
+    assert labels_at(strings, heights, widths, which, xs, ys).tolist() == expected
 
 
 def test_a_segmentation_that_is_no_mask_is_refused():
