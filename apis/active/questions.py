@@ -212,8 +212,7 @@ class QuestionQueue(PointLedger):
             rows = [Question(id=0, step=step, position=position, ann_id=point.ann_id, image_id=point.image_id,
                              x=point.x, y=point.y, chosen_by=point.chosen_by, answers_wanted=1)
                     for position, point in enumerate(chosen)]
-            for row in rows:
-                self._check(row)
+            self._check(rows)
             self._conn.executemany(
                 "INSERT INTO questions (step, position, ann_id, image_id, x, y, chosen_by) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MASKS_PER_CALL = 32  # masks per pycocotools ``iou`` call in :func:`labels_at`
+MASKS_PER_CALL = 8  # masks per pycocotools ``iou`` call in :func:`labels_at` (4-16 time alike; 1 is twice as slow)
 
 
 def encode_segmentations(segmentations: Sequence[object], heights: Sequence[int], widths: Sequence[int]
