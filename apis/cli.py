@@ -127,7 +127,7 @@ def _cmd_status(args: argparse.Namespace) -> None:
     run = RunDirectory(args.run_dir)
     if not run.ledger_path.is_file():
         raise ConfigError(f"{run.root}: no ledger.sqlite (is this a run directory?)")
-    with QuestionQueue(run.ledger_path) as queue:
+    with QuestionQueue(run.ledger_path, check_integrity=False) as queue:  # reads totals: no full-file scan
         summaries = queue.summaries()
     trained = {s.step for s in summaries if run.is_done(s.step)}
     print(f"{run.root}:")
