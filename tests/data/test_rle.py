@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from apis.data.rle import MASKS_PER_CALL, encode_segmentations, labels_at
+from apis.data.rle import MASKS_PER_CALL, compressed_runs, encode_segmentations, labels_at
 
 
 def _random_mask(rng, height, width, kind):
@@ -23,6 +23,67 @@ def _random_mask(rng, height, width, kind):
 def _every_pixel(height, width):
     ys, xs = np.mgrid[:height, :width]
     return xs.ravel(), ys.ravel()
+
+
+def test_compressed_strings_decode_to_the_run_lengths_they_encode():
+    """Runs long enough for several characters and the difference coding from the fourth run on (negative
+    differences included), against the runs of the mask pycocotools encoded."""
+    rng = np.random.default_rng(0)
+    masks = [_random_mask(rng, h, w, kind) for h, w in ((3, 5), (40, 30), (1, 1)) for kind in ("random", "full")]
+    big = np.zeros((3000, 4000), np.uint8)
+    big[10:2990, 5:3995] = 1  # runs of 2,980 and 20 alternate between a long first and last run
+    big[:, 2000] = 0
+    masks += [big, _random_mask(rng, 5, 5, "empty")]
+    for mask in masks:
+        counts = mask_utils.encode(np.asfortranarray(mask))["counts"].decode("ascii")
+        assert compressed_runs(counts).tolist() == _uncompressed(mask)["counts"]
+
+
+def _reference_runs(counts):
+    """pycocotools' rleFrString, character by character in Python ints; None when malformed."""
+    runs, position = [], 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                return None
+            char = ord(counts[position]) - 48
+            if not 0 <= char < 64:
+                return None
+            value |= (char & 0x1F) << shift
+            more, position, shift = bool(char & 0x20), position + 1, shift + 5
+            if not more and char & 0x10:
+                value |= -1 << shift
+        runs.append(value + (runs[-2] if len(runs) > 2 else 0))
+    return runs
+
+
+def test_any_string_decodes_as_pycocotools_would_or_is_refused():
+    """Random strings over the code's 64 characters and a few outside it (cut values, signs, '\x7f', 'é')."""
+    rng = np.random.default_rng(5)
+    alphabet = [chr(c) for c in range(48, 112)] + ["\x7f", "/", "é"]
+    for _ in range(3000):
+        length = int(rng.integers(0, 12))
+        counts = "".join(alphabet[i] for i in rng.integers(0, len(alphabet) - (3 if rng.random() < 0.8 else 0),
+                                                                length))
+        got, expected = compressed_runs(counts), _reference_runs(counts)
+        if expected is None:
+            assert got is None, counts
+        elif got is None:  # only a value of more than 7 characters is refused where the reference decodes
+            assert any(len(value) > 7 for value in _values(counts)), counts
+        else:
+            assert got.tolist() == expected, counts
+
+
+def _values(counts):
+    """The characters of each value of a well-formed string."""
+    values, current = [], ""
+    for char in counts:
+        current += char
+        if not (ord(char) - 48) & 0x20:
+            values.append(current)
+            current = ""
+    return values
 
 
 @pytest.mark.parametrize("kind", ["empty", "full", "edges", "random"])
