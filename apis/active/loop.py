@@ -290,7 +290,7 @@ class ActiveLearningRun:
             return {}
         # Without GT masks (a person answering) there is no boundary: an empty mask gives NaN distances.
         mask_of = self.train_masks.mask if self.train_masks is not None else self._empty_mask
-        return selection_statistics(selection, [a for a in self.ledger.answers() if a.step == step], mask_of)
+        return selection_statistics(selection, self.ledger.step_answers(step), mask_of)
 
     def _empty_mask(self, ann_id: int) -> np.ndarray:
         image = self.train_set.image(self.train_set.instance(ann_id).image_id)
@@ -332,14 +332,13 @@ class ActiveLearningRun:
 
     def _step_record(self, step: int, val_metrics: dict) -> dict:
         """The line of ``metrics.jsonl`` for a finished step."""
-        answers = self.ledger.answers(max_step=step)
         return {
             "step": step,
             **self.labels,
             "seed": self.cfg.seed,
             "mask_AP": val_metrics.get("segm/AP"), "mask_AP50": val_metrics.get("segm/AP50"),
             "mask_AP75": val_metrics.get("segm/AP75"), "box_AP": val_metrics.get("bbox/AP"),
-            "points_per_instance": len(answers) / self.num_instances,
+            "points_per_instance": self.ledger.answer_count(max_step=step) / self.num_instances,
             "annotation_seconds": self.ledger.total_cost_s(max_step=step)
             + self.num_instances * self.cfg.oracle.box_cost_s,
             **self._selection_stats(step),

@@ -127,6 +127,9 @@ def test_points_and_asked_by_step(ledger):
     np.testing.assert_array_equal(ledger.points(include_unsure=True)[1].labels, [1, -1, 0])
 
     assert [a.step for a in ledger.answers(max_step=1)] == [0, 0, 1, 1]
+    assert ledger.step_answers(1) == [a for a in ledger.answers() if a.step == 1] and len(ledger.step_answers(1)) == 2
+    assert ledger.step_answers(3) == []
+    assert [ledger.answer_count(max_step=s) for s in (0, 1, 2)] == [2, 4, 5] and ledger.answer_count() == 5
     assert ledger.asked() == {1: {(2, 3), (5, 5), (6, 4)}, 2: {(1, 1), (3, 2)}}
     assert ledger.asked(ann_id=2) == {2: {(1, 1), (3, 2)}}
 
