@@ -19,6 +19,7 @@ of one. Each :class:`PointLedger` owns its connection; open one per thread or pr
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from apis.data.coords import point_in_box
-from apis.data.points import POINT_LABELS, InstancePoints, write_pointsup
+from apis.data.points import POINT_LABELS, InstancePoints, group_points, write_pointsup
 from apis.utils.errors import ApisError
 
 SCHEMA_VERSION = 3
@@ -438,16 +439,11 @@ class PointLedger:
 
         Unsure (-1) answers are left out unless ``include_unsure``; instances left with no point are absent.
         """
-        grouped: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}
         rows = self._conn.execute(
             "SELECT ann_id, x, y, label FROM answers WHERE (? IS NULL OR step <= ?) AND (? OR label != -1) "
             "ORDER BY id", (max_step, max_step, include_unsure))
-        for ann_id, x, y, label in rows:
-            coords, labels = grouped.setdefault(ann_id, ([], []))
-            coords.append((x, y))
-            labels.append(label)
-        return {ann_id: InstancePoints(np.array(coords, dtype=np.int64), np.array(labels, dtype=np.int64))
-                for ann_id, (coords, labels) in grouped.items()}
+        table = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64).reshape(-1, 4)
+        return group_points(table[:, 0], table[:, 1:3], table[:, 3])
 
     def asked(self, ann_id: int | None = None) -> dict[int, set[tuple[int, int]]]:
         """Pixels ``(x, y)`` already asked per annotation id (unsure answers included), to exclude them

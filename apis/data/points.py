@@ -77,6 +77,28 @@ class InstancePoints:
         return int(self.labels.shape[0])
 
 
+def group_points(ann_ids: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> dict[int, InstancePoints]:
+    """``{ann_id: InstancePoints}`` of points given one per row: ``ann_ids`` ``[N]``, ``coords`` ``[N, 2]``,
+    ``labels`` ``[N]`` (integers). Each instance keeps its points in row order; instances come in the order of
+    their first row. The rows are checked once, all together, not instance by instance (a COCO step trains
+    on 860k instances); ValueError as :class:`InstancePoints` raises it."""
+    checked = InstancePoints(coords, labels)  # read-only int64 copies, every row checked
+    ann_ids = np.asarray(ann_ids, dtype=np.int64)
+    order = np.argsort(ann_ids, kind="stable")
+    ids, starts = np.unique(ann_ids[order], return_index=True)
+    ends = np.append(starts[1:], order.size)
+    coords, labels = checked.coords[order], checked.labels[order]
+    coords.setflags(write=False)
+    labels.setflags(write=False)
+    grouped = {}
+    for index in np.argsort(order[starts]):  # by first row
+        points = object.__new__(InstancePoints)  # views of checked, read-only arrays: nothing to check again
+        object.__setattr__(points, "coords", coords[starts[index]:ends[index]])
+        object.__setattr__(points, "labels", labels[starts[index]:ends[index]])
+        grouped[int(ids[index])] = points
+    return grouped
+
+
 def _is_json_int(value: Any) -> bool:
     # JSON true/false load as bool, a subclass of int; they are not pixel indices or labels.
     return isinstance(value, int) and not isinstance(value, bool)
