@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from apis.data.rle import compressed_runs, encode_segmentations, labels_at
+from apis.data.rle import compressed_totals, encode_segmentations, labels_at
 from apis.utils.errors import ApisError
 
 logger = logging.getLogger(__name__)
@@ -366,6 +366,11 @@ def _finite_numbers(values: list) -> bool:
     return all(is_finite_number(v) for v in values)
 
 
+def _is_rle_string(seg: object, width: int, height: int) -> bool:
+    """Whether ``seg`` is a compressed RLE of a ``width`` x ``height`` image, its string not checked yet."""
+    return isinstance(seg, dict) and isinstance(seg.get("counts"), str) and seg.get("size") == [height, width]
+
+
 def segmentation_problem(seg: object, width: int, height: int) -> str | None:
     """What is wrong with a COCO segmentation (polygons or RLE) of a ``width`` x ``height`` image, or None."""
     if isinstance(seg, list):
@@ -381,14 +386,21 @@ def segmentation_problem(seg: object, width: int, height: int) -> str | None:
     if size != [height, width]:
         return f"RLE size {size!r} is not the image's [height, width] [{height}, {width}]"
     if isinstance(counts, str):
-        decoded = compressed_runs(counts)
-        if decoded is None:
-            return "RLE counts is not a valid compressed RLE string"
-        negative, covered = bool((decoded < 0).any()), int(decoded.sum())
-    elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
-        negative, covered = any(run < 0 for run in counts), sum(counts)
-    else:
+        return rle_strings_problems([counts], [width], [height])[0]
+    if not (isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts)):
         return "RLE counts must be a string or a list of integers"
+    return _runs_problem(any(run < 0 for run in counts), sum(counts), width, height)
+
+
+def rle_strings_problems(strings: Sequence[str], widths: Sequence[int], heights: Sequence[int]) -> list[str | None]:
+    """:func:`segmentation_problem` of compressed RLE strings (whose ``size`` is right) of images ``widths[i]`` x
+    ``heights[i]``, decoded all at once."""
+    well_formed, negative, covered = compressed_totals(strings)
+    return [_runs_problem(negative[i], int(covered[i]), widths[i], heights[i]) if well_formed[i]
+            else "RLE counts is not a valid compressed RLE string" for i in range(len(strings))]
+
+
+def _runs_problem(negative: bool, covered: int, width: int, height: int) -> str | None:
     if negative:
         return "RLE counts has a negative run length"
     if covered != width * height:
@@ -452,6 +464,7 @@ def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: 
 
     per_image: dict[int, list[InstanceRecord]] = {i: [] for i in images_by_id}
     segmentations: dict[int, object] = {}
+    strings: list[tuple[int, str, int, int]] = []  # compressed RLE: decoded together after the other checks
     for ann in anns_by_id.values():
         # Ids are compared only once they are integers: a list or an object as an id is unhashable.
         image = images_by_id.get(ann.get("image_id")) if _is_int(ann.get("image_id")) else None
@@ -469,12 +482,20 @@ def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: 
             label=label_of[ann["category_id"]], bbox_xyxy=box, iscrowd=bool(ann.get("iscrowd", 0)),
             area=_area(json_path, ann, box),
         ))
-        if "segmentation" in ann:
-            problem = segmentation_problem(ann["segmentation"], image["width"], image["height"])
+        seg = ann.get("segmentation")
+        if _is_rle_string(seg, image["width"], image["height"]):
+            strings.append((ann["id"], seg["counts"], image["width"], image["height"]))
+        elif "segmentation" in ann:
+            problem = segmentation_problem(seg, image["width"], image["height"])
             if problem:
                 raise DatasetError(f"{json_path}: annotation {ann['id']}: {problem}")
-        if ann.get("segmentation"):
-            segmentations[ann["id"]] = ann["segmentation"]
+        if seg:
+            segmentations[ann["id"]] = seg
+    if strings:
+        ann_ids, counts, widths, heights = zip(*strings)
+        for ann_id, problem in zip(ann_ids, rle_strings_problems(counts, widths, heights)):
+            if problem:
+                raise DatasetError(f"{json_path}: annotation {ann_id}: {problem}")
 
     records = []
     for image_id in sorted(images_by_id):

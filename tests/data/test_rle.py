@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from apis.data.rle import MASKS_PER_CALL, compressed_runs, encode_segmentations, labels_at
+from apis.data.rle import MASKS_PER_CALL, compressed_totals, encode_segmentations, labels_at
 
 
 def _random_mask(rng, height, width, kind):
@@ -25,18 +25,20 @@ def _every_pixel(height, width):
     return xs.ravel(), ys.ravel()
 
 
-def test_compressed_strings_decode_to_the_run_lengths_they_encode():
+def test_compressed_strings_add_up_to_the_runs_they_encode():
     """Runs long enough for several characters and the difference coding from the fourth run on (negative
-    differences included), against the runs of the mask pycocotools encoded."""
+    differences included), decoded many strings at once, against the runs of the masks pycocotools encoded."""
     rng = np.random.default_rng(0)
     masks = [_random_mask(rng, h, w, kind) for h, w in ((3, 5), (40, 30), (1, 1)) for kind in ("random", "full")]
     big = np.zeros((3000, 4000), np.uint8)
     big[10:2990, 5:3995] = 1  # runs of 2,980 and 20 alternate between a long first and last run
     big[:, 2000] = 0
     masks += [big, _random_mask(rng, 5, 5, "empty")]
-    for mask in masks:
-        counts = mask_utils.encode(np.asfortranarray(mask))["counts"].decode("ascii")
-        assert compressed_runs(counts).tolist() == _uncompressed(mask)["counts"]
+    strings = [mask_utils.encode(np.asfortranarray(mask))["counts"].decode("ascii") for mask in masks]
+    well_formed, negative, covered = compressed_totals(strings)
+    assert well_formed.all() and not negative.any()
+    assert covered.tolist() == [mask.size for mask in masks]
+    assert [t.tolist() for t in compressed_totals([])] == [[], [], []]
 
 
 def _reference_runs(counts):
@@ -59,20 +61,21 @@ def _reference_runs(counts):
 
 
 def test_any_string_decodes_as_pycocotools_would_or_is_refused():
-    """Random strings over the code's 64 characters and a few outside it (cut values, signs, '\x7f', 'é')."""
+    """Random strings over the code's 64 characters and a few outside it (cut values, signs, '\x7f', 'é'),
+    empty ones included, decoded together against a character-by-character decoder."""
     rng = np.random.default_rng(5)
     alphabet = [chr(c) for c in range(48, 112)] + ["\x7f", "/", "é"]
-    for _ in range(3000):
-        length = int(rng.integers(0, 12))
-        counts = "".join(alphabet[i] for i in rng.integers(0, len(alphabet) - (3 if rng.random() < 0.8 else 0),
-                                                                length))
-        got, expected = compressed_runs(counts), _reference_runs(counts)
+    strings = ["".join(alphabet[i] for i in rng.integers(0, len(alphabet) - (3 if rng.random() < 0.8 else 0),
+                                                         int(rng.integers(0, 12))))
+               for _ in range(3000)]
+    for counts, fine, negative, covered in zip(strings, *compressed_totals(strings)):
+        expected = _reference_runs(counts)
         if expected is None:
-            assert got is None, counts
-        elif got is None:  # only a value of more than 7 characters is refused where the reference decodes
+            assert not fine, counts
+        elif not fine:  # only a value of more than 7 characters is refused where the reference decodes
             assert any(len(value) > 7 for value in _values(counts)), counts
         else:
-            assert got.tolist() == expected, counts
+            assert (negative, covered) == (any(run < 0 for run in expected), sum(expected)), counts
 
 
 def _values(counts):
@@ -161,3 +164,14 @@ def test_many_masks_and_points_in_one_call():
 def test_a_segmentation_that_is_no_mask_is_refused():
     with pytest.raises(ValueError, match="segmentation 1"):
         encode_segmentations([[[0, 0, 4, 0, 4, 4]], "nothing"], [5, 5], [5, 5])
+
+
+def test_strings_decoded_in_several_passes_give_what_one_pass_gives(monkeypatch):
+    rng = np.random.default_rng(6)
+    strings = [mask_utils.encode(np.asfortranarray(_random_mask(rng, 9, 7, "random")))["counts"].decode("ascii")
+               for _ in range(300)] + ["", "0", "\x7f"]
+    whole = compressed_totals(strings)
+    monkeypatch.setattr("apis.data.rle._CHARS_PER_PASS", 37)
+    for column, expected in zip(compressed_totals(strings), whole):
+        assert column.tolist() == expected.tolist()
+    assert whole[2][:300].tolist() == [63] * 300 and whole[0].tolist() == [True] * 302 + [False]
