@@ -144,6 +144,8 @@ def labels_at(strings: Sequence[bytes], heights: np.ndarray, widths: np.ndarray,
     heights, widths = np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64)
     which, xs, ys = (np.asarray(values, dtype=np.int64) for values in (which, xs, ys))
     labels = np.zeros(which.size, dtype=bool)
+    if which.size == 0:
+        return labels
     order = np.lexsort((which, widths[which], heights[which]))  # by image size, then by mask
     sizes = np.stack([heights[which[order]], widths[which[order]]], axis=1)
     size_starts = np.flatnonzero(np.concatenate(([True], (sizes[1:] != sizes[:-1]).any(axis=1), [True])))

@@ -87,6 +87,7 @@ def test_answering_many_at_once_gives_what_one_at_a_time_gives():
     pieces = SimulatedOracle(truth(), flip_prob=0.3, unsure_rate=0.2, seed=9)
     got = [*pieces.answer_many(ann_ids[:50], xs[:50], ys[:50]), *pieces.answer_many(ann_ids[50:], xs[50:], ys[50:])]
     assert got == expected and {-1, 0, 1} <= set(expected)
+    assert batch.answer_many([], [], []).tolist() == [] and batch.questions == len(points)  # a step without points
     assert (batch.questions, batch.spent_s) == (one_by_one.questions, pytest.approx(one_by_one.spent_s))
 
 
