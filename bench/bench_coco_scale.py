@@ -19,8 +19,8 @@ Each stage runs in a fresh process, so its time and peak RSS are its own:
 * on that 10-step ledger: ``apis status`` and ``apis report --gallery-images 0`` (wall time of the command,
   interpreter start included; the report's pictures need trained checkpoints), and a resume: the run opened
   again (both jsons loaded and their files checked, the ledger's integrity scanned, the instances compared),
-  then what a step reads from the ledger: the points it trains on (``points(max_step=9)``) and, for its
-  metrics record, the step's answers and the answer count.
+  then what a step reads from the ledger: the points it trains on (``points(max_step=9)``), for its metrics
+  record the step's answers and the answer count, and for selection every pixel asked (``asked()``).
 
     .venv/bin/python bench/bench_coco_scale.py [--instances 860000] [--workdir /tmp/apis_coco_scale] [--json]
 
@@ -265,10 +265,14 @@ def stage_resume(args: argparse.Namespace) -> dict:
         last_step = run.ledger.step_answers(STEPS - 1)
         answers = run.ledger.answer_count()
         record_s = time.perf_counter() - start
+        del points, last_step
+        start = time.perf_counter()
+        asked = len(run.ledger.asked())
+        asked_s = time.perf_counter() - start
     finally:
         run.close()
-    return {"open_s": open_s, "points_s": points_s, "step_record_s": record_s, "instances_with_points": len(points),
-            "answers": answers, "last_step_answers": len(last_step), "peak_rss_mib": peak_rss_mib()}
+    return {"open_s": open_s, "points_s": points_s, "step_record_s": record_s, "asked_s": asked_s,
+            "instances_asked": asked, "answers": answers, "peak_rss_mib": peak_rss_mib()}
 
 
 STAGES = {"generate": stage_generate, "load-apis": stage_load_apis, "load-pycocotools": stage_load_pycocotools,
@@ -329,7 +333,8 @@ def measure(args: argparse.Namespace) -> dict:
         "ledger_answers": resumed["answers"], "ledger_mib": (run_dir / "ledger.sqlite").stat().st_size / 2**20,
         "status_s_10_steps": status_s, "report_s_10_steps": report_s,
         "resume_open_s": resumed["open_s"], "resume_points_s": resumed["points_s"],
-        "resume_step_record_reads_s": resumed["step_record_s"], "resume_peak_rss_mib": resumed["peak_rss_mib"],
+        "resume_step_record_reads_s": resumed["step_record_s"], "resume_asked_s": resumed["asked_s"],
+        "resume_peak_rss_mib": resumed["peak_rss_mib"],
     }
 
 
