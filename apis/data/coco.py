@@ -70,7 +70,7 @@ class GroundTruthMasks:
     :meth:`label_at` and :meth:`labels_at` answer "is pixel (x, y) on the mask?" from the mask's run-length
     code (:mod:`apis.data.rle`), which is what the simulated oracle asks of every instance at every step
     (decoding each mask to read one pixel cost 0.63-0.86 ms per instance, docs/scaling.md). The compressed code
-    of a polygon or uncompressed RLE is made once and kept (~270 bytes per instance at COCO's sizes).
+    of a polygon or uncompressed RLE is made once and kept (a few hundred bytes per instance).
     """
 
     def __init__(self, dataset: CocoDataset, purpose: str, cache_size: int = 256):

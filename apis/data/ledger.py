@@ -68,9 +68,9 @@ CREATE TABLE IF NOT EXISTS answers (
 );
 CREATE INDEX IF NOT EXISTS answers_by_step_and_label ON answers (step, annotator, label, cost_s);
 """
-# ``answers_by_step_and_label`` covers the per-step totals of ``apis status`` (a COCO ledger of 10 steps, 8.6 M
-# answers, is summed in under a second without reading the table). Ledgers made before it have an index on
-# ``step`` alone and get this one the first time they are opened for writing.
+# ``answers_by_step_and_label`` covers the per-step totals of ``apis status``: they are summed from the index
+# alone, without reading the table (ten COCO steps, 8.3 M answers: about a second, docs/scaling.md). Ledgers
+# made before it have an index on ``step`` alone and get this one the first time they are opened for writing.
 
 # Version 2: questions put to people (apis.active.questions). A question is one (instance, point) of a step;
 # each person's answer to it is a row of ``responses`` (an undone one keeps its row, with ``undone_at`` set);
@@ -209,7 +209,7 @@ class Answer:
     @classmethod
     def _stored(cls, row: tuple) -> Answer:
         """An answer read back from the ledger, a row in field order. It was checked when it was recorded, so it
-        is not checked again: that would add a minute to reading the 8.6 M answers of ten COCO steps."""
+        is not checked again: checking is most of the cost of reading a step's 860k answers back at COCO scale."""
         answer = object.__new__(cls)
         answer.__dict__.update(zip(_ANSWER_FIELDS, row))
         return answer
@@ -237,8 +237,8 @@ _MASK_COLUMNS = ", ".join(_MASK_FIELDS)
 # The answers table has one column per Answer field, so rows map to Answers in field order.
 _ANSWER_FIELDS = tuple(f.name for f in fields(Answer))
 _ANSWER_COLUMNS = ", ".join(_ANSWER_FIELDS)
-# A record's row, field by field (dataclasses.astuple deep-copies every field: ~60 us an answer, a minute a
-# COCO step).
+# A record's row, field by field (dataclasses.astuple deep-copies every field: it was the slowest part of
+# recording a COCO step).
 _answer_row = operator.attrgetter(*_ANSWER_FIELDS)
 _mask_row = operator.attrgetter(*_MASK_FIELDS)
 # Ids per "WHERE ann_id IN (...)" query: under SQLite's smallest limit on parameters (999).
@@ -252,7 +252,7 @@ class PointLedger:
         """Open (or create) the ledger at ``path``; with ``read_only``, open an existing one without writing
         anything, even in a folder that cannot be written (a finished run kept read-only).
 
-        ``check_integrity``: read the whole file first (SQLite's ``quick_check``, ~0.8 s per million answers),
+        ``check_integrity``: read the whole file first (SQLite's ``quick_check``, seconds for a COCO run's ledger),
         so that a damaged file is refused before any work. Only a command that reads a few totals and writes
         nothing (``apis status``) goes without; SQLite still refuses a file that is not a database."""
         self.path = Path(path)

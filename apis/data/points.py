@@ -32,7 +32,7 @@ from apis.data.coco import DatasetError, is_finite_number
 from apis.data.coords import index_to_continuous, point_in_box, xywh_to_xyxy
 from apis.utils.io import atomic_write_json, read_json
 
-if TYPE_CHECKING:  # imported where tensors are made: the ledger and `apis status` need no torch (1-2 s to import)
+if TYPE_CHECKING:  # imported where tensors are made: the ledger and `apis status` need no torch (seconds to import)
     import torch
 
 UNSURE = -1  # an answer that marks the pixel as asked but carries no supervision
