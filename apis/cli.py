@@ -184,7 +184,8 @@ def _cmd_status(args: argparse.Namespace) -> None:
     run = RunDirectory(args.run_dir)
     if not run.ledger_path.is_file():
         raise ConfigError(f"{run.root}: no ledger.sqlite (is this a run directory?)")
-    with QuestionQueue(run.ledger_path, read_only=True) as queue:  # reading writes nothing, anywhere
+    # reading writes nothing, anywhere; totals only: no full-file scan
+    with QuestionQueue(run.ledger_path, read_only=True, check_integrity=False) as queue:
         summaries = queue.summaries()
     trained = {s.step for s in summaries if run.is_done(s.step)}
     print(f"{run.root}:")

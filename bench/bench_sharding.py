@@ -88,7 +88,7 @@ def child(args: argparse.Namespace) -> None:
             ledger.register_instances((inst.ann_id, im.image_id, inst.bbox_xyxy, im.width, im.height)
                                       for im in timed.images for inst in im.instances)
             start = time.perf_counter()
-            oracle = SimulatedOracle(timed.masks("oracle").mask, seed=0)
+            oracle = SimulatedOracle(timed.masks("oracle"), seed=0)
             ledger.record([Answer(p.ann_id, timed.instance(p.ann_id).image_id, p.x, p.y,
                                   oracle.answer(p.ann_id, p.x, p.y), 1, "entropy", oracle.name, 0.9)
                            for p in outputs["selection"]])

@@ -40,7 +40,7 @@ from apis.active.transfer import check_points_source, copy_points
 from apis.config import ConfigError, ExperimentConfig, absolute_paths, check_same_config, dump_config
 from apis.data.coco import CocoDataset, DatasetError, load_coco
 from apis.data.coords import box_pixel_range
-from apis.data.ledger import Answer, LedgerError, PointLedger
+from apis.data.ledger import Answer, LedgerError, PointLedger, utc_now
 from apis.data.simulated_oracle import SimulatedOracle
 from apis.engine.distributed import DistributedContext
 from apis.utils.io import remove_temporaries
@@ -129,7 +129,7 @@ class ActiveLearningRun:
         self.train_masks = self.train_set.masks("oracle") if simulated or self.metric.needs_gt else None
         self.val_set.masks("evaluation")  # refuses a validation set without masks, now
         self.oracle = None if self.human else oracle or SimulatedOracle(
-            self.train_masks.mask, cfg.oracle.point_cost_s, cfg.oracle.flip_prob, cfg.oracle.unsure_rate,
+            self.train_masks, cfg.oracle.point_cost_s, cfg.oracle.flip_prob, cfg.oracle.unsure_rate,
             seed=cfg.seed)
         self.num_instances = sum(len(im.instances) for im in self.train_set.images)
         if self.num_instances == 0:
@@ -275,10 +275,16 @@ class ActiveLearningRun:
                            for p in selected]}
 
     def _ask_and_record(self, step: int, questions: list[PointToAsk]) -> None:
-        answers = [Answer(ann_id=q.ann_id, image_id=q.image_id, x=q.x, y=q.y,
-                          label=self.oracle.answer(q.ann_id, q.x, q.y), step=step, chosen_by=q.chosen_by,
-                          annotator=self.oracle.name, cost_s=self.cfg.oracle.point_cost_s)
-                   for q in questions]
+        if isinstance(self.oracle, SimulatedOracle):  # looks every point up in one pass over the masks' codes
+            labels = self.oracle.answer_many([q.ann_id for q in questions], [q.x for q in questions],
+                                             [q.y for q in questions]).tolist()
+        else:
+            labels = [self.oracle.answer(q.ann_id, q.x, q.y) for q in questions]
+        answered_at = utc_now()  # the moment the step's answers were given, one for the whole batch
+        answers = [Answer(ann_id=q.ann_id, image_id=q.image_id, x=q.x, y=q.y, label=label, step=step,
+                          chosen_by=q.chosen_by, annotator=self.oracle.name, cost_s=self.cfg.oracle.point_cost_s,
+                          answered_at=answered_at)
+                   for q, label in zip(questions, labels)]
         stored = self.ledger.record(answers)  # one transaction: all of this step or nothing
         logger.info("step %d: %d answers stored (%d asked)", step, stored, len(answers))
 
@@ -298,7 +304,7 @@ class ActiveLearningRun:
             return {}
         # Without GT masks (a person answering) there is no boundary: an empty mask gives NaN distances.
         mask_of = self.train_masks.mask if self.train_masks is not None else self._empty_mask
-        return selection_statistics(selection, [a for a in self.ledger.answers() if a.step == step], mask_of)
+        return selection_statistics(selection, self.ledger.step_answers(step), mask_of)
 
     def _empty_mask(self, ann_id: int) -> np.ndarray:
         image = self.train_set.image(self.train_set.instance(ann_id).image_id)
@@ -340,14 +346,13 @@ class ActiveLearningRun:
 
     def _step_record(self, step: int, val_metrics: dict) -> dict:
         """The line of ``metrics.jsonl`` for a finished step."""
-        answers = self.ledger.answers(max_step=step)
         return {
             "step": step,
             **self.labels,
             "seed": self.cfg.seed,
             "mask_AP": val_metrics.get("segm/AP"), "mask_AP50": val_metrics.get("segm/AP50"),
             "mask_AP75": val_metrics.get("segm/AP75"), "box_AP": val_metrics.get("bbox/AP"),
-            "points_per_instance": len(answers) / self.num_instances,
+            "points_per_instance": self.ledger.answer_count(max_step=step) / self.num_instances,
             "annotation_seconds": self.ledger.total_cost_s(max_step=step)
             + self.num_instances * self.cfg.oracle.box_cost_s,
             **self._selection_stats(step),

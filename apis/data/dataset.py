@@ -47,18 +47,20 @@ def random_points(coco: CocoDataset, n: int, seed: int, oracle: SimulatedOracle 
     if n < 1:
         raise ValueError(f"random_points needs n >= 1 points per instance, got {n}")
     if oracle is None:
-        oracle = SimulatedOracle(coco.masks("oracle").mask)
-    points = {}
+        oracle = SimulatedOracle(coco.masks("oracle"))
+    coords = {}
     for record in coco.images:
         for instance in record.instances:
             xs, ys, xe, ye = box_pixel_range(*instance.bbox_xyxy, record.width, record.height)
             rng = np.random.default_rng([seed, instance.ann_id])
             count = (xe - xs) * (ye - ys)
             flat = rng.choice(count, size=n, replace=count < n)
-            coords = np.stack([xs + flat % (xe - xs), ys + flat // (xe - xs)], axis=1).astype(np.int64)
-            labels = [oracle.answer(instance.ann_id, int(x), int(y)) for x, y in coords]
-            points[instance.ann_id] = InstancePoints(coords, np.array(labels, dtype=np.int64))
-    return points
+            coords[instance.ann_id] = np.stack([xs + flat % (xe - xs), ys + flat // (xe - xs)], axis=1).astype(np.int64)
+    if not coords:
+        return {}
+    every = np.concatenate(list(coords.values()))
+    labels = oracle.answer_many(np.repeat(list(coords), n), every[:, 0], every[:, 1]).reshape(-1, n)
+    return {ann_id: InstancePoints(points, labels[index]) for index, (ann_id, points) in enumerate(coords.items())}
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -20,20 +20,22 @@ of one. Each :class:`PointLedger` owns its connection; open one per thread or pr
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import operator
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from apis.data.coords import point_in_box
-from apis.data.points import POINT_LABELS, InstancePoints, write_pointsup
+from apis.data.points import POINT_LABELS, InstancePoints, group_points, write_pointsup
 from apis.utils.errors import ApisError
 
 SCHEMA_VERSION = 4
@@ -66,8 +68,11 @@ CREATE TABLE IF NOT EXISTS answers (
     cost_s REAL NOT NULL CHECK (cost_s >= 0),
     UNIQUE (ann_id, x, y)
 );
-CREATE INDEX IF NOT EXISTS answers_by_step ON answers (step);
+CREATE INDEX IF NOT EXISTS answers_by_step_and_label ON answers (step, annotator, label, cost_s);
 """
+# ``answers_by_step_and_label`` covers the per-step totals of ``apis status``: they are summed from the index
+# alone, without reading the table (ten COCO steps, 8.3 M answers: about a second, docs/scaling.md). Ledgers
+# made before it have an index on ``step`` alone and get this one the first time they are opened for writing.
 
 # Version 2: questions put to people (apis.active.questions). A question is one (instance, point) of a step;
 # each person's answer to it is a row of ``responses`` (an undone one keeps its row, with ``undone_at`` set);
@@ -153,28 +158,40 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def _check_record(record, where: str, integer_fields: tuple[str, ...]) -> None:
+def _check_record(record, where: Callable[[], str], integer_fields: tuple[str, ...]) -> None:
     """Normalise and check the fields an :class:`Answer` and a :class:`BoughtMask` share (frozen dataclasses:
-    the integers and ``cost_s`` are coerced in place); ``where`` names the record in the error."""
+    the integers and ``cost_s`` are coerced in place); ``where()`` names the record in the error. Fields of the
+    right type already are left alone: this runs for every answer of a step, 860k at COCO scale."""
     try:
         for name in integer_fields:
-            object.__setattr__(record, name, operator.index(getattr(record, name)))
-        object.__setattr__(record, "cost_s", float(record.cost_s))
+            value = getattr(record, name)
+            if type(value) is not int:
+                object.__setattr__(record, name, operator.index(value))
+        if type(record.cost_s) is not float:
+            object.__setattr__(record, "cost_s", float(record.cost_s))
     except TypeError as error:
-        raise ValueError(f"{where}: {error}") from None
+        raise ValueError(f"{where()}: {error}") from None
     if record.step < 0:
-        raise ValueError(f"{where}: step {record.step} is negative")
+        raise ValueError(f"{where()}: step {record.step} is negative")
     if not (math.isfinite(record.cost_s) and record.cost_s >= 0):
-        raise ValueError(f"{where}: cost_s {record.cost_s} is not a non-negative number")
+        raise ValueError(f"{where()}: cost_s {record.cost_s} is not a non-negative number")
     for name in ("chosen_by", "annotator"):
         if not isinstance(getattr(record, name), str) or not getattr(record, name):
-            raise ValueError(f"{where}: {name} must be a non-empty string")
+            raise ValueError(f"{where()}: {name} must be a non-empty string")
+    text = record.answered_at
+    problem = _utc_time_problem(text) if isinstance(text, str) else "is not an ISO-8601 time"
+    if problem:
+        raise ValueError(f"{where()}: answered_at {record.answered_at!r} {problem}")
+
+
+@functools.lru_cache(maxsize=1024)  # a batch of answers mostly shares its time
+def _utc_time_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as an ISO-8601 UTC time, or None."""
     try:
-        answered_at = datetime.fromisoformat(record.answered_at)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: answered_at {record.answered_at!r} is not an ISO-8601 time") from None
-    if answered_at.utcoffset() is None or answered_at.utcoffset().total_seconds() != 0:
-        raise ValueError(f"{where}: answered_at {record.answered_at!r} is not in UTC")
+        offset = datetime.fromisoformat(text).utcoffset()
+    except ValueError:
+        return "is not an ISO-8601 time"
+    return None if offset is not None and offset.total_seconds() == 0 else "is not in UTC"
 
 
 @dataclass(frozen=True)
@@ -198,10 +215,20 @@ class Answer:
     answered_at: str = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
-        where = f"answer for annotation {self.ann_id} at point ({self.x}, {self.y})"
-        _check_record(self, where, ("ann_id", "image_id", "x", "y", "label", "step"))
+        _check_record(self, self._where, ("ann_id", "image_id", "x", "y", "label", "step"))
         if self.label not in POINT_LABELS:
-            raise ValueError(f"{where}: label {self.label} is not one of {POINT_LABELS}")
+            raise ValueError(f"{self._where()}: label {self.label} is not one of {POINT_LABELS}")
+
+    def _where(self) -> str:
+        return f"answer for annotation {self.ann_id} at point ({self.x}, {self.y})"
+
+    @classmethod
+    def _stored(cls, row: tuple) -> Answer:
+        """An answer read back from the ledger, a row in field order. It was checked when it was recorded, so it
+        is not checked again: checking is most of the cost of reading a step's 860k answers back at COCO scale."""
+        answer = object.__new__(cls)
+        answer.__dict__.update(zip(_ANSWER_FIELDS, row))
+        return answer
 
 
 @dataclass(frozen=True)
@@ -218,24 +245,36 @@ class BoughtMask:
     answered_at: str = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
-        _check_record(self, f"mask of annotation {self.ann_id}", ("ann_id", "image_id", "step"))
+        _check_record(self, lambda: f"mask of annotation {self.ann_id}", ("ann_id", "image_id", "step"))
 
 
-_MASK_COLUMNS = ", ".join(f.name for f in fields(BoughtMask))
+_MASK_FIELDS = tuple(f.name for f in fields(BoughtMask))
+_MASK_COLUMNS = ", ".join(_MASK_FIELDS)
 # The answers table has one column per Answer field, so rows map to Answers in field order.
-_ANSWER_COLUMNS = ", ".join(f.name for f in fields(Answer))
+_ANSWER_FIELDS = tuple(f.name for f in fields(Answer))
+_ANSWER_COLUMNS = ", ".join(_ANSWER_FIELDS)
+# A record's row, field by field (dataclasses.astuple deep-copies every field: it was the slowest part of
+# recording a COCO step).
+_answer_row = operator.attrgetter(*_ANSWER_FIELDS)
+_mask_row = operator.attrgetter(*_MASK_FIELDS)
+# Ids per "WHERE ann_id IN (...)" query: under SQLite's smallest limit on parameters (999).
+_IDS_PER_QUERY = 900
 
 
 class PointLedger:
     """An SQLite file holding the instances' boxes and every answer; see the module docstring."""
 
-    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False, check_integrity: bool = True) -> None:
         """Open (or create) the ledger at ``path``; with ``read_only``, open an existing one without writing
         anything, even in a folder that cannot be written (a finished run kept read-only).
 
         An existing file is checked before anything is written to it: a file SQLite cannot read whole, an empty
         one, one of an unknown schema version or one missing a table of its version is a :class:`LedgerError`
-        naming it, and is left as it was (never recreated or "repaired")."""
+        naming it, and is left as it was (never recreated or "repaired").
+
+        ``check_integrity``: read the whole file first (SQLite's ``quick_check``, seconds for a COCO run's ledger),
+        so that a damaged file is refused before any work. Only a command that reads a few totals and writes
+        nothing (``apis status``) goes without; SQLite still refuses a file that is not a database."""
         self.path = Path(path)
         self.read_only = read_only
         existed = self.path.is_file()
@@ -250,7 +289,8 @@ class PointLedger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
-            self._check_integrity()
+            if check_integrity:
+                self._check_integrity()
             if existed:
                 self._check_tables(self._check_version())
             if not read_only:
@@ -352,26 +392,37 @@ class PointLedger:
         Registering an instance again with the same values is a no-op; with different values it is
         a ValueError naming the annotation id (nothing from the call is stored).
         """
-        new = 0
+        checked: dict[int, tuple] = {}
+        for ann_id, image_id, bbox_xyxy, width, height in rows:
+            row = (operator.index(ann_id), operator.index(image_id), *(float(v) for v in bbox_xyxy),
+                   operator.index(width), operator.index(height))
+            if len(row) != 8:
+                raise ValueError(f"{self.path}: instance {ann_id}: bbox_xyxy must have 4 numbers, "
+                                 f"got {bbox_xyxy}")
+            if row[6] <= 0 or row[7] <= 0:
+                raise ValueError(f"{self.path}: instance {ann_id}: image size {width}x{height} is not positive")
+            if checked.setdefault(row[0], row) != row:
+                raise ValueError(f"{self.path}: instance {ann_id} is given twice, as {checked[row[0]]} and {row}")
         with self._transaction():
-            for ann_id, image_id, bbox_xyxy, width, height in rows:
-                row = (operator.index(ann_id), operator.index(image_id), *(float(v) for v in bbox_xyxy),
-                       operator.index(width), operator.index(height))
-                if len(row) != 8:
-                    raise ValueError(f"{self.path}: instance {ann_id}: bbox_xyxy must have 4 numbers, "
-                                     f"got {bbox_xyxy}")
-                if row[6] <= 0 or row[7] <= 0:
-                    raise ValueError(f"{self.path}: instance {ann_id}: image size {width}x{height} is not positive")
-                stored = self._conn.execute(
-                    "SELECT ann_id, image_id, x0, y0, x1, y1, width, height FROM instances WHERE ann_id = ?",
-                    (row[0],)).fetchone()
-                if stored is None:
-                    self._conn.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-                    new += 1
-                elif stored != row:
-                    raise ValueError(f"{self.path}: instance {ann_id} is already registered as {stored}, "
+            stored = self._instance_rows(checked)
+            for ann_id, row in checked.items():
+                if ann_id in stored and stored[ann_id] != row:
+                    raise ValueError(f"{self.path}: instance {ann_id} is already registered as {stored[ann_id]}, "
                                      f"not {row}")
-        return new
+            new = [row for ann_id, row in checked.items() if ann_id not in stored]
+            self._conn.executemany("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+        return len(new)
+
+    def _instance_rows(self, ann_ids: Iterable[int]) -> dict[int, tuple]:
+        """``ann_id -> (ann_id, image_id, x0, y0, x1, y1, width, height)`` of those of ``ann_ids`` registered."""
+        ids = list(ann_ids)
+        rows: dict[int, tuple] = {}
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start:start + _IDS_PER_QUERY]
+            rows.update((row[0], row) for row in self._conn.execute(
+                "SELECT ann_id, image_id, x0, y0, x1, y1, width, height FROM instances "
+                f"WHERE ann_id IN ({', '.join('?' * len(chunk))})", chunk))
+        return rows
 
     def record(self, answers: Sequence[Answer]) -> int:
         """Store a batch of answers in one transaction; returns how many were new.
@@ -386,52 +437,57 @@ class PointLedger:
 
     def _insert_answers(self, answers: Sequence[Answer]) -> int:
         """:meth:`record` inside a transaction the caller holds."""
-        for answer in answers:
-            self._check(answer)
+        self._check(answers)
         cursor = self._conn.executemany(
             f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (ann_id, x, y) DO NOTHING",
-            [astuple(answer) for answer in answers])
+            map(_answer_row, answers))
         return max(cursor.rowcount, 0)
 
-    def _check(self, answer: Answer) -> None:
-        """Raise ValueError unless ``answer`` (or anything with ``ann_id``, ``image_id``, ``x``, ``y``, such as
-        a question of :mod:`apis.active.questions`) is a candidate point of a registered instance."""
-        where = f"{self.path}: annotation {answer.ann_id} at point ({answer.x}, {answer.y})"
-        instance = self._conn.execute(
-            "SELECT image_id, x0, y0, x1, y1, width, height FROM instances WHERE ann_id = ?",
-            (answer.ann_id,)).fetchone()
-        if instance is None:
-            raise ValueError(f"{where}: annotation {answer.ann_id} is not registered")
-        image_id, x0, y0, x1, y1, width, height = instance
-        if answer.image_id != image_id:
-            raise ValueError(f"{where}: image id {answer.image_id}, but the annotation is on image {image_id}")
-        if not point_in_box(answer.x, answer.y, x0, y0, x1, y1, width, height):
-            raise ValueError(f"{where}: the point is not a candidate of box ({x0}, {y0}, {x1}, {y1}) "
-                             f"in the {width}x{height} image")
+    def _check(self, points: Sequence) -> None:
+        """Raise ValueError at the first of ``points`` (answers, or anything with ``ann_id``, ``image_id``, ``x``,
+        ``y``, such as the questions of :mod:`apis.active.questions`) that is not a candidate point of a
+        registered instance, naming it. The instances are read in one pass, not one query per point."""
+        instances = self._instance_rows({point.ann_id for point in points})
+        for point in points:
+            where = f"{self.path}: annotation {point.ann_id} at point ({point.x}, {point.y})"
+            instance = instances.get(point.ann_id)
+            if instance is None:
+                raise ValueError(f"{where}: annotation {point.ann_id} is not registered")
+            _, image_id, x0, y0, x1, y1, width, height = instance
+            if point.image_id != image_id:
+                raise ValueError(f"{where}: image id {point.image_id}, but the annotation is on image {image_id}")
+            if not point_in_box(point.x, point.y, x0, y0, x1, y1, width, height):
+                raise ValueError(f"{where}: the point is not a candidate of box ({x0}, {y0}, {x1}, {y1}) "
+                                 f"in the {width}x{height} image")
 
     def answers(self, max_step: int | None = None) -> list[Answer]:
         """Stored answers with ``step <= max_step`` (all when None), in the order they were stored."""
         rows = self._conn.execute(
             f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE ? IS NULL OR step <= ? ORDER BY id",
             (max_step, max_step))
-        return [Answer(*row) for row in rows]
+        return list(map(Answer._stored, rows))
+
+    def step_answers(self, step: int) -> list[Answer]:
+        """The answers of step ``step`` alone, in the order they were stored."""
+        rows = self._conn.execute(f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE step = ? ORDER BY id", (step,))
+        return list(map(Answer._stored, rows))
+
+    def answer_count(self, max_step: int | None = None) -> int:
+        """How many answers have ``step <= max_step`` (all when None)."""
+        return self._conn.execute("SELECT COUNT(*) FROM answers WHERE ? IS NULL OR step <= ?",
+                                  (max_step, max_step)).fetchone()[0]
 
     def points(self, max_step: int | None = None, include_unsure: bool = False) -> dict[int, InstancePoints]:
         """``P(max_step)`` keyed by annotation id, points in the order they were stored.
 
         Unsure (-1) answers are left out unless ``include_unsure``; instances left with no point are absent.
         """
-        grouped: dict[int, tuple[list[tuple[int, int]], list[int]]] = {}
         rows = self._conn.execute(
             "SELECT ann_id, x, y, label FROM answers WHERE (? IS NULL OR step <= ?) AND (? OR label != -1) "
             "ORDER BY id", (max_step, max_step, include_unsure))
-        for ann_id, x, y, label in rows:
-            coords, labels = grouped.setdefault(ann_id, ([], []))
-            coords.append((x, y))
-            labels.append(label)
-        return {ann_id: InstancePoints(np.array(coords, dtype=np.int64), np.array(labels, dtype=np.int64))
-                for ann_id, (coords, labels) in grouped.items()}
+        table = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64).reshape(-1, 4)
+        return group_points(table[:, 0], table[:, 1:3], table[:, 3])
 
     def asked(self, ann_id: int | None = None) -> dict[int, set[tuple[int, int]]]:
         """Pixels ``(x, y)`` already asked per annotation id (unsure answers included), to exclude them
@@ -459,15 +515,15 @@ class PointLedger:
         a repeated one is skipped). ValueError naming the annotation, and nothing stored, when one is not a
         registered instance of its image."""
         with self._transaction():
+            instances = self._instance_rows({mask.ann_id for mask in masks})
             for mask in masks:
-                image_id = self._conn.execute("SELECT image_id FROM instances WHERE ann_id = ?",
-                                              (mask.ann_id,)).fetchone()
-                if image_id is None or image_id[0] != mask.image_id:
+                instance = instances.get(mask.ann_id)
+                if instance is None or instance[1] != mask.image_id:
                     raise ValueError(f"{self.path}: mask of annotation {mask.ann_id} on image {mask.image_id}: no "
                                      "such registered instance")
             cursor = self._conn.executemany(
                 f"INSERT INTO masks ({_MASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ann_id) DO NOTHING",
-                [astuple(mask) for mask in masks])
+                map(_mask_row, masks))
             return max(cursor.rowcount, 0)
 
     def masks(self, max_step: int | None = None) -> list[BoughtMask]:

@@ -24,14 +24,16 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from apis.data.coco import DatasetError, is_finite_number
 from apis.data.coords import index_to_continuous, point_in_box, xywh_to_xyxy
 from apis.utils.io import atomic_write_json, read_json
+
+if TYPE_CHECKING:  # imported where tensors are made: the ledger and `apis status` need no torch (seconds to import)
+    import torch
 
 UNSURE = -1  # an answer that marks the pixel as asked but carries no supervision
 POINT_LABELS = (1, 0, UNSURE)
@@ -73,6 +75,28 @@ class InstancePoints:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def group_points(ann_ids: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> dict[int, InstancePoints]:
+    """``{ann_id: InstancePoints}`` of points given one per row: ``ann_ids`` ``[N]``, ``coords`` ``[N, 2]``,
+    ``labels`` ``[N]`` (integers). Each instance keeps its points in row order; instances come in the order of
+    their first row. The rows are checked once, all together, not instance by instance (a COCO step trains
+    on 860k instances); ValueError as :class:`InstancePoints` raises it."""
+    checked = InstancePoints(coords, labels)  # read-only int64 copies, every row checked
+    ann_ids = np.asarray(ann_ids, dtype=np.int64)
+    order = np.argsort(ann_ids, kind="stable")
+    ids, starts = np.unique(ann_ids[order], return_index=True)
+    ends = np.append(starts[1:], order.size)
+    coords, labels = checked.coords[order], checked.labels[order]
+    coords.setflags(write=False)
+    labels.setflags(write=False)
+    grouped = {}
+    for index in np.argsort(order[starts]):  # by first row
+        points = object.__new__(InstancePoints)  # views of checked, read-only arrays: nothing to check again
+        object.__setattr__(points, "coords", coords[starts[index]:ends[index]])
+        object.__setattr__(points, "labels", labels[starts[index]:ends[index]])
+        grouped[int(ids[index])] = points
+    return grouped
 
 
 def _is_json_int(value: Any) -> bool:
@@ -202,6 +226,8 @@ def to_tensors(points: Sequence[InstancePoints]) -> tuple[torch.Tensor, torch.Te
         float32 ``[N, P]``, ``P`` the largest point count; shorter instances are padded with label -1
         (ignored by the loss) at coordinate (0.5, 0.5).
     """
+    import torch
+
     num_points = max((len(p) for p in points), default=0)
     coords = np.zeros((len(points), num_points, 2), dtype=np.int64)
     labels = np.full((len(points), num_points), PADDING_LABEL, dtype=np.float32)

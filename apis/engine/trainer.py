@@ -183,7 +183,7 @@ def training_points(cfg: ExperimentConfig, coco: CocoDataset, points: Mapping[in
         points = read_pointsup(cfg.data.train_points)
     elif points is None and cfg.data.random_points_per_instance > 0:
         source = f"data.random_points_per_instance={cfg.data.random_points_per_instance}"
-        oracle = SimulatedOracle(coco.masks("oracle").mask, cfg.oracle.point_cost_s, cfg.oracle.flip_prob,
+        oracle = SimulatedOracle(coco.masks("oracle"), cfg.oracle.point_cost_s, cfg.oracle.flip_prob,
                                  cfg.oracle.unsure_rate, seed=cfg.seed)
         points = random_points(used, cfg.data.random_points_per_instance, cfg.seed, oracle)
     if points is None:

@@ -137,22 +137,21 @@ def test_a_run_sharing_m0_names_its_own_strategy_and_sets_from_step_0(finished_r
 def test_crash_while_asking_resumes_with_the_same_points(tiny_config, monkeypatch):
     cfg = tiny_config("crash", "loop.steps=1")
     calls = {"n": 0}
-    num_instances = len(list(load_coco(cfg.data.train_json).instances()))
-    real_answer = SimulatedOracle.answer
+    real_answer_many = SimulatedOracle.answer_many
 
-    def answer_then_die(self, ann_id, x, y):
+    def answer_then_die(self, ann_ids, xs, ys):
         calls["n"] += 1
-        if calls["n"] > num_instances + 2:  # P0 is asked in full; the crash hits step 1's questions
+        if calls["n"] > 1:  # P0 is asked in full; the crash hits step 1's questions
             raise KeyboardInterrupt
-        return real_answer(self, ann_id, x, y)
+        return real_answer_many(self, ann_ids, xs, ys)
 
-    monkeypatch.setattr(SimulatedOracle, "answer", answer_then_die)
+    monkeypatch.setattr(SimulatedOracle, "answer_many", answer_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_active_loop(cfg)
     run_dir = Path(cfg.output_dir)
     selected = json.loads((step_dir(run_dir, 1) / "selection.json").read_text())["points"]
-    assert {a.step for a in _answers(run_dir)} <= {0}  # nothing half-written for step 1
-    monkeypatch.setattr(SimulatedOracle, "answer", real_answer)
+    assert {a.step for a in _answers(run_dir)} == {0}  # P0 stored, nothing half-written for step 1
+    monkeypatch.setattr(SimulatedOracle, "answer_many", real_answer_many)
 
     def no_reselection(*args, **kwargs):
         raise AssertionError("the persisted selection must be reused, not recomputed")

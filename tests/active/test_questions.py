@@ -179,6 +179,31 @@ def test_status_of_steps_answered_by_the_simulated_oracle(tmp_path):
     assert "simulated-oracle" in text
 
 
+def test_status_sums_each_step_by_annotator_and_label_and_counts_people_steps_once(tmp_path, clock):
+    """Steps 1 and 2 from answers recorded directly (two annotators, every label); step 0 asked of people and
+    merged is summarised from its responses only, not again from its merged answers."""
+    def recorded(step, x, label, annotator, cost_s):
+        return Answer(ann_id=1, image_id=10, x=x, y=5, label=label, step=step, chosen_by="random",
+                      annotator=annotator, cost_s=cost_s)
+
+    with QuestionQueue(tmp_path / "ledger.sqlite", clock=clock) as queue:
+        queue.register_instances(INSTANCES)
+        queue.post(0, STEP0)
+        answer_all(queue, "alice", "no", seconds=2.0)
+        assert queue.merge(0) == 3
+        queue.record([recorded(1, 2, 1, "simulated-oracle", 0.9), recorded(1, 3, 1, "simulated-oracle", 0.9),
+                      recorded(1, 4, -1, "simulated-oracle", 0.9), recorded(1, 5, 0, "bob", 4.0),
+                      recorded(2, 6, 0, "simulated-oracle", 0.5)])
+        people, first, second = queue.summaries()
+    assert (people.step, people.selected, people.labels, people.annotators) == (0, 3, Counter({0: 3}),
+                                                                                {"alice": (3, 6.0)})
+    assert (first.selected, first.labels, first.waiting) == (4, Counter({1: 2, -1: 1, 0: 1}), 0)
+    assert first.annotators == {"simulated-oracle": (3, pytest.approx(2.7)), "bob": (1, 4.0)}
+    assert first.seconds == pytest.approx(6.7)
+    assert (second.step, second.selected, second.labels, second.annotators) == (
+        2, 1, Counter({0: 1}), {"simulated-oracle": (1, 0.5)})
+
+
 def test_a_version_1_ledger_opens_with_its_answers_and_gains_the_question_tables(tmp_path):
     path = tmp_path / "ledger.sqlite"
     with PointLedger(path) as ledger:

@@ -67,6 +67,28 @@ def test_a_bad_answer_rejects_the_whole_batch(ledger, bad, message):
     assert ledger.record([a for a in batch if a is not bad]) == 3
 
 
+def test_many_instances_and_answers_are_checked_in_bulk_like_one_by_one(tmp_path):
+    """5,000 instances (several reads of the instances table per check): each answer is checked against its
+    own instance, a bad one near the end still names itself and the batch stores nothing, and registering
+    the same rows again, or one instance twice in one call with two boxes, behaves as for one instance."""
+    rows = [(ann_id, 100 + ann_id % 7, (ann_id % 13, 1.0, ann_id % 13 + 3.0, 5.0), 40, 30)
+            for ann_id in range(1, 5001)]
+    with PointLedger(tmp_path / "ledger.sqlite") as ledger:
+        assert ledger.register_instances(rows) == 5000
+        assert ledger.register_instances(reversed(rows)) == 0
+        with pytest.raises(ValueError, match="instance 5001 is given twice"):
+            ledger.register_instances([(5001, 1, (0, 0, 2, 2), 9, 9), (5001, 1, (0, 0, 2, 3), 9, 9)])
+        assert len(ledger.instance_ids()) == 5000
+        answers = [Answer(ann_id, image_id, int(box[0]) + 2, 4, 1, 0, "p0-random", "simulated-oracle", 0.9)
+                   for ann_id, image_id, box, _, _ in rows]
+        bad = Answer(4991, rows[4990][1], int(rows[4990][2][0]) + 3, 4, 1, 0, "p0-random", "simulated-oracle", 0.9)
+        with pytest.raises(ValueError, match=r"annotation 4991 at point \(\d+, 4\): the point is not a candidate"):
+            ledger.record(answers[:4990] + [bad] + answers[4991:])
+        assert ledger.answers() == []
+        assert ledger.record(answers) == 5000
+        assert ledger.answers() == answers
+
+
 def test_answer_validates_its_fields():
     with pytest.raises(ValueError, match=r"annotation 1 at point \(2, 3\): label 2 is not one of"):
         answer(label=2)
@@ -105,6 +127,9 @@ def test_points_and_asked_by_step(ledger):
     np.testing.assert_array_equal(ledger.points(include_unsure=True)[1].labels, [1, -1, 0])
 
     assert [a.step for a in ledger.answers(max_step=1)] == [0, 0, 1, 1]
+    assert ledger.step_answers(1) == [a for a in ledger.answers() if a.step == 1] and len(ledger.step_answers(1)) == 2
+    assert ledger.step_answers(3) == []
+    assert [ledger.answer_count(max_step=s) for s in (0, 1, 2)] == [2, 4, 5] and ledger.answer_count() == 5
     assert ledger.asked() == {1: {(2, 3), (5, 5), (6, 4)}, 2: {(1, 1), (3, 2)}}
     assert ledger.asked(ann_id=2) == {2: {(1, 1), (3, 2)}}
 

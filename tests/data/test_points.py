@@ -8,7 +8,7 @@ import torch
 from pycocotools.coco import COCO
 
 from apis.data.coco import DatasetError
-from apis.data.points import InstancePoints, read_pointsup, to_tensors, write_pointsup
+from apis.data.points import InstancePoints, group_points, read_pointsup, to_tensors, write_pointsup
 
 DSB_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "dsb2018_nuclei" / "annotations" / "val.json"
 
@@ -228,3 +228,24 @@ def test_points_of_an_image_without_a_valid_size_or_id_are_named(tmp_path, image
             read_pointsup(path)
     else:  # an image without an integer id is no image of the annotation: its points are not range-checked
         assert read_pointsup(path)[1].coords.tolist() == [[3, 3]]
+
+
+def test_group_points_keeps_each_instances_rows_in_order_and_instances_by_first_row():
+    rng = np.random.default_rng(0)
+    ann_ids = rng.choice([7, 3, 11, 5], size=200)
+    coords = rng.integers(0, 50, size=(200, 2))
+    labels = rng.choice([1, 0, -1], size=200)
+    grouped = group_points(ann_ids, coords, labels)
+    first_rows = {}
+    for row, ann_id in enumerate(ann_ids.tolist()):
+        first_rows.setdefault(ann_id, row)
+    assert list(grouped) == sorted(first_rows, key=first_rows.get)
+    for ann_id, points in grouped.items():
+        rows = ann_ids == ann_id
+        np.testing.assert_array_equal(points.coords, coords[rows])
+        np.testing.assert_array_equal(points.labels, labels[rows])
+        assert points.coords.dtype == points.labels.dtype == np.int64 and len(points) == rows.sum()
+        assert not points.coords.flags.writeable and not points.labels.flags.writeable
+    assert group_points(np.zeros(0, int), np.zeros((0, 2), int), np.zeros(0, int)) == {}
+    with pytest.raises(ValueError, match="point labels must be in"):
+        group_points(np.array([1, 2]), np.array([[0, 0], [1, 1]]), np.array([1, 2]))
