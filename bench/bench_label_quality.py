@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/records.py, when run as a script
 
-from records import record, write_record  # noqa: E402
+from records import provenance, record, write_record  # noqa: E402
 
 from apis.active.mask_export import RunStep, open_run_step  # noqa: E402
 from apis.active.mask_quality import score_training_masks, summarise_quality  # noqa: E402
@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--record", type=Path, help="write the JSON record of every row here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    start = time.perf_counter()
+    started, start = provenance(), time.perf_counter()
     rows = []
     for run_dir in args.runs:
         rows += loop_rows(run_dir, args.images, args.device)
@@ -168,7 +168,7 @@ def main() -> None:
         rows.append(measure(run, "full-mask model", run.cfg.seed, hours, args.images, args.device))
     print(table(rows))
     if args.record:
-        write_record(args.record, record("label_quality", rows, time.perf_counter() - start))
+        write_record(args.record, record("label_quality", started, rows, time.perf_counter() - start))
         print(f"wrote {args.record}")
 
 

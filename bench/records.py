@@ -44,17 +44,22 @@ def _git(*args: str) -> str:
     return completed.stdout.strip() if completed.returncode == 0 else ""
 
 
-def record(bench: str, rows: list[dict], wall_s: float, argv: list[str] | None = None) -> dict:
-    """The record of a benchmark run that gave ``rows``."""
+def provenance(argv: list[str] | None = None) -> dict:
+    """Where the numbers come from, taken when a benchmark starts (the code it imports is the tree's then):
+    the command line, commit, whether tracked files differed from it, the date and the machine."""
     argv = sys.argv if argv is None else argv
     return {
-        "schema": 1, "bench": bench,
         "command": " ".join(shlex.quote(part) for part in ["python", os.path.relpath(argv[0], REPO), *argv[1:]]),
         "commit": _git("rev-parse", "HEAD") or None,
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "wall_s": round(wall_s, 1), "rows": rows,
+        "machine": machine(),
     }
+
+
+def record(bench: str, started: dict, rows: list[dict], wall_s: float) -> dict:
+    """The record of a benchmark run that began with ``started`` (:func:`provenance`) and gave ``rows``."""
+    return {"schema": 1, "bench": bench, **started, "wall_s": round(wall_s, 1), "rows": rows}
 
 
 def write_record(path: str | Path, content: dict) -> Path:
