@@ -241,9 +241,29 @@ def _cmd_import_answers(args: argparse.Namespace) -> None:
         if args.answers_per_question is not None:
             queue.set_answers_wanted(args.answers_per_question)
         summary = read_answers(queue, args.export)
-        progress = queue.progress()
-    print(summary.format())
-    print(f"step {progress.step}: {progress.answered:,} of {progress.total:,} questions answered")
+        print(summary.format())
+        print(_latest_step_status(queue))
+
+
+def _latest_step_status(queue) -> str:
+    """The ``apis status`` line of the latest step with questions."""
+    from apis.active.questions import format_status
+
+    summaries = [s for s in queue.summaries() if s.step == queue.progress().step]
+    return format_status(summaries, trained=set()).splitlines()[0]
+
+
+def _cmd_answers_withdraw(args: argparse.Namespace) -> None:
+    from apis.active.human import open_human_run
+    from apis.active.questions import LABEL_NAMES, QuestionQueue
+
+    run = open_human_run(args.run_dir, writing=True)
+    with QuestionQueue(run.ledger_path) as queue:
+        withdrawn = queue.withdraw(args.question, args.annotator)
+        for response in withdrawn:
+            print(f"withdrew {response.annotator}'s answer {LABEL_NAMES[response.label]} to question "
+                  f"{response.question_id} ({response.source}, {response.answered_at})")
+        print(_latest_step_status(queue))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -395,6 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("export", type=Path)
     imp.add_argument("--answers-per-question", type=int, help="answers each question needs (redundancy)")
     imp.set_defaults(handler=_cmd_import_answers)
+
+    answers = sub.add_parser("answers", help="correct the answers in a run's ledger").add_subparsers(
+        dest="answers_command", required=True)
+    withdraw = answers.add_parser("withdraw", help="take back an answer (any source) in a step not trained on yet; "
+                                                   "the question wants an answer again")
+    withdraw.add_argument("run_dir")
+    withdraw.add_argument("--question", type=int, required=True, help="the question's id (apis_question in Label "
+                                                                      "Studio, the page's question number)")
+    withdraw.add_argument("--annotator", help="whose answer (needed when several people answered the question)")
+    withdraw.set_defaults(handler=_cmd_answers_withdraw)
 
     demo = sub.add_parser("demo", help="built-in data -> random vs entropy for 3 steps -> report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -13,9 +13,12 @@ Label Studio's formats are documented JSON, so no SDK is needed:
   becomes one answer with ``completed_by`` as annotator and ``lead_time`` (seconds Label Studio measured)
   as its seconds.
 
-:func:`read_answers` checks everything before anything is stored, naming the task in every message: a task
-of another run, unknown or edited ids, a moved point, a missing or unknown choice, one person answering the
-same question differently, a step already trained on. The answers are then stored in one transaction.
+:func:`read_answers` (a file) and :func:`store_answers` (tasks from Label Studio's API) check everything before
+anything is stored, naming the task in every message: a task of another run, unknown or edited ids, a moved
+point, a missing or unknown choice, one person answering the same question differently, a changed answer in a
+step already trained on. The answers are then stored in one transaction. Reading the same answers again, at
+any stage, stores nothing new; tasks without ``apis_question`` (image-only tasks made by syncing a storage) are
+skipped and counted; JSON-MIN and CSV exports are refused with the export to use.
 """
 
 from __future__ import annotations
@@ -63,18 +66,25 @@ DATA_IDS = ("apis_step", "apis_ann_id", "apis_image_id", "apis_x", "apis_y")
 
 @dataclass(frozen=True)
 class ImportSummary:
-    """What :func:`read_answers` did: tasks read, answers stored, tasks without a (non-cancelled) annotation,
-    answers skipped because the ledger already had them."""
+    """What :func:`read_answers` did: tasks read, answers stored, answers the ledger already had (or had
+    withdrawn), tasks without a (non-cancelled) annotation, tasks skipped for having no ``apis_question``."""
 
     tasks: int
     stored: int
     unanswered: int
     repeated: int
     without_lead_time: int
+    skipped: int = 0
+    withdrawn: int = 0
 
     def format(self) -> str:
         text = (f"{self.tasks:,} tasks read: {self.stored:,} answers stored, {self.repeated:,} already in the "
                 f"ledger, {self.unanswered:,} tasks without an answer")
+        if self.withdrawn:
+            text += f"; {self.withdrawn:,} answers withdrawn from the ledger left out (change them in Label Studio)"
+        if self.skipped:
+            text += (f"; {self.skipped:,} tasks without apis_question skipped (not made by apis, e.g. image-only "
+                     "tasks that syncing a storage created)")
         if self.without_lead_time:
             text += f"; {self.without_lead_time:,} answers had no lead_time and count as 0 s"
         return text
@@ -133,32 +143,60 @@ def _task(question: Question, dataset: CocoDataset, names: dict, run_id: str, pr
 
 
 def read_answers(queue: QuestionQueue, export_path: str | Path) -> ImportSummary:
-    """Store the answers of a Label Studio JSON export in the ledger, all or none (see the module docstring).
-
-    Raises QuestionError (or a subclass) naming the file and the task when anything is wrong; nothing is
-    stored then.
-    """
+    """Store the answers of a Label Studio JSON export file in the ledger, all or none (see
+    :func:`store_answers`). Raises QuestionError naming the file when it is no full JSON export."""
     export_path = Path(export_path)
     try:
-        tasks = json.loads(export_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        text = export_path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise QuestionError(f"{export_path}: not a readable JSON file: {error}") from None
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as error:
+        first_line = text.partition("\n")[0]
+        if export_path.suffix.lower() in (".csv", ".tsv") or "apis_question" in first_line:
+            raise QuestionError(f"{export_path}: a CSV or TSV export; use Label Studio's JSON export (Export -> JSON, "
+                                "not JSON-MIN or CSV): only it has the tasks' data and each annotation") from None
         raise QuestionError(f"{export_path}: not a readable JSON file: {error}") from None
     if not isinstance(tasks, list):
-        raise QuestionError(f"{export_path}: a Label Studio JSON export is a list of tasks, got {type(tasks).__name__}")
+        raise QuestionError(f"{export_path}: a Label Studio JSON export is a list of tasks, got "
+                            f"{type(tasks).__name__}; use Label Studio's JSON export (Export -> JSON)")
+    if tasks and all(isinstance(task, dict) and "apis_question" in task and "data" not in task for task in tasks):
+        raise QuestionError(f"{export_path}: a JSON-MIN export; use Label Studio's JSON export (Export -> JSON, not "
+                            "JSON-MIN): only it has the tasks' data and each annotation")
+    return store_answers(queue, tasks, str(export_path))
+
+
+def store_answers(queue: QuestionQueue, tasks: list, source: str, users: dict[int, str] | None = None
+                  ) -> ImportSummary:
+    """Store the answers of Label Studio tasks (as its JSON export or its API give them) in the ledger, all or
+    none (see the module docstring); ``source`` names where they come from in messages, ``users`` maps Label
+    Studio user ids to names (e-mails) for annotations that give ``completed_by`` as an id.
+
+    Tasks without ``apis_question`` in their data (not made by apis) are skipped and counted. Raises
+    QuestionError (or a subclass) naming the task when anything is wrong; nothing is stored then.
+    """
     run_id = queue.run_id
     new: list[NewResponse] = []
     seen: dict[tuple[int, str], tuple[int, str]] = {}  # (question, annotator) -> (label, where)
-    unanswered = without_lead_time = 0
+    unanswered = without_lead_time = skipped = 0
     for index, task in enumerate(tasks):
-        name = f"{export_path}: task {task.get('id', f'#{index}') if isinstance(task, dict) else f'#{index}'}"
-        question = _question_of(queue, task, name, run_id)
+        name = f"{source}: task {task.get('id', f'#{index}') if isinstance(task, dict) else f'#{index}'}"
+        data = task.get("data") if isinstance(task, dict) else None
+        if not isinstance(data, dict):
+            raise QuestionError(f"{name}: not a Label Studio task (no data); use Label Studio's JSON export "
+                                "(Export -> JSON)")
+        if "apis_question" not in data:
+            skipped += 1
+            continue
+        question = _question_of(queue, data, name, run_id)
         answers = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
         unanswered += not answers
         for annotation in answers:
             where = f"{name} (question {question.id}), annotation {annotation.get('id', '?')}"
             label = _choice(annotation, where)
             _check_point(annotation, question, where)
-            annotator = _annotator(annotation.get("completed_by"), where)
+            annotator = _annotator(annotation.get("completed_by"), users or {}, where)
             earlier = seen.get((question.id, annotator))
             if earlier is not None:
                 if earlier[0] != label:
@@ -174,16 +212,14 @@ def read_answers(queue: QuestionQueue, export_path: str | Path) -> ImportSummary
             new.append(NewResponse(question_id=question.id, annotator=annotator, label=label, seconds=lead_time,
                                    answered_at=_utc(annotation.get("created_at"), where), source="label-studio",
                                    where=where))
-    stored = queue.add_responses(new, skip_repeats=True)
-    return ImportSummary(tasks=len(tasks), stored=len(stored), unanswered=unanswered,
-                         repeated=len(new) - len(stored), without_lead_time=without_lead_time)
+    counts = queue.import_responses(new)
+    return ImportSummary(tasks=len(tasks), stored=len(counts.stored), unanswered=unanswered,
+                         repeated=counts.repeated, without_lead_time=without_lead_time, skipped=skipped,
+                         withdrawn=counts.withdrawn)
 
 
-def _question_of(queue: QuestionQueue, task: object, name: str, run_id: str) -> Question:
-    """The ledger's question of a task, after checking the task's ids against it."""
-    data = task.get("data") if isinstance(task, dict) else None
-    if not isinstance(data, dict) or "apis_question" not in data:
-        raise QuestionError(f"{name}: no apis_question in its data; export the tasks with `apis export-tasks`")
+def _question_of(queue: QuestionQueue, data: dict, name: str, run_id: str) -> Question:
+    """The ledger's question of a task's data, after checking the task's ids against it."""
     if data.get("apis_run") != run_id:
         raise QuestionError(f"{name}: comes from another run (apis_run {data.get('apis_run')!r}, this run's ledger "
                             f"is {run_id!r})")
@@ -227,12 +263,15 @@ def _check_point(annotation: dict, question: Question, where: str) -> None:
                                 "question is about the original pixel: undo the move and answer again")
 
 
-def _annotator(completed_by: object, where: str) -> str:
-    """Label Studio's ``completed_by``: a user id (``label-studio-user-ID``) or a user object with an e-mail."""
+def _annotator(completed_by: object, users: dict[int, str], where: str) -> str:
+    """Label Studio's ``completed_by``: a user id (its e-mail from ``users``, else ``label-studio-user-ID``) or a
+    user object (its e-mail, else its username, else its first and last name, else its id)."""
     if isinstance(completed_by, dict):
-        completed_by = completed_by.get("email") or completed_by.get("id")
+        full_name = " ".join(str(completed_by.get(key) or "") for key in ("first_name", "last_name")).strip()
+        completed_by = (completed_by.get("email") or completed_by.get("username") or full_name
+                        or completed_by.get("id"))
     if isinstance(completed_by, int) and not isinstance(completed_by, bool):
-        return f"label-studio-user-{completed_by}"
+        completed_by = users.get(completed_by, f"label-studio-user-{completed_by}")
     if isinstance(completed_by, str):
         try:
             return check_annotator(completed_by)
