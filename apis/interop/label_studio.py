@@ -5,10 +5,10 @@ Label Studio's formats are documented JSON, so no SDK is needed:
 * **tasks** (Label Studio's import format): one task per open question, ``data`` holding the image URL, the
   class name and the ids that bring the answer back (``apis_run``, ``apis_question``, ``apis_step``,
   ``apis_ann_id``, ``apis_image_id``, ``apis_x``, ``apis_y``), and one prediction drawing the instance's box
-  (``rectanglelabels``) and the point (``keypointlabels``). Label Studio stores positions as percentages of
+  (``rectanglelabels``) and the point (``keypoint``). Label Studio stores positions as percentages of
   the original image size; the point is written at its pixel's centre, ``(x + 0.5) / width * 100``.
-* **labelling config** (:data:`LABEL_CONFIG`): the image, the box, the point and a required single choice
-  yes / no / unsure (hotkeys Y / N / U).
+* **labelling config** (:data:`LABEL_CONFIG`): the image, the box, the point (a white disc with a dark ring) and,
+  beside the image, a required single choice yes / no / unsure (hotkeys Y / N / U).
 * **export** (Label Studio's "JSON" export): the tasks with their ``annotations``; each annotation's choice
   becomes one answer with ``completed_by`` as annotator and ``lead_time`` (seconds Label Studio measured)
   as its seconds.
@@ -44,23 +44,29 @@ from apis.data.coco import CocoDataset
 from apis.data.ledger import utc_now
 from apis.utils.io import atomic_write_json, atomic_write_text
 
-LABEL_CONFIG = """<View>
-  <Header value="Is the centre of the red point on the $category inside the blue box?"/>
-  <Image name="image" value="$image" zoom="true" zoomControl="true"/>
+# The image on the left, the question and the choices beside it (a laptop screen is wider than tall). The point is a
+# white disc with a dark ring, which stands out on light and dark, red and blue objects alike; the box only says
+# which object is meant, so the question names the object and not the box.
+LABEL_CONFIG = """<View style="display: flex; align-items: flex-start; gap: 16px">
+  <View style="flex: 3; min-width: 0">
+    <Image name="image" value="$image" zoom="true" zoomControl="true"/>
+  </View>
+  <View style="flex: 1; min-width: 220px">
+    <Header value="Is the pixel under the centre of the white dot part of the $category?"/>
+    <Header size="6" value="The blue box only marks which $category is meant."/>
+    <Choices name="answer" toName="image" choice="single-radio" required="true">
+      <Choice value="yes" hotkey="y"/>
+      <Choice value="no" hotkey="n"/>
+      <Choice value="unsure" hotkey="u"/>
+    </Choices>
+  </View>
   <RectangleLabels name="box" toName="image">
     <Label value="box" background="#1e88e5"/>
   </RectangleLabels>
-  <KeyPointLabels name="point" toName="image">
-    <Label value="point" background="#e53935"/>
-  </KeyPointLabels>
-  <Choices name="answer" toName="image" choice="single-radio" required="true" showInline="true">
-    <Choice value="yes" hotkey="y"/>
-    <Choice value="no" hotkey="n"/>
-    <Choice value="unsure" hotkey="u"/>
-  </Choices>
+  <KeyPoint name="point" toName="image" fillColor="#ffffff" strokeColor="#111111" strokeWidth="3" opacity="1"/>
 </View>
 """
-POINT_SIZE_PERCENT = 0.6  # the drawn size of the keypoint in Label Studio, in percent of the image width
+POINT_SIZE_PERCENT = 1.2  # the drawn radius of the point in Label Studio, in percent of the shown image's width
 DATA_IDS = ("apis_step", "apis_ann_id", "apis_image_id", "apis_x", "apis_y")
 
 
@@ -134,9 +140,9 @@ def _task(question: Question, dataset: CocoDataset, names: dict, run_id: str, pr
                 {"id": f"box{question.id}", "from_name": "box", "type": "rectanglelabels", **region,
                  "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
                            "height": 100 * (y1 - y0) / height, "rotation": 0, "rectanglelabels": ["box"]}},
-                {"id": f"point{question.id}", "from_name": "point", "type": "keypointlabels", **region,
+                {"id": f"point{question.id}", "from_name": "point", "type": "keypoint", **region,
                  "value": {"x": 100 * (question.x + 0.5) / width, "y": 100 * (question.y + 0.5) / height,
-                           "width": POINT_SIZE_PERCENT, "keypointlabels": ["point"]}},
+                           "width": POINT_SIZE_PERCENT}},
             ],
         }],
     }
@@ -250,7 +256,7 @@ def _choice(annotation: dict, where: str) -> int:
 def _check_point(annotation: dict, question: Question, where: str) -> None:
     """A keypoint in the annotation must still be on the question's pixel: APIS asks about that pixel only."""
     for item in annotation.get("result") or []:
-        if not isinstance(item, dict) or item.get("type") != "keypointlabels":
+        if not isinstance(item, dict) or item.get("type") not in ("keypoint", "keypointlabels"):  # now, earlier
             continue
         value = item.get("value") or {}
         try:

@@ -77,6 +77,19 @@ def test_tasks_carry_the_ids_the_box_and_the_point(exported):
     assert [c.get("value") for c in config.iter("Choice")] == ["yes", "no", "unsure"]
 
 
+def test_the_point_is_large_white_ringed_dark_and_the_choices_sit_beside_the_image(exported):
+    _, _, out = exported
+    config = ET.fromstring((out.parent / "tasks.label_config.xml").read_text())
+    (point,) = config.iter("KeyPoint")
+    assert (point.get("fillColor"), point.get("strokeColor"), point.get("opacity")) == ("#ffffff", "#111111", "1")
+    assert int(point.get("strokeWidth")) >= 2
+    assert "display: flex" in config.get("style")  # a row: the image's column, then the question's
+    image_column, question_column = config.findall("View")
+    assert image_column.find("Image") is not None and question_column.find("Choices") is not None
+    header = question_column.find("Header").get("value")
+    assert "$category" in header and "box" not in header  # asks about the object, not about the box
+
+
 def test_answers_come_back_into_the_ledger(exported, tmp_path, capsys):
     run, tasks, _ = exported
     export = label_studio_export(tasks)
@@ -119,7 +132,7 @@ def edit(export, change):
 
 
 def move_point(export):
-    point = next(r for r in export[2]["annotations"][0]["result"] if r["type"] == "keypointlabels")
+    point = next(r for r in export[2]["annotations"][0]["result"] if r["type"] == "keypoint")
     point["value"]["x"] += 100 * 3 / point["original_width"]
 
 
