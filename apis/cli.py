@@ -253,6 +253,33 @@ def _latest_step_status(queue) -> str:
     return format_status(summaries, trained=set()).splitlines()[0]
 
 
+def _cmd_label_studio_push(args: argparse.Namespace) -> None:
+    from apis.active.human import open_human_run
+    from apis.active.questions import QuestionQueue
+    from apis.interop.label_studio_api import push
+
+    run = open_human_run(args.run_dir)
+    with QuestionQueue(run.ledger_path, read_only=True) as queue:  # pushing changes nothing in the run
+        summary = push(run, queue, args.url, args.token, args.project, args.image_url_prefix, args.document_root)
+    print(summary.format(args.url))
+
+
+def _cmd_label_studio_pull(args: argparse.Namespace) -> None:
+    from apis.active.human import open_human_run
+    from apis.active.questions import QuestionQueue
+    from apis.interop.label_studio_api import pull, watch
+
+    run = open_human_run(args.run_dir, writing=True)
+    with QuestionQueue(run.ledger_path) as queue:
+        if args.watch:
+            step = watch(run, queue, args.url, args.token, args.project, interval_s=args.interval)
+            print(_latest_step_status(queue))
+            print(f"step {step}: every question has its answers; run the same `apis run` command again")
+            return
+        print(pull(run, queue, args.url, args.token, args.project).format())
+        print(_latest_step_status(queue))
+
+
 def _cmd_answers_withdraw(args: argparse.Namespace) -> None:
     from apis.active.human import open_human_run
     from apis.active.questions import LABEL_NAMES, QuestionQueue
@@ -415,6 +442,30 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("export", type=Path)
     imp.add_argument("--answers-per-question", type=int, help="answers each question needs (redundancy)")
     imp.set_defaults(handler=_cmd_import_answers)
+
+    studio = sub.add_parser("label-studio", help="a run's questions in a Label Studio project, through its API "
+                                                 "(oracle.kind=human)").add_subparsers(dest="studio_command",
+                                                                                       required=True)
+    push_cmd = studio.add_parser("push", help="add the current step's open questions to a Label Studio project as "
+                                              "tasks (creating the project; pushing twice adds nothing)")
+    pull_cmd = studio.add_parser("pull", help="store the answers given in the run's Label Studio project")
+    for cmd in (push_cmd, pull_cmd):
+        cmd.add_argument("run_dir")
+        cmd.add_argument("--url", required=True, help="Label Studio's address, e.g. http://localhost:8080")
+        cmd.add_argument("--token", default=os.environ.get("LABEL_STUDIO_API_KEY"),
+                         help="Label Studio access token (Account & Settings; default: $LABEL_STUDIO_API_KEY, which "
+                              "keeps it out of `ps`)")
+        cmd.add_argument("--project", help="the project's title (default: apis, the run folder's name and the run id)")
+    push_cmd.add_argument("--image-url-prefix", help="images served elsewhere: prefix of their URLs (default: Label "
+                                                     "Studio's local files, through a storage that is never synced)")
+    push_cmd.add_argument("--document-root", type=Path, help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
+                                                             "(default: the image folder's parent)")
+    push_cmd.set_defaults(handler=_cmd_label_studio_push)
+    pull_cmd.add_argument("--watch", action="store_true", help="pull again every --interval seconds until every "
+                                                               "question of the step has its answers, then exit 0")
+    pull_cmd.add_argument("--interval", type=float, default=30.0, help="seconds between pulls with --watch (1-3600; "
+                                                                       "default 30)")
+    pull_cmd.set_defaults(handler=_cmd_label_studio_pull)
 
     answers = sub.add_parser("answers", help="correct the answers in a run's ledger").add_subparsers(
         dest="answers_command", required=True)

@@ -66,7 +66,8 @@ LABEL_CONFIG = """<View style="display: flex; align-items: flex-start; gap: 16px
   <KeyPoint name="point" toName="image" fillColor="#ffffff" strokeColor="#111111" strokeWidth="3" opacity="1"/>
 </View>
 """
-POINT_SIZE_PERCENT = 1.2  # the drawn radius of the point in Label Studio, in percent of the shown image's width
+POINT_SIZE_PERCENT = 2.0  # the drawn radius of the point in Label Studio, in percent of the shown image's width
+MODEL_VERSION = "apis"  # every prediction's; a project pre-labels its tasks with the predictions of this version
 DATA_IDS = ("apis_step", "apis_ann_id", "apis_image_id", "apis_x", "apis_y")
 
 
@@ -113,7 +114,7 @@ def export_tasks(queue: QuestionQueue, dataset: CocoDataset, step: int, out_path
     prefix = image_url_prefix if image_url_prefix is not None else f"/data/local-files/?d={dataset.image_root.name}/"
     names = {c["id"]: str(c.get("name", c["id"])) for c in dataset.categories}
     run_id = queue.run_id
-    tasks = [_task(q, dataset, names, run_id, prefix) for q in questions]
+    tasks = [task_of(q, dataset, names, run_id, prefix) for q in questions]
     out_path = Path(out_path)
     atomic_write_json(out_path, tasks, indent=1)
     config_path = out_path.with_name(f"{out_path.stem}.label_config.xml")
@@ -121,7 +122,9 @@ def export_tasks(queue: QuestionQueue, dataset: CocoDataset, step: int, out_path
     return len(tasks), config_path
 
 
-def _task(question: Question, dataset: CocoDataset, names: dict, run_id: str, prefix: str) -> dict:
+def task_of(question: Question, dataset: CocoDataset, names: dict, run_id: str, prefix: str) -> dict:
+    """A question as a Label Studio task (the module docstring); ``names`` maps category ids to class names,
+    ``prefix`` + the image's ``file_name`` is the image's URL."""
     record = dataset.image(question.image_id)
     instance = dataset.instance(question.ann_id)
     width, height = record.width, record.height
@@ -135,7 +138,7 @@ def _task(question: Question, dataset: CocoDataset, names: dict, run_id: str, pr
             "apis_x": question.x, "apis_y": question.y,
         },
         "predictions": [{
-            "model_version": f"apis step {question.step} ({question.chosen_by})",
+            "model_version": MODEL_VERSION,
             "result": [
                 {"id": f"box{question.id}", "from_name": "box", "type": "rectanglelabels", **region,
                  "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
