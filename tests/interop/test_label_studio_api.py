@@ -166,7 +166,9 @@ def test_label_studio_shows_the_point_large_white_and_ringed_beside_the_choices(
         page.wait_for_url(lambda address: "/user/login" not in address, timeout=60_000)
         page.goto(f"{label_studio.url}/projects/{project_id}/data?task={task['id']}")
         page.wait_for_selector(".konvajs-content canvas", timeout=60_000)
-        page.wait_for_timeout(3000)  # the regions are drawn once the image has loaded
+        page.wait_for_function("width => [...document.images].some(i => i.complete && i.naturalWidth === width)",
+                               arg=record.width, timeout=60_000)
+        page.wait_for_timeout(1000)  # the regions are drawn on the canvas once the image has loaded
         # The image as Label Studio lays it out (its canvas shows it, clipped to the stage): the largest <img>.
         boxes = [page.locator("img").nth(i).bounding_box() for i in range(page.locator("img").count())]
         image = max((b for b in boxes if b), key=lambda b: b["width"] * b["height"])
