@@ -258,8 +258,11 @@ def _cmd_label_studio_push(args: argparse.Namespace) -> None:
     from apis.active.questions import QuestionQueue
     from apis.interop.label_studio_api import push
 
-    run = open_human_run(args.run_dir)
-    with QuestionQueue(run.ledger_path, read_only=True) as queue:  # pushing changes nothing in the run
+    redundancy = args.answers_per_question is not None
+    run = open_human_run(args.run_dir, writing=redundancy)
+    with QuestionQueue(run.ledger_path, read_only=not redundancy) as queue:  # else pushing changes nothing in the run
+        if redundancy:
+            queue.set_answers_wanted(args.answers_per_question)
         summary = push(run, queue, args.url, args.token, args.project, args.image_url_prefix, args.document_root)
     print(summary.format(args.url))
 
@@ -460,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "Studio's local files, through a storage that is never synced)")
     push_cmd.add_argument("--document-root", type=Path, help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
                                                              "(default: the image folder's parent)")
+    push_cmd.add_argument("--answers-per-question", type=int, help="answers each question needs (redundancy; stored "
+                                                                   "in the run, and Label Studio's maximum "
+                                                                   "annotations per task)")
     push_cmd.set_defaults(handler=_cmd_label_studio_push)
     pull_cmd.add_argument("--watch", action="store_true", help="pull again every --interval seconds until every "
                                                                "question of the step has its answers, then exit 0")

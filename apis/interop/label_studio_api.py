@@ -52,12 +52,14 @@ class PushSummary:
     added: int
     present: int
     storage: str  # how the images are reached
+    answers_wanted: int  # per question: Label Studio's maximum annotations per task
 
     def format(self, url: str) -> str:
         made = "created" if self.created else "found"
+        wanted = f"; {self.answers_wanted} answers per question" if self.answers_wanted > 1 else ""
         return (f"project {self.title!r} ({made}, {url.rstrip('/')}/projects/{self.project_id}): {self.added:,} "
                 f"questions of step {self.step} added as tasks, {self.present:,} already there; images: "
-                f"{self.storage}")
+                f"{self.storage}{wanted}")
 
 
 def client(url: str, token: str):
@@ -170,7 +172,7 @@ def push(run: HumanRun, queue: QuestionQueue, url: str, token: str, title: str |
         if new or present:  # Label Studio takes a model version only once predictions of it exist
             ls.projects.update(project.id, model_version=MODEL_VERSION)
     return PushSummary(project_id=project.id, title=title, created=created, step=step, added=len(new),
-                       present=len(present), storage=storage)
+                       present=len(present), storage=storage, answers_wanted=wanted)
 
 
 def pull(run: HumanRun, queue: QuestionQueue, url: str, token: str, title: str | None = None) -> ImportSummary:

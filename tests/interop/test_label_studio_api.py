@@ -132,6 +132,20 @@ def test_push_and_pull_name_a_server_that_refuses_or_is_not_there(label_studio, 
     assert "no project titled" in capsys.readouterr().err
 
 
+def test_push_asks_label_studio_for_as_many_answers_per_task_as_the_run_wants(label_studio, human_run, capsys):
+    _, run_dir = human_run("redundant")
+    assert run_cli("label-studio", "push", run_dir, "--url", label_studio.url, "--token", label_studio.token,
+                   "--answers-per-question", "2") == 0
+    assert "; 2 answers per question" in capsys.readouterr().out
+    run = open_human_run(run_dir)
+    with QuestionQueue(run.ledger_path) as queue:
+        assert {q.answers_wanted for q in queue.questions(0)} == {2}
+        title = default_title(queue, run)
+    admin = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    (project,) = [p for p in admin.projects.list() if p.title == title]
+    assert admin.projects.get(project.id).maximum_annotations == 2
+
+
 @pytest.fixture
 def pushed(label_studio, human_run, capsys):
     """A run whose step-0 questions are in a Label Studio project: (run, project id, its tasks)."""
