@@ -242,9 +242,59 @@ def _cmd_import_answers(args: argparse.Namespace) -> None:
         if args.answers_per_question is not None:
             queue.set_answers_wanted(args.answers_per_question)
         summary = read_answers(queue, args.export)
-        progress = queue.progress()
-    print(summary.format())
-    print(f"step {progress.step}: {progress.answered:,} of {progress.total:,} questions answered")
+        print(summary.format())
+        print(_latest_step_status(queue))
+
+
+def _latest_step_status(queue) -> str:
+    """The ``apis status`` line of the latest step with questions."""
+    from apis.active.questions import format_status
+
+    summaries = [s for s in queue.summaries() if s.step == queue.progress().step]
+    return format_status(summaries, trained=set()).splitlines()[0]
+
+
+def _cmd_label_studio_push(args: argparse.Namespace) -> None:
+    from apis.active.human import open_human_run
+    from apis.active.questions import QuestionQueue
+    from apis.interop.label_studio_api import push
+
+    redundancy = args.answers_per_question is not None
+    run = open_human_run(args.run_dir, writing=redundancy)
+    with QuestionQueue(run.ledger_path, read_only=not redundancy) as queue:  # else pushing changes nothing in the run
+        if redundancy:
+            queue.set_answers_wanted(args.answers_per_question)
+        summary = push(run, queue, args.url, args.token, args.project, args.image_url_prefix, args.document_root)
+    print(summary.format(args.url))
+
+
+def _cmd_label_studio_pull(args: argparse.Namespace) -> None:
+    from apis.active.human import open_human_run
+    from apis.active.questions import QuestionQueue
+    from apis.interop.label_studio_api import pull, watch
+
+    run = open_human_run(args.run_dir, writing=True)
+    with QuestionQueue(run.ledger_path) as queue:
+        if args.watch:
+            step = watch(run, queue, args.url, args.token, args.project, interval_s=args.interval)
+            print(_latest_step_status(queue))
+            print(f"step {step}: every question has its answers; run the same `apis run` command again")
+            return
+        print(pull(run, queue, args.url, args.token, args.project).format())
+        print(_latest_step_status(queue))
+
+
+def _cmd_answers_withdraw(args: argparse.Namespace) -> None:
+    from apis.active.human import open_human_run
+    from apis.active.questions import LABEL_NAMES, QuestionQueue
+
+    run = open_human_run(args.run_dir, writing=True)
+    with QuestionQueue(run.ledger_path) as queue:
+        withdrawn = queue.withdraw(args.question, args.annotator)
+        for response in withdrawn:
+            print(f"withdrew {response.annotator}'s answer {LABEL_NAMES[response.label]} to question "
+                  f"{response.question_id} ({response.source}, {response.answered_at})")
+        print(_latest_step_status(queue))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -396,6 +446,43 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("export", type=Path)
     imp.add_argument("--answers-per-question", type=int, help="answers each question needs (redundancy)")
     imp.set_defaults(handler=_cmd_import_answers)
+
+    studio = sub.add_parser("label-studio", help="a run's questions in a Label Studio project, through its API "
+                                                 "(oracle.kind=human)").add_subparsers(dest="studio_command",
+                                                                                       required=True)
+    push_cmd = studio.add_parser("push", help="add the current step's open questions to a Label Studio project as "
+                                              "tasks (creating the project; pushing twice adds nothing)")
+    pull_cmd = studio.add_parser("pull", help="store the answers given in the run's Label Studio project")
+    for cmd in (push_cmd, pull_cmd):
+        cmd.add_argument("run_dir")
+        cmd.add_argument("--url", required=True, help="Label Studio's address, e.g. http://localhost:8080")
+        cmd.add_argument("--token", default=os.environ.get("LABEL_STUDIO_API_KEY"),
+                         help="Label Studio access token (Account & Settings; default: $LABEL_STUDIO_API_KEY, which "
+                              "keeps it out of `ps`)")
+        cmd.add_argument("--project", help="the project's title (default: apis, the run folder's name and the run id)")
+    push_cmd.add_argument("--image-url-prefix", help="images served elsewhere: prefix of their URLs (default: Label "
+                                                     "Studio's local files, through a storage that is never synced)")
+    push_cmd.add_argument("--document-root", type=Path, help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
+                                                             "(default: the image folder's parent)")
+    push_cmd.add_argument("--answers-per-question", type=int, help="answers each question needs (redundancy; stored "
+                                                                   "in the run, and Label Studio's maximum "
+                                                                   "annotations per task)")
+    push_cmd.set_defaults(handler=_cmd_label_studio_push)
+    pull_cmd.add_argument("--watch", action="store_true", help="pull again every --interval seconds until every "
+                                                               "question of the step has its answers, then exit 0")
+    pull_cmd.add_argument("--interval", type=float, default=30.0, help="seconds between pulls with --watch (1-3600; "
+                                                                       "default 30)")
+    pull_cmd.set_defaults(handler=_cmd_label_studio_pull)
+
+    answers = sub.add_parser("answers", help="correct the answers in a run's ledger").add_subparsers(
+        dest="answers_command", required=True)
+    withdraw = answers.add_parser("withdraw", help="take back an answer (any source) in a step not trained on yet; "
+                                                   "the question wants an answer again")
+    withdraw.add_argument("run_dir")
+    withdraw.add_argument("--question", type=int, required=True, help="the question's id (apis_question in Label "
+                                                                      "Studio, the page's question number)")
+    withdraw.add_argument("--annotator", help="whose answer (needed when several people answered the question)")
+    withdraw.set_defaults(handler=_cmd_answers_withdraw)
 
     demo = sub.add_parser("demo", help="built-in data -> random vs entropy for 3 steps -> report")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -1,5 +1,5 @@
-"""A run whose questions people answer (``oracle.kind=human``): what ``apis annotate``, ``apis export-tasks``
-and ``apis import-answers`` open before they start, checked up front."""
+"""A run whose questions people answer (``oracle.kind=human``): what ``apis annotate``, ``apis export-tasks``,
+``apis import-answers`` and ``apis label-studio`` open before they start, checked up front."""
 
 from __future__ import annotations
 

@@ -122,6 +122,16 @@ class NewResponse:
 
 
 @dataclass(frozen=True)
+class ImportCounts:
+    """What :meth:`QuestionQueue.import_responses` did: the answers stored, those the ledger already had, and
+    those withdrawn from the ledger that were left withdrawn."""
+
+    stored: list[Response]
+    repeated: int
+    withdrawn: int
+
+
+@dataclass(frozen=True)
 class Progress:
     """Questions of ``step`` (the latest step with questions): ``answered`` of ``total`` complete, ``mine``
     answered by the asking annotator; ``merged`` once the loop has taken them."""
@@ -143,17 +153,25 @@ class Pace:
 
 @dataclass
 class StepSummary:
-    """What ``apis status`` prints for one step."""
+    """What ``apis status`` prints for one step. Questions and answers are counted apart: with redundancy a
+    question takes several answers. A merged step is reported from what was merged, whatever the number of
+    answers per question asked for later."""
 
     step: int
-    selected: int
+    selected: int  # questions (points selected)
     labels: Counter = field(default_factory=Counter)  # label -> answers (each person's answer counts)
+    answered: int = 0  # questions with at least one answer
     waiting: int = 0  # questions still short of answers
+    wanted: int = 1  # answers wanted per question (the most any question of the step wants)
     seconds: float = 0.0
     annotators: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (answers, seconds)
     multi_answered: int = 0  # questions with two or more answers
     agreeing: int = 0  # ... whose answers all agree
     merged: bool = True
+
+    @property
+    def answers(self) -> int:
+        return sum(self.labels.values())
 
 
 def check_annotator(name: object) -> str:
@@ -338,18 +356,33 @@ class QuestionQueue(PointLedger):
             source=source, where=f"question {question_id}")])
         return stored
 
-    def add_responses(self, new: Sequence[NewResponse], skip_repeats: bool = False) -> list[Response]:
+    def add_responses(self, new: Sequence[NewResponse]) -> list[Response]:
         """Store several answers in one transaction, all or none; returns those stored.
 
-        Every answer is checked as :meth:`answer` does, with ``where`` naming it in the message. With
-        ``skip_repeats``, an answer its annotator already gave with the same label is skipped (an import
-        read twice); with another label it is a QuestionConflict.
+        Every answer is checked as :meth:`answer` does, with ``where`` naming it in the message.
         """
-        stored = []
+        stored, _, _ = self._store(new, imported=False)
+        return stored
+
+    def import_responses(self, new: Sequence[NewResponse]) -> ImportCounts:
+        """Store answers given elsewhere (a Label Studio export or its API), in one transaction, all or none.
+
+        Reading the same answers again changes nothing, at any stage: an answer its annotator already gave
+        with the same label is counted as already there, in a merged step too; one withdrawn from the ledger
+        (same annotator, label and time) stays withdrawn. Leases are not counted: they hold questions for the
+        web page's annotators, and an answer given elsewhere is no less real. Refused, naming ``where``: a
+        new or changed answer in a merged step, an annotator's answer that differs from theirs in the ledger,
+        more answers than a question wants.
+        """
+        stored, repeated, withdrawn = self._store(new, imported=True)
+        return ImportCounts(stored=stored, repeated=repeated, withdrawn=withdrawn)
+
+    def _store(self, new: Sequence[NewResponse], imported: bool) -> tuple[list[Response], int, int]:
+        stored, repeated, withdrawn = [], 0, 0
         with self._transaction():
             now = self._clock()
             for item in new:
-                question = self._open_question(item.question_id, item.where)
+                question = self._existing_question(item.question_id, item.where)
                 annotator = check_annotator(item.annotator)
                 label = parse_label(item.label)
                 seconds = _check_seconds(item.seconds, item.where)
@@ -358,14 +391,32 @@ class QuestionQueue(PointLedger):
                 previous = self._conn.execute(
                     "SELECT label FROM responses WHERE question_id = ? AND annotator = ? AND undone_at IS NULL",
                     (question.id, annotator)).fetchone()
+                if imported and previous is not None and previous[0] == label:
+                    repeated += 1
+                    continue
+                if imported and self._conn.execute(
+                        "SELECT 1 FROM responses WHERE question_id = ? AND annotator = ? AND label = ? AND "
+                        "answered_at = ? AND undone_at IS NOT NULL", (question.id, annotator, label,
+                                                                     item.answered_at)).fetchone():
+                    withdrawn += 1
+                    continue
+                if self._merged(question.step):
+                    change = f"{annotator}'s answer {LABEL_NAMES[label]} is not the ledger's, and " if imported else ""
+                    raise QuestionConflict(f"{item.where}: {change}step {question.step} was merged into the "
+                                           f"ledger's answers and trained on; its answers can no longer change")
                 if previous is not None:
-                    if skip_repeats and previous[0] == label:
-                        continue
-                    raise QuestionConflict(
-                        f"{item.where}: {annotator} already answered question {question.id} "
-                        f"({LABEL_NAMES[previous[0]]}); undo that answer to change it")
+                    how = (f"withdraw it first (`apis answers withdraw {self.path.parent} --question {question.id} "
+                           f"--annotator '{annotator}'`)" if imported else "undo that answer to change it")
+                    raise QuestionConflict(f"{item.where}: {annotator} already answered question {question.id} "
+                                           f"({LABEL_NAMES[previous[0]]}); {how}")
                 given, others = self._answers_and_leases(question.id, annotator, now)
-                if given + others >= question.answers_wanted:
+                if imported and given >= question.answers_wanted:
+                    names = ", ".join(r.annotator for r in self._responses("r.question_id = ?", (question.id,), False))
+                    raise QuestionConflict(
+                        f"{item.where}: question {question.id} already has the {question.answers_wanted} answer(s) "
+                        f"it wants (from {names}); to keep more answers per question pass --answers-per-question N, "
+                        f"or withdraw one (`apis answers withdraw`)")
+                if not imported and given + others >= question.answers_wanted:
                     raise QuestionConflict(
                         f"{item.where}: question {question.id} already has its {question.answers_wanted} "
                         f"answer(s) or is leased to someone else (your lease may have expired)")
@@ -380,7 +431,32 @@ class QuestionQueue(PointLedger):
                 stored.append(Response(id=cursor.lastrowid, question_id=question.id, annotator=annotator, label=label,
                                        seconds=seconds, answered_at=item.answered_at, source=item.source,
                                        undone_at=None))
-        return stored
+        return stored, repeated, withdrawn
+
+    def withdraw(self, question_id: int, annotator: str | None = None) -> list[Response]:
+        """Take back the answer(s) to a question of a step not merged yet, from any source; returns them.
+
+        ``annotator`` names whose answer; without it the question must have exactly one answer. The rows are
+        kept, marked ``undone_at`` (their seconds still count as spent); the question wants answers again.
+        """
+        where = f"question {question_id}"
+        if annotator is not None:
+            check_annotator(annotator)
+        with self._transaction():
+            question = self._open_question(question_id, where)
+            given = [r for r in self._responses("r.question_id = ?", (question.id,), False)
+                     if annotator is None or r.annotator == annotator]
+            if not given:
+                raise QuestionConflict(f"{where} has no answer{f' by {annotator}' if annotator else ''} to withdraw")
+            if annotator is None and len(given) > 1:
+                raise QuestionError(f"{where} has answers by {', '.join(r.annotator for r in given)}; say whose "
+                                    f"to withdraw with --annotator NAME")
+            now = utc_now()
+            self._conn.executemany("UPDATE responses SET undone_at = ? WHERE id = ?", [(now, r.id) for r in given])
+            self._conn.execute(
+                "UPDATE questions SET complete = ((SELECT COUNT(*) FROM responses r WHERE r.question_id = questions.id "
+                "AND r.undone_at IS NULL) >= answers_wanted) WHERE id = ?", (question.id,))
+        return [Response(**{**r.__dict__, "undone_at": now}) for r in given]
 
     def undo(self, annotator: str, lease_s: float) -> Question:
         """Take back ``annotator``'s latest answer in a step not merged yet and lease its question to them
@@ -480,9 +556,11 @@ class QuestionQueue(PointLedger):
         """
         summaries: dict[int, StepSummary] = {}
         by_question: dict[int, list[Response]] = defaultdict(list)
-        for step, selected, waiting in self._conn.execute(
-                "SELECT step, COUNT(*), SUM(1 - complete) FROM questions GROUP BY step"):
-            summaries[step] = StepSummary(step=step, selected=selected, waiting=waiting, merged=self._merged(step))
+        for step, selected, waiting, wanted in self._conn.execute(
+                "SELECT step, COUNT(*), SUM(1 - complete), MAX(answers_wanted) FROM questions GROUP BY step"):
+            merged = self._merged(step)
+            summaries[step] = StepSummary(step=step, selected=selected, waiting=0 if merged else waiting,
+                                          wanted=wanted, merged=merged)
         step_of = {qid: step for qid, step in self._conn.execute("SELECT id, step FROM questions")}
         for response in self._responses("1", (), include_undone=True):
             summary = summaries[step_of[response.question_id]]
@@ -493,9 +571,12 @@ class QuestionQueue(PointLedger):
                 by_question[response.question_id].append(response)
                 count += 1
             summary.annotators[response.annotator] = (count, seconds + response.seconds)
+        for summary in summaries.values():
+            summary.answered = summary.selected if summary.merged else 0  # every merged question has its answer
         for question_id, given in by_question.items():
+            summary = summaries[step_of[question_id]]
+            summary.answered += not summary.merged
             if len(given) > 1:
-                summary = summaries[step_of[question_id]]
                 summary.multi_answered += 1
                 summary.agreeing += len({r.label for r in given}) == 1
         asked_people = set(summaries)
@@ -506,6 +587,7 @@ class QuestionQueue(PointLedger):
                 continue
             summary = summaries.setdefault(step, StepSummary(step=step, selected=0))
             summary.selected += answers
+            summary.answered += answers
             summary.labels[label] += answers
             summary.seconds += seconds
             count, spent = summary.annotators.get(annotator, (0, 0.0))
@@ -544,13 +626,16 @@ class QuestionQueue(PointLedger):
 
     def _open_question(self, question_id: object, where: str) -> Question:
         """The question, if it exists and its step is not merged yet."""
-        if not isinstance(question_id, int) or isinstance(question_id, bool):
-            raise QuestionError(f"{where}: question id {question_id!r} is not an integer")
-        question = self._question(question_id, where)
+        question = self._existing_question(question_id, where)
         if self._merged(question.step):
             raise QuestionConflict(f"{where}: step {question.step} was merged into the ledger's answers and "
                                    f"trained on; its answers can no longer change")
         return question
+
+    def _existing_question(self, question_id: object, where: str) -> Question:
+        if not isinstance(question_id, int) or isinstance(question_id, bool):
+            raise QuestionError(f"{where}: question id {question_id!r} is not an integer")
+        return self._question(question_id, where)
 
     def _question(self, question_id: int, where: str | None = None) -> Question:
         found = self._questions("id = ?", (question_id,)) if 0 < question_id <= MAX_ID else []
@@ -585,12 +670,15 @@ def format_status(summaries: Sequence[StepSummary], trained: set[int]) -> str:
         return "no step has questions or answers yet"
     lines = []
     for s in summaries:
-        answered = s.selected - s.waiting
         state = "trained" if s.step in trained else ("merged" if s.merged else "waiting for answers"
                                                      if s.waiting else "answered; run `apis run` to train")
-        lines.append(f"step {s.step}: {s.selected:,} selected, {answered:,} answered (yes {s.labels[1]:,}, "
-                     f"no {s.labels[0]:,}, unsure {s.labels[-1]:,}), {s.waiting:,} waiting; "
-                     f"{s.seconds:,.1f} s of annotation measured; {state}")
+        if s.merged:
+            questions = f"{s.selected:,} questions, all answered"
+        else:
+            complete = f" ({s.selected - s.waiting:,} with all {s.wanted} answers wanted)" if s.wanted > 1 else ""
+            questions = f"{s.selected:,} questions, {s.answered:,} answered{complete}, {s.waiting:,} waiting"
+        lines.append(f"step {s.step}: {questions}; {s.answers:,} answers (yes {s.labels[1]:,}, no {s.labels[0]:,}, "
+                     f"unsure {s.labels[-1]:,}); {s.seconds:,.1f} s of annotation measured; {state}")
         if s.multi_answered:
             lines.append(f"  agreement: {s.agreeing / s.multi_answered:.0%} of {s.multi_answered:,} questions "
                          f"answered by two or more people")

@@ -79,7 +79,7 @@ def test_the_loop_waits_for_people_and_trains_on_their_answers(synth_dir, tmp_pa
 
     main(["status", str(run_dir)])
     out = capsys.readouterr().out
-    assert f"step 1: {len(step1)} selected, {len(step1)} answered" in out and "0 waiting" in out and "trained" in out
+    assert f"step 1: {len(step1)} questions, all answered; {len(step1)} answers" in out and "trained" in out
     assert "alice" in out and "bob" in out
 
 

@@ -175,7 +175,7 @@ def test_status_of_steps_answered_by_the_simulated_oracle(tmp_path):
         (summary,) = queue.summaries()
     assert (summary.step, summary.selected, summary.waiting, summary.labels[1], summary.labels[0]) == (0, 2, 0, 1, 1)
     text = format_status([summary], trained={0})
-    assert "step 0: 2 selected, 2 answered (yes 1, no 1, unsure 0), 0 waiting; 1.8 s" in text and "trained" in text
+    assert "step 0: 2 questions, all answered; 2 answers (yes 1, no 1, unsure 0); 1.8 s" in text and "trained" in text
     assert "simulated-oracle" in text
 
 
@@ -233,3 +233,27 @@ def test_a_version_3_ledger_reads_without_named_annotators_and_gains_their_table
     with QuestionQueue(path) as upgraded:
         token = upgraded.add_annotator_tokens(["alice"])["alice"]
         assert upgraded.annotator_of_token(token) == "alice" and upgraded.annotator_of_token(token[:-1]) is None
+
+
+def test_status_counts_questions_and_answers_apart_and_reports_a_merged_step_from_its_answers(queue, tmp_path):
+    first = queue.lease_next("alice", LEASE_S)
+    queue.answer("alice", first.id, "yes", 1.0)
+    second = queue.lease_next("alice", LEASE_S)
+    queue.answer("alice", second.id, "no", 1.0)
+    queue.set_answers_wanted(2)  # two of three questions have an answer; none has two
+    queue.answer("bob", first.id, "yes", 1.0)
+    (summary,) = queue.summaries()
+    assert (summary.selected, summary.answered, summary.waiting, summary.answers) == (3, 2, 2, 3)
+    assert format_status([summary], trained=set()).startswith(
+        "step 0: 3 questions, 2 answered (1 with all 2 answers wanted), 2 waiting; 3 answers (yes 2, no 1, unsure 0)")
+    answer_all(queue, "carol", "unsure")
+    answer_all(queue, "bob", "yes")
+    queue.merge(0)
+    before = format_status(queue.summaries(), trained={0})
+    # However many answers per question are asked for afterwards, a merged step reads the same: even when its
+    # questions' rows say otherwise (as an older apis left them), the merged answers are what counts.
+    queue.set_answers_wanted(5)
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as conn:
+        conn.execute("UPDATE questions SET answers_wanted = 5, complete = 0")
+    assert format_status(queue.summaries(), trained={0}) == before
+    assert before.startswith("step 0: 3 questions, all answered; 6 answers (yes 3, no 1, unsure 2)")

@@ -222,7 +222,8 @@ def test_the_page_recovers_by_itself_from_a_lost_lease_a_failed_image_and_a_rest
             # the server goes away: the answer given meanwhile is kept, sent once it is back, and the page goes on
             server.kill()
             page.keyboard.press("n")
-            page.wait_for_function("document.querySelector('#message').textContent.includes('cannot be reached')",
+            # A function, not an expression: Playwright polls an expression with eval, which the page's CSP refuses.
+            page.wait_for_function("() => document.querySelector('#message').textContent.includes('cannot be reached')",
                                    timeout=TIMEOUT_MS)
             assert f"your answer to question {fifth} will be sent" in page.inner_text("#message")
             server = AnnotateServer(run_dir, "--lease-seconds", str(lease_s), port=port)

@@ -10,7 +10,7 @@ import pytest
 from apis.active.human import open_human_run
 from apis.active.questions import QuestionConflict, QuestionError, QuestionQueue
 from apis.cli import main
-from apis.interop.label_studio import export_tasks, read_answers
+from apis.interop.label_studio import export_tasks, read_answers, store_answers
 
 LABELS = ["yes", "no", "unsure"]
 
@@ -77,6 +77,19 @@ def test_tasks_carry_the_ids_the_box_and_the_point(exported):
     assert [c.get("value") for c in config.iter("Choice")] == ["yes", "no", "unsure"]
 
 
+def test_the_point_is_large_white_ringed_dark_and_the_choices_sit_beside_the_image(exported):
+    _, _, out = exported
+    config = ET.fromstring((out.parent / "tasks.label_config.xml").read_text())
+    (point,) = config.iter("KeyPoint")
+    assert (point.get("fillColor"), point.get("strokeColor"), point.get("opacity")) == ("#ffffff", "#111111", "1")
+    assert int(point.get("strokeWidth")) >= 2
+    assert "display: flex" in config.get("style")  # a row: the image's column, then the question's
+    image_column, question_column = config.findall("View")
+    assert image_column.find("Image") is not None and question_column.find("Choices") is not None
+    header = question_column.find("Header").get("value")
+    assert "$category" in header and "box" not in header  # asks about the object, not about the box
+
+
 def test_answers_come_back_into_the_ledger(exported, tmp_path, capsys):
     run, tasks, _ = exported
     export = label_studio_export(tasks)
@@ -103,7 +116,8 @@ def test_two_people_per_question_with_redundancy(exported, tmp_path):
     path = write(tmp_path, label_studio_export(tasks, people=(1, 2)))
     with QuestionQueue(run.ledger_path) as queue:
         with pytest.raises(QuestionConflict, match=r"task 101 \(question 1\), annotation 1012: question 1 already "
-                                                   r"has its 1 answer"):
+                                                   r"has the 1 answer\(s\) it wants \(from label-studio-user-1\); "
+                                                   r"to keep more .* --answers-per-question N"):
             read_answers(queue, path)
         assert queue.responses(0) == []  # all or nothing
         queue.set_answers_wanted(2)
@@ -118,7 +132,7 @@ def edit(export, change):
 
 
 def move_point(export):
-    point = next(r for r in export[2]["annotations"][0]["result"] if r["type"] == "keypointlabels")
+    point = next(r for r in export[2]["annotations"][0]["result"] if r["type"] == "keypoint")
     point["value"]["x"] += 100 * 3 / point["original_width"]
 
 
@@ -131,7 +145,6 @@ def second_opinion(export):
 @pytest.mark.parametrize(("change", "error", "message"), [
     (lambda e: e[0]["data"].update(apis_run="0123abcd"), QuestionError, r"task 101: comes from another run"),
     (lambda e: e[1]["data"].update(apis_question=9999), QuestionError, r"task 102: question 9999 is not in"),
-    (lambda e: e[1]["data"].pop("apis_question"), QuestionError, r"task 102: no apis_question in its data"),
     (lambda e: e[1]["data"].update(apis_x=e[1]["data"]["apis_x"] + 1), QuestionError,
      r"task 102: its data \(apis_x=.*\) do not match question 2"),
     (move_point, QuestionError, r"task 103 \(question 3\), annotation 1031: the point was moved from"),
@@ -141,7 +154,7 @@ def second_opinion(export):
      r"task 105 .*choice 'maybe' is not one of yes, no, unsure"),
     (lambda e: e[4]["annotations"][0].update(lead_time=-1), QuestionError, r"task 105 .*seconds -1"),
     (lambda e: e[4]["annotations"][0].update(completed_by=None), QuestionError, r"task 105 .*names no annotator"),
-    (lambda e: e.__setitem__(slice(None), [{"oops": 1}]), QuestionError, r"task #0: no apis_question"),
+    (lambda e: e.__setitem__(slice(None), [{"oops": 1}]), QuestionError, r"task #0: not a Label Studio task"),
 ])
 def test_a_bad_export_is_refused_naming_the_task_and_nothing_is_stored(exported, tmp_path, change, error, message):
     run, tasks, _ = exported
@@ -185,3 +198,114 @@ def test_a_file_that_is_no_export_is_named(exported, tmp_path):
             read_answers(queue, tmp_path / "bad.json")
         with pytest.raises(QuestionError, match=r"object.json: a Label Studio JSON export is a list of tasks"):
             read_answers(queue, tmp_path / "object.json")
+
+
+def test_a_full_export_reads_again_after_the_step_was_trained_and_only_a_real_change_is_refused(exported, tmp_path,
+                                                                                                capsys):
+    run, tasks, _ = exported
+    export = label_studio_export(tasks)
+    path = write(tmp_path, export)
+    main(["import-answers", str(run.run_dir), str(path)])
+    with QuestionQueue(run.ledger_path) as queue:
+        queue.merge(0)
+    capsys.readouterr()
+    main(["import-answers", str(run.run_dir), str(path)])  # the whole project exported again, after training
+    assert f"0 answers stored, {len(tasks)} already in the ledger" in capsys.readouterr().out
+    other = "yes" if label_of(2) != "yes" else "no"
+    changed = edit(export, lambda e: e[1]["annotations"][0]["result"][-1]["value"].update(choices=[other]))
+    with QuestionQueue(run.ledger_path) as queue:
+        with pytest.raises(QuestionConflict, match=rf"task 102 \(question 2\), annotation 1021: label-studio-user-1's "
+                                                   rf"answer {other} is not the ledger's, and step 0 was merged"):
+            read_answers(queue, write(tmp_path, changed, "changed.json"))
+
+
+def test_json_min_and_csv_exports_are_told_to_use_the_json_export(exported, tmp_path):
+    run, tasks, _ = exported
+    minimal = [{**task["data"], "id": 101 + i, "answer": "yes", "annotator": 1, "lead_time": 2.0}
+               for i, task in enumerate(tasks)]  # Label Studio's JSON-MIN: the data and the choice, flat
+    csv = "image,category,apis_run,apis_question,answer,annotator\n/data/x.png,circle,abc,1,yes,1\n"
+    with QuestionQueue(run.ledger_path) as queue:
+        with pytest.raises(QuestionError, match=r"min.json: a JSON-MIN export; use Label Studio's JSON export"):
+            read_answers(queue, write(tmp_path, minimal, "min.json"))
+        (tmp_path / "export.csv").write_text(csv)
+        with pytest.raises(QuestionError, match=r"export.csv: a CSV or TSV export; use Label Studio's JSON export"):
+            read_answers(queue, tmp_path / "export.csv")
+
+
+def test_tasks_not_made_by_apis_are_skipped_and_counted(exported, tmp_path, capsys):
+    run, tasks, _ = exported
+    export = label_studio_export(tasks)
+    image_only = {"id": 500, "data": {"image": "/data/local-files/?d=images/0.png"},
+                  "annotations": [{"id": 5001, "completed_by": 1, "result": [
+                      {"type": "choices", "from_name": "answer", "to_name": "image", "value": {"choices": ["yes"]}}]}]}
+    main(["import-answers", str(run.run_dir), str(write(tmp_path, [*export, image_only, image_only]))])
+    out = capsys.readouterr().out
+    assert f"{len(tasks) + 2} tasks read: {len(tasks)} answers stored" in out
+    assert "2 tasks without apis_question skipped" in out
+
+
+def test_an_import_takes_answers_to_questions_leased_on_the_page_and_speaks_of_no_lease(exported, tmp_path):
+    run, tasks, _ = exported
+    with QuestionQueue(run.ledger_path) as queue:
+        leased = queue.lease_next("alice", lease_s=300)
+        read_answers(queue, write(tmp_path, label_studio_export(tasks)))
+        assert leased.id in {r.question_id for r in queue.responses(0)}
+        with pytest.raises(QuestionConflict) as refused:  # a second person's answer, one wanted
+            read_answers(queue, write(tmp_path, label_studio_export(tasks, people=(2,)), "second.json"))
+    assert "lease" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("completed_by", "users", "name"), [
+    (7, {}, "label-studio-user-7"),
+    (7, {7: "ann@example.org"}, "ann@example.org"),
+    ({"id": 7, "email": "ann@example.org", "username": "ann"}, {}, "ann@example.org"),
+    ({"id": 7, "email": "", "username": "ann"}, {}, "ann"),
+    ({"id": 7, "first_name": "Ann", "last_name": "Lee"}, {}, "Ann Lee"),
+    ({"id": 7}, {7: "ann@example.org"}, "ann@example.org"),
+])
+def test_annotators_are_named_by_email_where_label_studio_gives_one(exported, completed_by, users, name):
+    run, tasks, _ = exported
+    export = label_studio_export(tasks[:1])
+    export[0]["annotations"][0]["completed_by"] = completed_by
+    with QuestionQueue(run.ledger_path) as queue:
+        store_answers(queue, export, "api", users=users)
+        assert [r.annotator for r in queue.responses(0)] == [name]
+
+
+def test_a_withdrawn_answer_stays_withdrawn_until_it_is_changed_in_label_studio(exported, tmp_path, capsys):
+    run, tasks, _ = exported
+    export = label_studio_export(tasks)
+    main(["import-answers", str(run.run_dir), str(write(tmp_path, export))])
+    capsys.readouterr()
+    main(["answers", "withdraw", str(run.run_dir), "--question", "2"])
+    assert f"withdrew label-studio-user-1's answer {label_of(2)} to question 2 (label-studio" in capsys.readouterr().out
+    with QuestionQueue(run.ledger_path) as queue:
+        assert queue.waiting(0) == 1 and 2 not in {r.question_id for r in queue.responses(0)}
+    main(["import-answers", str(run.run_dir), str(write(tmp_path, export))])
+    assert "1 answers withdrawn from the ledger left out" in capsys.readouterr().out
+    other = "yes" if label_of(2) != "yes" else "no"
+    changed = edit(export, lambda e: e[1]["annotations"][0]["result"][-1]["value"].update(choices=[other]))
+    main(["import-answers", str(run.run_dir), str(write(tmp_path, changed))])
+    assert "1 answers stored" in capsys.readouterr().out
+    with QuestionQueue(run.ledger_path) as queue:
+        assert [r.label for r in queue.responses(0) if r.question_id == 2] == [{"yes": 1, "no": 0}[other]]
+
+
+def test_withdraw_needs_the_annotator_of_several_answers_and_refuses_a_merged_step(exported, tmp_path, capsys):
+    run, tasks, _ = exported
+    main(["import-answers", str(run.run_dir), str(write(tmp_path, label_studio_export(tasks, people=(1, 2)))),
+          "--answers-per-question", "2"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["answers", "withdraw", str(run.run_dir), "--question", "1"])
+    assert "question 1 has answers by label-studio-user-1, label-studio-user-2; say whose" in capsys.readouterr().err
+    main(["answers", "withdraw", str(run.run_dir), "--question", "1", "--annotator", "label-studio-user-2"])
+    with QuestionQueue(run.ledger_path) as queue:
+        assert [r.annotator for r in queue.responses(0) if r.question_id == 1] == ["label-studio-user-1"]
+        queue.withdraw(1)
+        read_answers(queue, write(tmp_path, label_studio_export(tasks[:1], people=(3, 4)), "q1.json"))
+        queue.merge(0)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["answers", "withdraw", str(run.run_dir), "--question", "3", "--annotator", "label-studio-user-1"])
+    assert "question 3: step 0 was merged" in capsys.readouterr().err
