@@ -67,13 +67,13 @@ def score_training_masks(run: RunStep, constraints: Sequence[Constraint] = ("loc
     for inst in train_set.instances():
         image = train_set.image(inst.image_id)
         gt = gt_masks.mask(inst.ann_id)
+        gt_area = int(gt.sum())
         xs, ys, xe, ye = box_pixel_range(*inst.bbox_xyxy, image.width, image.height)
-        fill = np.zeros_like(gt)
-        fill[ys:ye, xs:xe] = True
+        box_fill = box_iou(gt[ys:ye, xs:xe], (xe - xs) * (ye - ys), gt_area)
         points = run.points.get(inst.ann_id)
         answered = int(np.sum(points.labels >= 0)) if points is not None else 0
         if inst.ann_id in run.drawn:
-            rows.append(InstanceQuality(inst.ann_id, inst.image_id, inst.category_id, "drawn", iou(fill, gt), 1.0,
+            rows.append(InstanceQuality(inst.ann_id, inst.image_id, inst.category_id, "drawn", box_fill, 1.0,
                                         answered, 0, {c: 1.0 for c in constraints},
                                         {c: gt for c in constraints} if keep_masks else {}))
             continue
@@ -82,13 +82,28 @@ def score_training_masks(run: RunStep, constraints: Sequence[Constraint] = ("loc
         for constraint in constraints:
             exported = export_instance(probabilities, train_set, points, constraint, run.cfg.model.mask_threshold)
             first = first or exported
-            mask = full_image_mask(exported, image.height, image.width)
-            ious[constraint] = iou(mask, gt)
+            ious[constraint] = grid_iou(exported.mask, exported.origin, gt, gt_area)
             if keep_masks:
-                masks[constraint] = mask
-        rows.append(InstanceQuality(inst.ann_id, inst.image_id, inst.category_id, first.source, iou(fill, gt),
+                masks[constraint] = full_image_mask(exported, image.height, image.width)
+        rows.append(InstanceQuality(inst.ann_id, inst.image_id, inst.category_id, first.source, box_fill,
                                     first.quality, first.points, first.contradicted, ious, masks))
     return rows
+
+
+def grid_iou(mask: np.ndarray, origin: tuple[int, int], gt: np.ndarray, gt_area: int) -> float:
+    """:func:`iou` of ``mask`` (``bool[h, w]`` on the grid at ``origin``, empty elsewhere) with the full-image
+    ``gt`` of area ``gt_area``, without building the full-image mask (COCO-sized images, thousands of boxes)."""
+    xs, ys = origin
+    inter = int(np.logical_and(mask, gt[ys:ys + mask.shape[0], xs:xs + mask.shape[1]]).sum())
+    union = int(mask.sum()) + gt_area - inter
+    return inter / union if union else 1.0
+
+
+def box_iou(gt_in_box: np.ndarray, box_area: int, gt_area: int) -> float:
+    """IoU of a mask filling the box (``box_area`` pixels) with a GT mask of ``gt_area`` pixels, ``gt_in_box`` of
+    them inside the box."""
+    inter = int(gt_in_box.sum())
+    return inter / (box_area + gt_area - inter) if box_area + gt_area - inter else 1.0
 
 
 def summarise_quality(rows: Sequence[InstanceQuality]) -> dict:
