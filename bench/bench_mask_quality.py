@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from apis.active.loop import load_datasets, step_dir
+from apis.active.mask_quality import iou
 from apis.active.prediction import SelectionImages, iter_prediction_sets
 from apis.active.selection import crop_to_grid
 from apis.config import load_run_config
@@ -78,11 +79,6 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     first_rank = np.cumsum(counts) - counts + 1
     ranks = (first_rank + (counts - 1) / 2)[inverse]
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def shifted_ious(mask: np.ndarray, grid_range: tuple[int, int, int, int], gt: np.ndarray) -> np.ndarray:
