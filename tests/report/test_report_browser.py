@@ -36,7 +36,7 @@ def test_the_report_renders_offline_in_chromium(finished_runs, tmp_path, chromiu
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
     assert [url for url in fetched if not url.startswith(("file:", "data:"))] == []
-    assert len(images) == 5 and all(done and width > 300 for done, width in images)
+    assert len(images) == 6 and all(done and width > 300 for done, width in images)
     assert tables == [3, 7]  # runs (header + 2), per-step table (header + 2 strategies x 3 steps)
     assert screenshot.stat().st_size > 100_000
     if os.environ.get("APIS_REPORT_SCREENSHOT"):
