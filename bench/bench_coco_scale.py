@@ -16,8 +16,9 @@ Each stage runs in a fresh process, so its time and peak RSS are its own:
   and checked, the ledger created, every instance registered), then ten steps each ask one random point of
   every training instance through the loop's own ``_ask_and_record`` (simulated oracle + one ledger
   transaction) and write a placeholder ``metrics.json`` (no training: mask AP is left empty);
-* on that 10-step ledger: ``apis status`` and ``apis report --gallery-images 0 --mask-quality-images -1`` (wall time of the command,
-  interpreter start included; the report's pictures need trained checkpoints), and a resume: the run opened
+* on that 10-step ledger: ``apis status`` and ``apis report --gallery-images 0 --mask-quality-images -1`` (wall
+  time of the command, interpreter start included; the report's pictures and training-mask curve need trained
+  checkpoints), and a resume: the run opened
   again (both jsons loaded and their files checked, the ledger's integrity scanned, the instances compared),
   then what a step reads from the ledger: the points it trains on (``points(max_step=9)``), for its metrics
   record the step's answers and the answer count, and for selection every pixel asked (``asked()``).
