@@ -60,6 +60,16 @@ def _figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def _labelled_png(fig, axis, xlabel: str, ylabel: str) -> bytes:
+    """A one-axis figure with its labels, grid and legend, as PNG bytes."""
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
@@ -93,12 +103,8 @@ def plot_point_accuracy(groups: dict[str, list[Path]]) -> bytes:
             starts |= {previous["iteration"] for c, previous in zip(curve[1:], curve) if c["step"] != previous["step"]}
     for start in sorted(starts):
         axis.axvline(start, color="grey", linestyle=":", linewidth=0.8)
-    axis.set_xlabel("training iteration (M0, then each step's fine-tuning)")
-    axis.set_ylabel("accuracy on the batch's labelled points")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    fig.tight_layout()
-    return _figure_png(fig)
+    return _labelled_png(fig, axis, "training iteration (M0, then each step's fine-tuning)",
+                         "accuracy on the batch's labelled points")
 
 
 def plot_selection_statistics(groups: dict[str, list[list[dict]]]) -> bytes:
@@ -148,12 +154,8 @@ def plot_training_mask_quality(groups: dict[str, list[list[dict]]]) -> bytes:
             axis.fill_between(hours, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
         box_fill += [row["box_fill_mIoU"] for rows in runs for row in rows]
     axis.axhline(float(np.mean(box_fill)), color="grey", linestyle="--", label="filling the box")
-    axis.set_xlabel("annotation hours (boxes + points or masks)")
-    axis.set_ylabel("mean IoU of the exported training masks")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    fig.tight_layout()
-    return _figure_png(fig)
+    return _labelled_png(fig, axis, "annotation hours (boxes + points or masks)",
+                         "mean IoU of the exported training masks")
 
 
 def _training_masks_section(dir_groups: dict[str, list[Path]], max_images: int, device: str | None) -> list[str]:
