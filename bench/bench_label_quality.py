@@ -92,11 +92,12 @@ def measure(run: RunStep, group: str, seed: int, hours: float, max_images: int, 
 def loop_rows(run_dir: Path, max_images: int, device: str) -> list[dict]:
     """A row per finished step of a loop run."""
     files = RunDirectory(run_dir)
-    found = []
+    found, train_set = [], None
     for step in files.done_steps():
         metrics = files.step_metrics(step)
         group = metrics["strategy"] if metrics["strategy"].startswith("AFIS") else f"APIS {metrics['strategy']}"
-        run = open_run_step(run_dir, step)
+        run = open_run_step(run_dir, step, train_set)
+        train_set = run.train_set
         found.append(measure(run, group, run.cfg.seed, metrics["annotation_seconds"] / 3600, max_images, device))
         print(f"{run_dir} P{step}: mIoU {found[-1]['mIoU']['local']:.3f} (box fill "
               f"{found[-1]['box_fill_mIoU']:.3f})", flush=True)

@@ -115,6 +115,11 @@ def export_instance(found: InstanceProbabilities, dataset: CocoDataset, points: 
                         quality)
 
 
+def answered_points(points: InstancePoints | None) -> int:
+    """How many of an instance's points were answered yes or no (unsure ones left out)."""
+    return int(np.sum(points.labels >= 0)) if points is not None else 0
+
+
 def _grid_points(points: InstancePoints | None, origin: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     if points is None or len(points.labels) == 0:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -146,8 +151,9 @@ class RunStep:
     drawn: Set[int]
 
 
-def open_run_step(run_dir: str | Path, step: int | None = None) -> RunStep:
+def open_run_step(run_dir: str | Path, step: int | None = None, train_set: CocoDataset | None = None) -> RunStep:
     """Read what exporting ``step`` of ``run_dir`` needs, read-only (nothing in the run dir changes).
+    ``train_set``: the run's training set when a caller already loaded it (reading every step of a run).
 
     Raises:
         ConfigError / RunDirectoryError: not a run directory, no finished step, or ``step`` not finished.
@@ -163,7 +169,8 @@ def open_run_step(run_dir: str | Path, step: int | None = None) -> RunStep:
     if step not in done:
         raise RunDirectoryError(f"{files.root}: step {step} is not finished; finished steps: "
                                 f"{', '.join(map(str, done))}")
-    train_set = load_coco(cfg.data.train_json, cfg.data.image_root or None).subset(cfg.data.max_train_images)
+    if train_set is None:
+        train_set = load_coco(cfg.data.train_json, cfg.data.image_root or None).subset(cfg.data.max_train_images)
     with PointLedger(files.ledger_path, read_only=True) as ledger:
         points = ledger.points(max_step=step)
         bought = {mask.ann_id for mask in ledger.masks(max_step=step)}
@@ -188,8 +195,7 @@ def export_run_masks(run: RunStep, constraint: Constraint = "local", device: str
     for inst in run.train_set.instances():
         points = run.points.get(inst.ann_id)
         if inst.ann_id in run.drawn:
-            answered = int(np.sum(points.labels >= 0)) if points is not None else 0
-            exported.append(ExportedMask(inst.ann_id, "drawn", (0, 0), None, answered, 0, 1.0))
+            exported.append(ExportedMask(inst.ann_id, "drawn", (0, 0), None, answered_points(points), 0, 1.0))
         else:  # an instance the prediction sets did not reach is a box the model has no location for
             exported.append(predicted.get(inst.ann_id) or export_instance(
                 InstanceProbabilities(inst.ann_id, (0, 0), None), run.train_set, points, constraint))

@@ -18,6 +18,7 @@ import numpy as np
 from apis.active.mask_export import (
     InstanceProbabilities,
     RunStep,
+    answered_points,
     export_instance,
     full_image_mask,
     instance_probabilities,
@@ -71,10 +72,9 @@ def score_training_masks(run: RunStep, constraints: Sequence[Constraint] = ("loc
         xs, ys, xe, ye = box_pixel_range(*inst.bbox_xyxy, image.width, image.height)
         box_fill = box_iou(gt[ys:ye, xs:xe], (xe - xs) * (ye - ys), gt_area)
         points = run.points.get(inst.ann_id)
-        answered = int(np.sum(points.labels >= 0)) if points is not None else 0
         if inst.ann_id in run.drawn:
             rows.append(InstanceQuality(inst.ann_id, inst.image_id, inst.category_id, "drawn", box_fill, 1.0,
-                                        answered, 0, {c: 1.0 for c in constraints},
+                                        answered_points(points), 0, {c: 1.0 for c in constraints},
                                         {c: gt for c in constraints} if keep_masks else {}))
             continue
         probabilities = found.get(inst.ann_id, InstanceProbabilities(inst.ann_id, (xs, ys), None))

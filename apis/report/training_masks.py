@@ -19,10 +19,11 @@ def step_mask_quality(run_dir: Path, max_images: int, device: str | None) -> lis
     """Per finished step of ``run_dir``: ``hours``, ``mIoU`` of the exported masks (local constraint) and
     ``box_fill_mIoU``; empty when the training set has no GT masks."""
     files = RunDirectory(run_dir)
-    rows = []
+    rows, train_set = [], None
     for step in files.done_steps():
-        run = open_run_step(run_dir, step)
-        if not run.train_set.has_masks:
+        run = open_run_step(run_dir, step, train_set)  # the training set is read once per run, not per step
+        train_set = run.train_set
+        if not train_set.has_masks:
             return []
         summary = summarise_quality(score_training_masks(run, ("local",), device=device, max_images=max_images))
         rows.append({"step": step, "hours": files.step_metrics(step)["annotation_seconds"] / 3600,
