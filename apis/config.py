@@ -83,7 +83,13 @@ class ModelConfig:
     # Between the dynamic head's layers: "relu" (AdelaiDet) or "leaky_relu" (slope 0.1), which keeps a
     # gradient through units that point supervision would otherwise switch off for good (docs/results.md).
     dynamic_activation: str = "relu"
-    mask_out_stride: int = 4
+    # Stride of the mask branch's features, where the dynamic head runs: 8 (CondInst's, P3-P5) or 4 (P3-P5
+    # and the ResNet's stride-4 stage C2; docs/design.md, "Sharp masks").
+    mask_feature_stride: int = 8
+    mask_out_stride: int = 4  # stride of the mask logits: the dynamic head's output upsampled bilinearly
+    # Run each instance's dynamic head only on the cells that can hold a box its location is assigned
+    # (within the level's upper size edge), background elsewhere: what makes stride 4 affordable.
+    mask_head_window: bool = False
     centre_sampling_radius: float = 1.5
     size_ranges: list[float] = field(default_factory=lambda: [0, 64, 128, 256, 512, float("inf")])
     max_proposals: int = 500  # mask-head training instances per batch (-1: all)
@@ -442,6 +448,7 @@ def validate(cfg: ExperimentConfig) -> None:
                           f"not from full masks; set loss.full=0 (got {cfg.loss.full})")
     _check_choice("model.norm", cfg.model.norm, ("frozen_bn", "bn"))
     _check_choice("model.dynamic_init", cfg.model.dynamic_init, ("fan_in", "zeros"))
+    _check_choice("model.mask_feature_stride", cfg.model.mask_feature_stride, (8, 4))
     _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))
     _check_choice("loss.point_normalisation", cfg.loss.point_normalisation, ("point", "instance"))
     _check_choice("oracle.kind", cfg.oracle.kind, ("simulated", "human"))
@@ -518,7 +525,6 @@ _RANGES = {
 # List keys: at least one item (when the minimum length is 1), every item at least its minimum.
 _LIST_RANGES = {"data.min_size_train": (1, 1), "solver.steps": (0, 0), "loop.finetune_steps": (0, 0),
                 "selection.ensemble_seeds": (0, 0), "selection.scales": (1, 1)}
-MASK_BRANCH_STRIDE = 8  # the mask branch's output stride (apis.modeling.condinst.MaskBranch.stride)
 
 
 def _value(cfg: ExperimentConfig, key: str) -> Any:
@@ -539,10 +545,10 @@ def _validate_ranges(cfg: ExperimentConfig) -> None:
         _check_range("model.max_proposals", cfg.model.max_proposals, minimum=1)
     if cfg.loss.points_per_iter != -1:
         _check_range("loss.points_per_iter", cfg.loss.points_per_iter, minimum=1)
-    stride = cfg.model.mask_out_stride
-    if stride < 1 or MASK_BRANCH_STRIDE % stride:
-        raise ConfigError(f"config key 'model.mask_out_stride' is {cfg.model.mask_out_stride}; it must divide the "
-                          f"mask branch's stride {MASK_BRANCH_STRIDE} (1, 2, 4 or 8)")
+    stride, branch_stride = cfg.model.mask_out_stride, cfg.model.mask_feature_stride
+    if stride < 1 or branch_stride % stride:
+        raise ConfigError(f"config key 'model.mask_out_stride' is {stride}; it must divide the mask branch's stride "
+                          f"model.mask_feature_stride={branch_stride}")
     edges = cfg.model.size_ranges
     if len(edges) != 6 or any(math.isnan(edge) or edge < 0 for edge in edges) or list(edges) != sorted(edges):
         raise ConfigError(f"config key 'model.size_ranges' is {edges!r}; it needs 6 increasing edges >= 0, one more "

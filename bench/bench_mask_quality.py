@@ -25,13 +25,13 @@ evaluated on the box's pixels, their probabilities averaged) and scores the mask
 * ``spread``: mean over instances of the standard deviation of the probabilities inside the box
   (0 = a constant mask);
 * ``alive L1 / L2``: share of the dynamic head's hidden units (layers 1 and 2, averaged over the
-  instance's assigned locations) that are positive at one or more stride-8 cells of the box. A unit that
+  instance's assigned locations) that are positive at one or more mask-feature cells of the box. A unit that
   is negative over the whole box passes nothing of the image through its ReLU and gets no gradient
   (with ``model.dynamic_activation=leaky_relu`` it still passes a tenth, so there a low share is no death);
   empty for Mask R-CNN, whose prediction set is its positive proposals' box-frame masks.
 
 Rows are also split by the object's size *as the network sees it* (square root of the box area after
-resizing to the test size), because the mask branch works at stride 8 and the masks at stride 4: an
+resizing to the test size), because the mask branch works at stride 8 (or 4) and the masks at stride 4: an
 object a few cells wide leaves the head little room for a shape.
 
     .venv/bin/python bench/bench_mask_quality.py runs/label_efficiency_fanin/*_seed* --images 60
@@ -59,7 +59,6 @@ from apis.config import load_run_config
 from apis.data.dataset import collate
 from apis.data.transforms import resized_size
 from apis.engine.inference import load_model
-from apis.modeling.mask_branch import MaskBranch
 from apis.modeling.mask_losses import box_masks_at_stride
 from apis.utils.device import resolve_device
 
@@ -125,7 +124,7 @@ def hidden_units_alive(model, cfg, val, device: torch.device) -> list[float]:
                                                    forward.locations[members], forward.levels[members],
                                                    torch.zeros_like(members))
         height, width = forward.mask_features.shape[-2:]
-        in_box = box_masks_at_stride(target["boxes"][gt_index[0, members]], height, width, MaskBranch.stride)
+        in_box = box_masks_at_stride(target["boxes"][gt_index[0, members]], height, width, model.mask_branch.stride)
         in_box = in_box.reshape(len(members), 1, height * width)
         for layer, hidden in enumerate(outputs[:-1]):
             if len(alive) <= layer:

@@ -44,6 +44,8 @@ class ResNetFPN(nn.Module):
     """``forward(images [B, 3, H, W] normalised) -> [P3, P4, P5, P6, P7]``, each ``[B, fpn_channels, h, w]``.
 
     Level ``l`` has stride ``FPN_STRIDES[l]``; for ``H`` divisible by 32, P3-P5 are exactly ``H / stride``.
+    :meth:`c2_and_pyramid` also returns the first stage's output ``C2`` (stride 4, ``c2_channels``), which a
+    stride-4 mask branch reads.
     """
 
     def __init__(self, resnet: torchvision.models.ResNet, stage_channels: tuple[int, int, int],
@@ -55,14 +57,19 @@ class ResNetFPN(nn.Module):
                                          extra_blocks=LastLevelP6P7(fpn_channels, fpn_channels))
         self.strides = FPN_STRIDES
         self.out_channels = fpn_channels
+        self.c2_channels = resnet.layer1[-1].conv1.in_channels  # 64 for ResNet-18/34, 256 for 50/101
 
     def forward(self, images: Tensor) -> list[Tensor]:
+        return self.c2_and_pyramid(images)[1]
+
+    def c2_and_pyramid(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(C2 [B, c2_channels, H/4, W/4], [P3, ..., P7])`` of ``images [B, 3, H, W]`` normalised."""
         c2 = self.layer1(self.stem(images))
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
         pyramid = self.fpn(OrderedDict([("c3", c3), ("c4", c4), ("c5", c5)]))
-        return list(pyramid.values())
+        return c2, list(pyramid.values())
 
 
 def backbone_state_dict(backbone: ResNetFPN) -> dict[str, Tensor]:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from apis.modeling.backbone import build_backbone
 from apis.modeling.condinst_loss import CondInstLoss
-from apis.modeling.dynamic_mask_head import DynamicMaskHead, fan_in_parameters, sizes_of_interest
+from apis.modeling.dynamic_mask_head import DynamicMaskHead, fan_in_parameters, sizes_of_interest, window_radii
 from apis.modeling.fcos import FCOSHead, HeadOutputs, assign_locations, level_locations, ltrb_to_boxes
 from apis.modeling.inputs import check_batch, check_targets
 from apis.modeling.mask_branch import MaskBranch
@@ -52,7 +52,7 @@ class NetworkOutputs:
     """One pass of the network over a batch, shared by training, inference and the active loop."""
 
     head: HeadOutputs  # [B, L, ...] per location of every level
-    mask_features: Tensor  # [B, C, Hp/8, Wp/8]
+    mask_features: Tensor  # [B, C, Hp/s, Wp/s], s = the mask branch's stride (8 or 4)
     locations: Tensor  # [L, 2] continuous (x, y) of every location in the padded resized frame
     levels: Tensor  # [L] pyramid level (0 = P3) of every location
 
@@ -74,7 +74,11 @@ class CondInst(nn.Module):
         dynamic_init: controller bias at initialisation, "fan_in" (every instance starts with a
             He-initialised mask head) or "zeros" (AdelaiDet's).
         dynamic_activation: between the dynamic head's layers, "relu" or "leaky_relu".
-        mask_out_stride: stride of the mask logits.
+        mask_feature_stride: stride of the mask branch's features and of the dynamic head's evaluation: 8
+            (CondInst's: P3-P5) or 4 (P3-P5 and the ResNet's stride-4 stage C2).
+        mask_out_stride: stride of the mask logits (the dynamic head's output upsampled bilinearly).
+        mask_head_window: run each instance's dynamic head only around its location, on the cells that can
+            hold a box its level is assigned (background elsewhere), instead of on the whole image.
         centre_sampling_radius: FCOS centre sampling radius, in strides.
         size_ranges: the 6 edges of the object sizes each level P3-P7 is assigned.
         max_proposals: mask-head training instances per batch (-1: all).
@@ -92,7 +96,8 @@ class CondInst(nn.Module):
                  norm: str = "frozen_bn", fpn_channels: int = 256, head_convs: int = 4,
                  mask_branch_channels: int = 128, mask_channels: int = 8, dynamic_channels: int = 8,
                  dynamic_layers: int = 3, dynamic_init: str = "fan_in", dynamic_activation: str = "relu",
-                 mask_out_stride: int = 4, centre_sampling_radius: float = 1.5,
+                 mask_feature_stride: int = 8, mask_out_stride: int = 4,
+                 mask_head_window: bool = False, centre_sampling_radius: float = 1.5,
                  size_ranges: Sequence[float] = SIZE_RANGES, max_proposals: int = 500, score_threshold: float = 0.05,
                  pre_nms_top_k: int = 1000, nms_threshold: float = 0.6, detections_per_image: int = 100,
                  mask_threshold: float = 0.5, loss: CondInstLoss | None = None):
@@ -114,10 +119,13 @@ class CondInst(nn.Module):
         self.detections_per_image = detections_per_image
         self.mask_threshold = mask_threshold
         self.criterion = loss or CondInstLoss()
-        self.mask_branch = MaskBranch(fpn_channels, mask_branch_channels, mask_channels, num_convs=MASK_BRANCH_CONVS)
+        self.mask_branch = MaskBranch(fpn_channels, mask_branch_channels, mask_channels, num_convs=MASK_BRANCH_CONVS,
+                                      stride=mask_feature_stride, fine_channels=self.backbone.c2_channels)
         self.dynamic_head = DynamicMaskHead(mask_channels, dynamic_channels, dynamic_layers,
-                                            sizes_of_interest(self.size_ranges), MaskBranch.stride, mask_out_stride,
-                                            dynamic_activation)
+                                            sizes_of_interest(self.size_ranges), mask_feature_stride, mask_out_stride,
+                                            dynamic_activation,
+                                            window_radii(self.size_ranges, mask_feature_stride) if mask_head_window
+                                            else None)
         self.head = FCOSHead(fpn_channels, num_classes, head_convs, len(self.strides), self.dynamic_head.num_params)
         if dynamic_init == "fan_in":
             with torch.no_grad():
@@ -140,7 +148,9 @@ class CondInst(nn.Module):
             mask_branch_channels=model.mask_branch_channels, mask_channels=model.mask_channels,
             dynamic_channels=model.dynamic_channels, dynamic_layers=model.dynamic_layers,
             dynamic_init=model.dynamic_init, dynamic_activation=model.dynamic_activation,
-            mask_out_stride=model.mask_out_stride, centre_sampling_radius=model.centre_sampling_radius,
+            mask_feature_stride=model.mask_feature_stride, mask_out_stride=model.mask_out_stride,
+            mask_head_window=model.mask_head_window,
+            centre_sampling_radius=model.centre_sampling_radius,
             size_ranges=model.size_ranges, max_proposals=model.max_proposals, score_threshold=model.score_threshold,
             pre_nms_top_k=model.pre_nms_top_k, nms_threshold=model.nms_threshold,
             detections_per_image=model.detections_per_image, mask_threshold=model.mask_threshold, loss=criterion)
@@ -149,9 +159,9 @@ class CondInst(nn.Module):
 
     def forward(self, images: Tensor) -> NetworkOutputs:
         """One pass of the network over ``images [B, 3, Hp, Wp]`` (RGB 0..255, padded to a multiple of 32)."""
-        pyramid = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        c2, pyramid = self.backbone.c2_and_pyramid((images - self.pixel_mean) / self.pixel_std)
         head = self.head(pyramid)
-        mask_features = self.mask_branch(pyramid[:3])
+        mask_features = self.mask_branch(pyramid[:3], c2)
         locations, levels = level_locations([tuple(p.shape[-2:]) for p in pyramid], self.strides, images.device)
         return NetworkOutputs(head, mask_features, locations, levels)
 

@@ -15,6 +15,9 @@ from torch import Tensor, nn
 RELATIVE_COORDINATES = 2  # (x, y) offsets fed to the first layer next to the mask features
 LEAKY_SLOPE = 0.1  # negative slope of the "leaky_relu" activation between the head's layers
 ACTIVATIONS = ("relu", "leaky_relu")
+# The logit of every cell outside an instance's window (sigmoid ~ 5e-5: background to every loss and to
+# inference); constant, so no gradient flows there.
+OUTSIDE_WINDOW_LOGIT = -10.0
 
 
 def layer_shapes(in_channels: int, channels: int, num_layers: int) -> list[tuple[int, int]]:
@@ -53,16 +56,31 @@ def sizes_of_interest(size_ranges: list[float]) -> list[float]:
     return [edge if math.isfinite(edge) else 2 * size_ranges[i] for i, edge in enumerate(upper)]
 
 
+def window_radii(size_ranges: list[float], feature_stride: int) -> list[float]:
+    """Per level, the half-side in pixels of the square around a location that holds every box FCOS may
+    assign to it: a location is assigned a box only when its largest distance to the box's sides is at most
+    the level's upper size edge; one cell more keeps the cells the box's border touches (``inf`` for the
+    open-ended top level: the whole map)."""
+    return [edge + feature_stride for edge in size_ranges[1:]]
+
+
 class DynamicMaskHead(nn.Module):
     """Runs every instance's own mask MLP over the shared mask features.
 
     The first layer reads the mask features and the location's offset to each map cell,
     ``(instance_location - cell_centre) / size_of_interest[level]``. Instances are batched with
     ``bmm`` (no Python loop over instances). Output: logits at ``out_stride``, upsampled bilinearly.
+
+    With ``window_radii`` (pixels, one per level: :func:`window_radii`) each instance's MLP runs only on
+    the cells whose centre lies within that distance of its location (a square window, moved inside the map
+    at the border), and every other cell gets :data:`OUTSIDE_WINDOW_LOGIT`. Training loses nothing: the
+    boxes a location is assigned lie in its window. At stride 4 this is what keeps the head affordable: an
+    instance of P3 reads 34 x 34 cells instead of the whole image.
     """
 
     def __init__(self, in_channels: int, channels: int, num_layers: int, sizes_of_interest: list[float],
-                 feature_stride: int, out_stride: int, activation: str = "relu"):
+                 feature_stride: int, out_stride: int, activation: str = "relu",
+                 window_radii: list[float] | None = None):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"model.dynamic_activation={activation!r}: allowed values are {', '.join(ACTIVATIONS)}")
@@ -75,6 +93,9 @@ class DynamicMaskHead(nn.Module):
         self.negative_slope = LEAKY_SLOPE if activation == "leaky_relu" else 0.0
         self.register_buffer("sizes_of_interest", torch.tensor(sizes_of_interest, dtype=torch.float32),
                              persistent=False)
+        if window_radii is not None and len(window_radii) != len(sizes_of_interest):
+            raise ValueError(f"window_radii needs one radius per level ({len(sizes_of_interest)}), got {window_radii}")
+        self.window_radii = window_radii
 
     def forward(self, mask_features: Tensor, params: Tensor, locations: Tensor, levels: Tensor,
                 image_index: Tensor) -> Tensor:
@@ -92,8 +113,11 @@ class DynamicMaskHead(nn.Module):
         """
         height, width = mask_features.shape[-2:]
         n = params.shape[0]
-        x = self.layer_outputs(mask_features, params, locations, levels, image_index)[-1]
-        logits = x.reshape(n, 1, height, width)
+        if self.window_radii is None:
+            logits = self.layer_outputs(mask_features, params, locations, levels, image_index)[-1]
+        else:
+            logits = self._windowed_logits(mask_features, params, locations, levels, image_index)
+        logits = logits.reshape(n, 1, height, width)
         factor = self.feature_stride // self.out_stride
         if factor > 1 and n > 0:
             logits = F.interpolate(logits, scale_factor=factor, mode="bilinear", align_corners=False)
@@ -123,6 +147,34 @@ class DynamicMaskHead(nn.Module):
             outputs.append(torch.baddbmm(bias, weight, F.leaky_relu(outputs[-1], self.negative_slope)))
         return outputs
 
+    def _windowed_logits(self, mask_features: Tensor, params: Tensor, locations: Tensor, levels: Tensor,
+                         image_index: Tensor) -> Tensor:
+        """``[n, 1, Hf * Wf]`` logits at ``feature_stride``: each instance's MLP on its window only."""
+        height, width = mask_features.shape[-2:]
+        stride = self.feature_stride
+        logits = params.new_full((params.shape[0], height, width), OUTSIDE_WINDOW_LOGIT)
+        for level in torch.unique(levels).tolist():
+            members = torch.nonzero(levels == level).squeeze(1)
+            radius = self.window_radii[level]
+            rows = _window_cells(locations[members, 1], radius, stride, height)  # [m, Ky]
+            cols = _window_cells(locations[members, 0], radius, stride, width)  # [m, Kx]
+            # [m, Ky, Kx, C] -> [m, C, Ky * Kx]: the features of each instance's window, nothing else copied.
+            features = mask_features[image_index[members, None, None], :, rows[:, :, None], cols[:, None, :]]
+            features = features.flatten(1, 2).transpose(1, 2)
+            cells_y = (rows[:, :, None] * stride + stride / 2).expand(-1, -1, cols.shape[1])
+            cells_x = (cols[:, None, :] * stride + stride / 2).expand(-1, rows.shape[1], -1)
+            cells = torch.stack([cells_x.flatten(1), cells_y.flatten(1)], dim=1).to(params.dtype)  # [m, 2, K]
+            offsets = (locations[members, :, None].to(params.dtype) - cells) / self.sizes_of_interest[level]
+            x = torch.cat([offsets, features.to(params.dtype)], dim=1)
+            weights, biases = self._split(params[members])
+            for layer, (weight, bias) in enumerate(zip(weights, biases)):
+                if layer:
+                    x = F.leaky_relu(x, self.negative_slope)
+                x = torch.baddbmm(bias, weight, x)
+            logits[members[:, None, None], rows[:, :, None], cols[:, None, :]] = x.reshape(
+                len(members), rows.shape[1], cols.shape[1])
+        return logits.reshape(-1, 1, height * width)
+
     def _split(self, params: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """``[n, P]`` -> per layer weights ``[n, out, in]`` and biases ``[n, out, 1]``."""
         if params.shape[1] != self.num_params:
@@ -133,6 +185,16 @@ class DynamicMaskHead(nn.Module):
         weights = [pieces[2 * i].reshape(n, out, width) for i, (out, width) in enumerate(self.shapes)]
         biases = [pieces[2 * i + 1].reshape(n, out, 1) for i, (out, _) in enumerate(self.shapes)]
         return weights, biases
+
+
+def _window_cells(centres: Tensor, radius: float, stride: int, size: int) -> Tensor:
+    """``[m, K]`` indices of the cells along one axis whose centre lies within ``radius`` pixels of each of
+    ``centres [m]``: ``K`` consecutive cells, the window moved inside ``0..size-1`` (all of them when ``K``
+    reaches ``size``)."""
+    count = min(size, 2 * math.ceil(radius / stride) + 1) if math.isfinite(radius) else size
+    first = torch.ceil((centres - radius) / stride - 0.5).long()  # the first cell whose centre is >= c - r
+    first = first.clamp(0, size - count)
+    return first[:, None] + torch.arange(count, device=centres.device)
 
 
 def sample_mask_logits(logits: Tensor, points: Tensor, stride: int) -> Tensor:
