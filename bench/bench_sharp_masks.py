@@ -45,10 +45,12 @@ from apis.utils.io import atomic_write_json  # noqa: E402
 LEVERS = {
     # CondInst as published: mask features at P3's stride 8, logits upsampled to stride 4.
     "baseline": [],
-    # Mask features at stride 4 (P3-P5 and the ResNet's C2), the dynamic head run there.
-    "c2_stride4": ["model.mask_feature_stride=4"],
+    # The dynamic head run only in the window around its location (background elsewhere), at stride 8.
+    "window": ["model.mask_head_window=true"],
+    # Mask features at stride 4 (P3-P5 and the ResNet's C2), the dynamic head run there in its window.
+    "c2_stride4": ["model.mask_feature_stride=4", "model.mask_head_window=true"],
     # As c2_stride4, and the logits (and every mask loss) at stride 2.
-    "c2_stride4_out2": ["model.mask_feature_stride=4", "model.mask_out_stride=2"],
+    "c2_stride4_out2": ["model.mask_feature_stride=4", "model.mask_head_window=true", "model.mask_out_stride=2"],
 }
 SIZE_BUCKETS = ("0-16 px", "16-32 px", ">= 32 px")
 
