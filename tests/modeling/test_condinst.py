@@ -229,3 +229,23 @@ def test_full_mask_loss_leaves_out_instances_whose_mask_is_not_known():
     every, _ = criterion.mask_losses(logits, stride, targets, image_index, local_gt, images, sizes, 0)
     both = masks_at_stride(targets[0]["masks"][[0, 1, 1]], stride)
     assert every["loss_mask_full"].item() == pytest.approx(loss_full(logits, both)["loss_mask_full"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("feature_stride", "out_stride", "window"), [(4, 4, True), (4, 2, True), (8, 4, True)])
+def test_finer_mask_paths_train_and_predict(feature_stride, out_stride, window, tiny_model):
+    loss = LossConfig(points=0.1, full=1.0, box=1.0)
+    model = tiny_model(loss, mask_feature_stride=feature_stride, mask_out_stride=out_stride, mask_head_window=window)
+    assert model.mask_branch.stride == feature_stride and model.mask_stride == out_stride
+    images, sizes, targets = batch()
+    outputs = model(images)
+    assert outputs.mask_features.shape == (2, 8, HEIGHT // feature_stride, WIDTH // feature_stride)
+    logits = model.mask_logits(outputs, torch.tensor([0, 1]), torch.tensor([5, 40]))
+    assert logits.shape == (2, HEIGHT // out_stride, WIDTH // out_stride)
+    losses = model.losses(images, sizes, targets, iteration=100)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    if feature_stride == 4:
+        assert model.mask_branch.refine_fine[0].weight.grad.abs().sum() > 0  # C2 is read and trained through
+    model.eval()
+    found = model.predict(images, sizes, [(60, 90), (64, 80)])
+    assert [f.masks.shape[1:] for f in found] == [(60, 90), (64, 80)]

@@ -1,4 +1,4 @@
-"""Dynamic mask head: parameter count and the batched computation against a per-instance reference."""
+"""Dynamic mask head: parameter count, the batched computation against a per-instance reference, the window."""
 
 import math
 
@@ -8,11 +8,15 @@ import torch.nn.functional as F
 
 from apis.modeling.dynamic_mask_head import (
     LEAKY_SLOPE,
+    OUTSIDE_WINDOW_LOGIT,
     DynamicMaskHead,
     fan_in_parameters,
     num_dynamic_params,
     sizes_of_interest,
+    window_radii,
 )
+from apis.modeling.fcos import assign_locations, level_locations
+from apis.modeling.mask_losses import box_masks_at_stride
 
 
 def test_parameter_count_of_the_paper():
@@ -130,3 +134,61 @@ def test_initial_masks_vary_over_the_image_only_with_fan_in_init(tiny_model, ini
     logits = model.mask_logits(outputs, torch.zeros(20, dtype=torch.long), chosen)
     spread = float(logits.detach().flatten(1).std(dim=1).median())
     assert low <= spread < high
+
+
+SIZE_RANGES = [0.0, 64.0, 128.0, 256.0, 512.0, math.inf]
+SOI = [64.0, 128.0, 256.0, 512.0, 1024.0]
+
+
+def test_window_radii_are_the_upper_size_edges_plus_a_cell():
+    assert window_radii(SIZE_RANGES, 4) == [68.0, 132.0, 260.0, 516.0, math.inf]
+
+
+@pytest.mark.parametrize("stride", [8, 4])
+def test_windowed_head_is_the_whole_image_head_inside_its_window(stride):
+    torch.manual_seed(0)
+    height, width = 288 // stride, 384 // stride
+    whole = DynamicMaskHead(8, 8, 3, SOI, stride, stride, "leaky_relu")
+    windowed = DynamicMaskHead(8, 8, 3, SOI, stride, stride, "leaky_relu", window_radii(SIZE_RANGES, stride))
+    mask_features = torch.randn(2, 8, height, width)
+    params = torch.randn(7, whole.num_params)
+    locations = torch.tensor([[4.0, 4.0], [380.0, 150.0], [200.0, 100.0], [100.0, 280.0], [60.0, 60.0],
+                              [190.0, 140.0], [300.0, 20.0]])
+    levels = torch.tensor([0, 0, 1, 2, 0, 4, 3])
+    image_index = torch.tensor([0, 1, 0, 1, 1, 0, 0])
+    expected = whole(mask_features, params, locations, levels, image_index)
+    logits = windowed(mask_features, params, locations, levels, image_index)
+    inside = logits != OUTSIDE_WINDOW_LOGIT
+    assert torch.allclose(logits[inside], expected[inside], atol=1e-4)
+    # By hand: the cells whose centre lies within the radius (a square) are all computed...
+    ys = torch.arange(height) * stride + stride / 2
+    xs = torch.arange(width) * stride + stride / 2
+    for k in range(len(levels)):
+        radius = window_radii(SIZE_RANGES, stride)[levels[k]]
+        near = ((ys[:, None] - locations[k, 1]).abs() <= radius) & ((xs[None, :] - locations[k, 0]).abs() <= radius)
+        assert inside[k][near].all()
+    # ...a P3 window is 2 * ceil(68 / stride) + 1 cells a side, moved inside the map at the border, and the
+    # open-ended top level (P7) reads the whole map.
+    side = 2 * math.ceil(68 / stride) + 1
+    assert int(inside[0].sum()) == int(inside[1].sum()) == side * side
+    assert bool(inside[0, :side, :side].all()) and bool(inside[5].all())
+
+
+def test_every_box_fcos_assigns_lies_in_the_locations_window():
+    """Training loses nothing to the window: the cells of every box a location is assigned are computed."""
+    torch.manual_seed(1)
+    stride = 4
+    height, width = 512, 640
+    shapes = [(height // s, width // s) for s in (8, 16, 32, 64, 128)]
+    locations, levels = level_locations(shapes, (8, 16, 32, 64, 128), torch.device("cpu"))
+    corners = torch.rand(40, 2) * torch.tensor([width - 8.0, height - 8.0])
+    sizes = torch.exp(torch.rand(40, 2) * math.log(500.0)) + 4
+    boxes = torch.cat([corners, torch.minimum(corners + sizes, torch.tensor([width, height]))], dim=1)
+    gt_index, _ = assign_locations(locations, levels, boxes, (8, 16, 32, 64, 128), SIZE_RANGES, 1.5)
+    positive = torch.nonzero(gt_index >= 0).squeeze(1)
+    assert len(positive) > 50 and len(torch.unique(levels[positive])) >= 3
+    head = DynamicMaskHead(8, 8, 3, SOI, stride, stride, "relu", window_radii(SIZE_RANGES, stride))
+    logits = head(torch.randn(1, 8, height // stride, width // stride), torch.randn(len(positive), head.num_params),
+                  locations[positive], levels[positive], torch.zeros_like(positive))
+    in_box = box_masks_at_stride(boxes[gt_index[positive]], height // stride, width // stride, stride)
+    assert bool((logits != OUTSIDE_WINDOW_LOGIT)[in_box].all())
