@@ -244,6 +244,8 @@ def test_read_only_commands_write_nothing_to_the_run_directory(human_run, tmp_pa
     refused(["export-points", str(run_dir), "--out", str(tmp_path / "points.json")], capsys, "no answers yet")
     if media == "read-only":
         refused(["annotate", str(run_dir)], capsys, "read-only", "make the folder and the file writable")
+        refused(["import-answers", str(run_dir), str(tmp_path / "tasks.json")], capsys, "read-only",
+                "make the folder and the file writable")
     assert snapshot(run_dir) == before
 
 
