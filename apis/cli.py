@@ -237,7 +237,7 @@ def _cmd_import_answers(args: argparse.Namespace) -> None:
     from apis.active.questions import QuestionQueue
     from apis.interop.label_studio import read_answers
 
-    run = open_human_run(args.run_dir)
+    run = open_human_run(args.run_dir, writing=True)
     with QuestionQueue(run.ledger_path) as queue:
         if args.answers_per_question is not None:
             queue.set_answers_wanted(args.answers_per_question)

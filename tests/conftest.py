@@ -1,8 +1,11 @@
 """Fixtures shared by every test package: one CPU thread, a tiny synthetic dataset, tiny finished loop runs,
-headless Chromium."""
+headless Chromium, full disks (real and simulated)."""
 
 import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 # As the CLI does for its process (apis.cli.main): OpenMP threads wait without spinning, here and in the
@@ -153,3 +156,65 @@ def chromium():
     if os.environ.get("APIS_REQUIRE_BROWSER") == "1":
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+class FullDisk:
+    """Set ``full`` to make every SQLite connection opened through the patched ``sqlite3.connect`` fail its data
+    changes as SQLite does on a full disk: "database or disk is full", the transaction rolled back by SQLite."""
+
+    def __init__(self):
+        self.full = False
+        switch = self
+
+        class Connection(sqlite3.Connection):
+            def execute(self, sql, *args):
+                self._refuse(sql)
+                return super().execute(sql, *args)
+
+            def executemany(self, sql, *args):
+                self._refuse(sql)
+                return super().executemany(sql, *args)
+
+            def _refuse(self, sql):
+                if switch.full and sql.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE", "REPLACE"):
+                    if self.in_transaction:
+                        super().execute("ROLLBACK")
+                    raise sqlite3.OperationalError("database or disk is full")
+
+        self.connection = Connection
+
+
+@pytest.fixture
+def sqlite_disk_full(monkeypatch) -> FullDisk:
+    """A :class:`FullDisk` switch (off) for every SQLite connection opened from now on in this process. A
+    simulation: the real one is :func:`small_filesystem`, which needs user namespaces."""
+    disk = FullDisk()
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *args, **kwargs: connect(*args, factory=disk.connection, **kwargs))
+    return disk
+
+
+_MOUNT = 'mount -t tmpfs -o size="$1"k tmpfs "$2"'
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """``(script, kib) -> stdout``: run Python ``script`` with ``sys.argv[1]`` the root of a fresh ``kib`` KiB tmpfs, a
+    real filesystem that fills up (the kernel's ENOSPC), mounted in a user and mount namespace of the script's own
+    (``unshare``: no root needed, nothing mounted for any other process). Skipped where the system allows no user
+    namespaces (some containers): the simulated full disks of each test still run there."""
+    mount = tmp_path / "small_filesystem"
+    mount.mkdir()
+    unshare = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c"]
+    probe = subprocess.run([*unshare, _MOUNT, "sh", "4", str(mount)], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs in a user namespace here: {probe.stderr.strip()}")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def run(script: str, kib: int) -> str:
+        done = subprocess.run([*unshare, f'{_MOUNT} && exec "$3" -c "$4" "$2"', "sh", str(kib), str(mount),
+                               sys.executable, script], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return run

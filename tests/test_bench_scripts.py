@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -125,3 +126,24 @@ def test_coco_scale_bench_measures_every_stage_at_a_few_thousand_instances(tmp_p
     assert result["questions_per_step"] == questions
     # Steps 1-9 draw their points afresh, so a few fall on a pixel asked before and are stored once.
     assert 9 * questions < result["ledger_answers"] <= 10 * questions
+
+
+def test_image_check_times_a_json_s_images_and_a_coco_stand_in_and_writes_a_record(synth_dir, tmp_path):
+    out = tmp_path / "image_check.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "bench_image_check.py"), "--json", str(synth_dir / "annotations" / "train.json"),
+         "--stand-in", "3", "--workdir", str(tmp_path), "--threads", "1", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    content = json.loads(out.read_text())
+    assert content["bench"] == "image_check" and content["command"].startswith("python bench/bench_image_check.py")
+    rows = content["rows"]
+    train = json.loads((synth_dir / "annotations" / "train.json").read_text())["images"]
+    assert [(row["images"], row["threads"]) for row in rows] == [(len(train), 1), (len(train), 2), (3, 1), (3, 2)]
+    assert all(row["first_s"] > 0 and row["cached_s"] >= 0 for row in rows)
+    stand_in = sorted((tmp_path / "stand_in").iterdir())
+    assert len(stand_in) == 3 and all(Image.open(path).size == (640, 480) for path in stand_in)
+    coco = rows[2]["coco_extrapolated"]
+    assert coco["images"] == 123_287
+    assert coco["first_s"] == pytest.approx(rows[2]["first_ms_per_image"] / 1e3 * 123_287, rel=0.01, abs=1)
+    assert "coco_extrapolated" not in rows[0]

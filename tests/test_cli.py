@@ -197,6 +197,15 @@ def test_a_ledger_of_an_unknown_schema_version_is_named_not_a_bug(human_run, cap
         refused([*command, str(run_dir)], capsys, str(run_dir / "ledger.sqlite"), "schema version [99]")
 
 
+def test_a_full_disk_is_one_line_naming_the_ledger_and_what_it_keeps(human_run, capsys, sqlite_disk_full):
+    _, run_dir = human_run()
+    sqlite_disk_full.full = True  # simulated: SQLite's "database or disk is full" on every change
+    refused(["annotate", str(run_dir), "--add-annotator", "alice"], capsys,
+            f"error: {run_dir / 'ledger.sqlite'}: could not be written (database or disk is full); this change was "
+            "rolled back whole and the 0 answer(s) stored before it are kept. Free space, then run the same command "
+            "again to go on")
+
+
 @pytest.mark.parametrize(("argv", "flag"), [
     (["data", "synth", "OUT", "--images", "0"], "--images"),
     (["data", "synth", "OUT", "--size", "0"], "--size"),
@@ -235,6 +244,8 @@ def test_read_only_commands_write_nothing_to_the_run_directory(human_run, tmp_pa
     refused(["export-points", str(run_dir), "--out", str(tmp_path / "points.json")], capsys, "no answers yet")
     if media == "read-only":
         refused(["annotate", str(run_dir)], capsys, "read-only", "make the folder and the file writable")
+        refused(["import-answers", str(run_dir), str(tmp_path / "tasks.json")], capsys, "read-only",
+                "make the folder and the file writable")
     assert snapshot(run_dir) == before
 
 

@@ -3,12 +3,15 @@ are compared from the same starting point (docs/design.md, "The method")."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from apis.active.run_dir import RunDirectory
 from apis.config import RESUMABLE_KEYS, ConfigError, ExperimentConfig, config_differences, flat_config, load_run_config
 from apis.data.ledger import PointLedger
+from apis.utils.io import WriteFailed
 
 # What M0 depends on: these sections and keys must be equal in both runs.
 M0_SECTIONS = ("seed", "data", "model", "solver")
@@ -49,14 +52,42 @@ def reuse_initial_run(source: Path, cfg: ExperimentConfig, run_dir: RunDirectory
         ledger.record_masks(other.masks(max_step=0))  # AFIS: the initial masks, and the file that names them
     masks = source_dir.step(0) / "masks.json"
     if masks.exists():
-        run_dir.step(0).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(masks, run_dir.step(0) / "masks.json")
+        _copy_whole(masks, run_dir.step(0) / "masks.json", shutil.copy2)
     for index in range(run_dir.members):
         src, dst = source_dir.member(0, index), run_dir.member(0, index)
         if not src.exists():
             raise ConfigError(f"loop.initial_run={source}: it has no trained model {src}")
         if not dst.exists():
-            shutil.copytree(src, dst)
+            _copy_whole(src, dst, shutil.copytree)
     record = source_dir.step_metrics(0)
     record.update(labels)
     run_dir.finish_step(0, record, cfg.loop.steps)
+
+
+def _copy_whole(src: Path, dst: Path, copy: Callable[[Path, Path], object]) -> None:
+    """``copy(src, ...)`` (a file or a folder) to ``dst`` whole or not at all: by way of ``dst.partial``, renamed
+    once complete, so that a copy cut short (a full disk, a kill) is never taken for a finished one.
+
+    Raises:
+        WriteFailed: the copy failed; it names ``dst``, and nothing of it is left.
+    """
+    partial = dst.with_name(dst.name + ".partial")
+    _remove(partial)  # a killed copy's
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        copy(src, partial)
+        os.replace(partial, dst)
+    except OSError as error:
+        _remove(partial)
+        # copytree gathers its files' errors in one shutil.Error: a list of (src, dst, reason)
+        gathered = isinstance(error, shutil.Error) and isinstance(error.args[0], list) and error.args[0]
+        reason = gathered[0][2] if gathered else (error.strerror or error)
+        raise WriteFailed(f"{dst}: could not be copied from {src} ({reason}); nothing of it is kept. Free space, "
+                          "then run the same command again") from error
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -113,7 +113,7 @@ class ActiveLearningRun:
             raise ConfigError(f"config key 'selection.metric': {error}") from None
         if cfg.loop.points_from:
             check_points_source(cfg)
-        self.train_set, self.val_set = load_datasets(cfg)
+        self.train_set, self.val_set = self._load_datasets(cfg)
         # What training would refuse, refused now: a run dir written by a command that cannot run would refuse
         # the corrected command as "a different config".
         from apis.engine.trainer import check_fits_dataset, check_inputs
@@ -139,6 +139,9 @@ class ActiveLearningRun:
         if cfg.loop.initial_run and not self.dir.is_done(0):  # P0 and M0 still to be copied from there
             check_initial_run(Path(cfg.loop.initial_run), cfg, len(self.seeds))
         self._open_run_dir()
+
+    def _load_datasets(self, cfg: ExperimentConfig) -> tuple[CocoDataset, CocoDataset]:
+        return load_datasets(cfg)
 
     def _open_run_dir(self) -> None:
         """Lock the run dir, store (or compare) the config, open the ledger and register the instances."""

@@ -9,7 +9,8 @@ POST with ``Content-Type: application/json``, an ``Origin`` (or, without one, a 
 origin and a body of at most 64 KiB, nested at most 8 deep, so that no other page, another local port
 included, can change anything. Responses forbid framing and allow the page only its own resources (CSP). A
 client that keeps sending wrong tokens is held back (429). Images are served by question id only, from the
-dataset's image folder. Bad requests get a 4xx with ``{"error": message}``, and an unexpected failure a 500
+dataset's image folder. Bad requests get a 4xx with ``{"error": message}``, a change the ledger's disk has no
+room for a 507 (nothing of it stored; the file is named in the server log), and an unexpected failure a 500
 whose details go to the server log only.
 
 Every answer is committed to the run's ledger before the response is sent, so closing the browser or
@@ -65,6 +66,7 @@ from apis.active.questions import (
 )
 from apis.annotate.images import ImageOutsideRoot, QuestionImages
 from apis.data.coco import CocoDataset
+from apis.utils.io import WriteFailed
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +220,8 @@ class AnnotationApp:
             Route("/api/undo", self.undo, methods=["POST"]),
             Route("/api/questions/{question_id:int}/image", self.image, methods=["GET"]),
         ]
-        handlers = {HTTPException: _http_error, QuestionError: _question_error, Exception: _server_error}
+        handlers = {HTTPException: _http_error, QuestionError: _question_error, WriteFailed: _write_failed,
+                    Exception: _server_error}
         return _Guard(Starlette(routes=routes, exception_handlers=handlers, lifespan=self._lifespan), self)
 
     @contextlib.asynccontextmanager
@@ -451,6 +454,12 @@ async def _question_error(request: Request, error: QuestionError) -> JSONRespons
     status = (404 if isinstance(error, QuestionNotFound) else 409 if isinstance(error, QuestionConflict)
               else 403 if isinstance(error, ImageOutsideRoot) else 400)
     return JSONResponse({"error": str(error)}, status_code=status)
+
+
+async def _write_failed(request: Request, error: WriteFailed) -> JSONResponse:
+    logger.error("%s %s: %s", request.method, request.url.path, error)
+    return JSONResponse({"error": "the server's disk is full: this was not stored (what you answered before is "
+                                  "kept). Tell whoever runs apis annotate; its log names the file"}, status_code=507)
 
 
 async def _server_error(request: Request, error: Exception) -> JSONResponse:

@@ -15,7 +15,9 @@ of any other version is refused (:class:`LedgerError`), never changed.
 
 Durability: the database runs in WAL mode with ``synchronous=FULL`` and each :meth:`PointLedger.record`
 call is one transaction, so a crash (even SIGKILL) loses at most the batch being written, never part
-of one. Each :class:`PointLedger` owns its connection; open one per thread or process.
+of one. A transaction SQLite cannot write (a full disk: "database or disk is full") is rolled back whole and
+raised as :class:`apis.utils.io.WriteFailed` naming the file and the answers it keeps. Each :class:`PointLedger`
+owns its connection; open one per thread or process.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 from apis.data.coords import point_in_box
 from apis.data.points import POINT_LABELS, InstancePoints, group_points, write_pointsup
 from apis.utils.errors import ApisError
+from apis.utils.io import WriteFailed
 
 SCHEMA_VERSION = 4
 
@@ -151,6 +154,12 @@ _TABLES[4] = (*_TABLES[3], "annotator_tokens")
 
 class LedgerError(ApisError):
     """The ledger file is unreadable, corrupt or does not fit its run; the message names the file and what to do."""
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether SQLite could not write for want of space: SQLITE_FULL, which it reports for the system's ENOSPC and
+    EDQUOT (and for ``max_page_count``). Matched on its message: Python 3.10 has no ``sqlite_errorcode``."""
+    return isinstance(error, sqlite3.Error) and "database or disk is full" in str(error)
 
 
 def utc_now() -> str:
@@ -286,7 +295,11 @@ class PointLedger:
         if read_only:
             self._conn = self._connect_read_only()
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise WriteFailed(f"{self.path.parent}: could not be created ({error.strerror or error}); "
+                                  "nothing was written") from error
             self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
             if check_integrity:
@@ -298,14 +311,45 @@ class PointLedger:
                 self._conn.execute("PRAGMA synchronous=FULL")
                 self._conn.execute("PRAGMA foreign_keys=ON")
                 self._create_schema()
-        except sqlite3.DatabaseError as error:
+        except BaseException as error:
+            failure = self._open_failure(error, existed)
             self._conn.close()
-            raise LedgerError(f"{self.path}: not a readable answer ledger ({error}). Nothing was changed; restore "
-                              "the file from a backup, or move it aside and start the run again in a new "
-                              "output_dir") from error
-        except LedgerError:
-            self._conn.close()
-            raise
+            if isinstance(failure, WriteFailed) and not existed:
+                # A new ledger holds nothing yet: removed, so that the same command starts it again once there
+                # is space, rather than refusing an empty or half-made file.
+                for suffix in ("", "-wal", "-shm"):
+                    self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+            if failure is error:
+                raise
+            raise failure from error
+
+    def _open_failure(self, error: BaseException, existed: bool) -> BaseException:
+        """What opening the ledger raises for ``error``: a file SQLite cannot read is a :class:`LedgerError`, one
+        it cannot write for want of space a :class:`WriteFailed`; anything else as it is."""
+        if isinstance(error, sqlite3.DatabaseError) and not (_disk_full(error) and not self.read_only):
+            return LedgerError(f"{self.path}: not a readable answer ledger ({error}). Nothing was changed; restore "
+                               "the file from a backup, or move it aside and start the run again in a new "
+                               "output_dir")
+        if isinstance(error, (sqlite3.DatabaseError, WriteFailed)) and not existed:
+            cause = error.__cause__ if isinstance(error, WriteFailed) else error
+            return WriteFailed(f"{self.path}: could not be created ({cause}); nothing was stored, and the new file "
+                               "was removed. Free space, then run the same command again")
+        if isinstance(error, sqlite3.DatabaseError):
+            return self._write_failed(error)
+        return error
+
+    def _write_failed(self, error: sqlite3.Error) -> WriteFailed:
+        """The error for a transaction SQLite could not write (rolled back whole): what the ledger still holds."""
+        try:
+            answers = self.answer_count()
+            kept = f"the {answers} answer(s) stored before it are kept"
+            if self.has_table("responses"):
+                responses = self._conn.execute("SELECT COUNT(*) FROM responses WHERE undone_at IS NULL").fetchone()[0]
+                kept += f", with the {responses} response(s) people gave" if responses else ""
+        except sqlite3.Error:  # closed, or unreadable too: say only what SQLite promises
+            kept = "everything stored before it is kept"
+        return WriteFailed(f"{self.path}: could not be written ({error}); this change was rolled back whole and "
+                           f"{kept}. Free space, then run the same command again to go on")
 
     def _connect_read_only(self) -> sqlite3.Connection:
         """A connection that never writes, and creates nothing beside the file. A ledger that no process has open
@@ -377,14 +421,22 @@ class PointLedger:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` when the block raises."""
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` when the block (or the commit) raises.
+
+        Raises:
+            WriteFailed: SQLite could not write the transaction (a full disk): it is rolled back whole, and the
+                message names the file and what it keeps.
+        """
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._conn.execute("COMMIT")
+        except BaseException as error:
+            if self._conn.in_transaction:  # SQLite has rolled back already after some failures (a full disk)
+                self._conn.execute("ROLLBACK")
+            if _disk_full(error):
+                raise self._write_failed(error) from error
             raise
-        self._conn.execute("COMMIT")
 
     def register_instances(self, rows: Iterable[tuple[int, int, Sequence[float], int, int]]) -> int:
         """Store ``(ann_id, image_id, bbox_xyxy, width, height)`` rows; returns how many were new.

@@ -355,7 +355,6 @@ class _Trainer:
         rng = all_gather_objects(capture_rng_state(), self.ctx)  # collective: every rank takes part
         path = self.output_dir / name
         if self.ctx.is_main:
-            kept = find_last_checkpoint(self.output_dir)
             try:
                 save_checkpoint(path, {
                     "model": self.model.state_dict(),
@@ -368,13 +367,18 @@ class _Trainer:
                     # What the class indices mean, so that `apis predict` can name them without the training set.
                     "categories": self.dataset.coco.categories,
                 })
-            except WriteFailed as error:  # a full disk: say what a run started again resumes from
-                raise WriteFailed(f"{error}; the training resumes from {kept or 'its start'} when run again "
-                                  "with space freed") from error
-            write_last_checkpoint(self.output_dir, path)
+                write_last_checkpoint(self.output_dir, path)
+            except WriteFailed as error:
+                raise self._resumes_from(error) from error
             if self.cfg.solver.keep_checkpoints is not None:
                 prune_checkpoints(self.output_dir, self.cfg.solver.keep_checkpoints)
         return path
+
+    def _resumes_from(self, error: WriteFailed) -> WriteFailed:
+        """``error`` (a full disk, ...) saying what the training resumes from when the same command runs again."""
+        kept = find_last_checkpoint(self.output_dir)
+        return WriteFailed(f"{error}; the training resumes from {kept or 'its start'} when run again with space "
+                           "freed")
 
     def run(self) -> Path:
         cfg, solver = self.cfg, self.cfg.solver
@@ -405,7 +409,10 @@ class _Trainer:
                     record = {"iteration": done, "lr": lr, **mean_over_ranks(window.means(), self.ctx)}
                     window = _Window()
                     if metrics is not None:
-                        metrics.write(record)
+                        try:
+                            metrics.write(record)
+                        except WriteFailed as error:
+                            raise self._resumes_from(error) from error
                         self._report(record, bar, show_bar)
                 if done % solver.checkpoint_period == 0 and done < solver.max_iter:
                     self._save(done, checkpoint_name(done))

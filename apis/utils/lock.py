@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from apis.utils.errors import ApisError
+from apis.utils.io import WriteFailed
 
 LOCK_FILE = ".lock"
 
@@ -45,7 +46,7 @@ class FolderLock:
         except OSError as error:
             if error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
                 return self
-            raise
+            raise self._write_failed(error) from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,10 +54,18 @@ class FolderLock:
             os.close(fd)
             raise FolderLocked(f"{self.folder}: in use by another apis process (pid {holder}); wait for it to "
                                f"finish or stop it, then run the command again") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        except OSError as error:  # a full disk: the run stops here, before it writes anything
+            os.close(fd)
+            raise self._write_failed(error) from error
         self._fd = fd
         return self
+
+    def _write_failed(self, error: OSError) -> WriteFailed:
+        return WriteFailed(f"{self.path}: could not be written ({error.strerror or error}); nothing of the run was "
+                           f"written or changed in {self.folder}")
 
     def release(self) -> None:
         if self._fd is not None:

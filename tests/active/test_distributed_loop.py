@@ -21,13 +21,14 @@ from apis.config import dump_config, load_config
 from apis.data.coco import load_coco
 from apis.data.ledger import PointLedger
 
-# Every rank runs `apis run`, noting in seen_rankR.jsonl the images it selects and predicts on; with
-# APIS_TEST_KILL_RANK=R, rank R SIGKILLs itself on its first image of selection.
+# Every rank runs `apis run`, noting in seen_rankR.jsonl the images it decodes whole (apis.data.image_files),
+# selects and predicts on; with APIS_TEST_KILL_RANK=R, rank R SIGKILLs itself on its first image of selection.
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
     import apis.active.prediction as prediction
+    import apis.data.image_files as image_files
     import apis.engine.inference as inference
 
     rank = os.environ["RANK"]
@@ -48,7 +49,14 @@ SCRIPT = textwrap.dedent("""
         note("infer", [record.image_id for record in coco.images])
         return infer(model, coco, *args, **kwargs)
 
+    decode = image_files.decode_whole
+
+    def noting_decode(path):
+        note("decode", [path.name])
+        return decode(path)
+
     prediction.image_prediction_sets, inference.run_inference = noting_sets, noting_inference
+    image_files.decode_whole = noting_decode
     from apis.cli import main
     main(["run", *sys.argv[1:]])
 """)
@@ -149,15 +157,21 @@ def test_rank_killed_mid_selection_resumes(kill_rank, synth_dir, tiny_overrides,
     _assert_as_one_process(run_dir, config, tmp_path, monkeypatch, steps=1)
 
 
-def test_both_ranks_stop_for_peoples_answers(synth_dir, tiny_overrides, tmp_path):
-    """oracle.kind=human: rank 0 stores P0's questions and stops; the other rank stops with the same message."""
+def test_both_ranks_stop_for_peoples_answers(synth_dir, tiny_overrides, tmp_path, monkeypatch):
+    """oracle.kind=human: rank 0 stores P0's questions and stops; the other rank stops with the same message.
+    With an empty cache of checked images, rank 0 decodes every image once and the other finds them checked."""
     config = tmp_path / "human.yaml"
     dump_config(load_config(None, tiny_overrides(synth_dir, tmp_path / "human", "oracle.kind=human", "loop.steps=0")),
                 config)
+    monkeypatch.setenv("APIS_CACHE_DIR", str(tmp_path / "empty_cache"))
     completed = _torchrun(tmp_path, config)
     assert completed.returncode != 0
     assert completed.stdout.count("questions waiting; answer them with `apis annotate") == 2, completed.stdout
     assert "APIS bug" not in completed.stderr
+    decoded = [[name for line in (tmp_path / f"seen_rank{rank}.jsonl").read_text().splitlines()
+                for kind, names in [json.loads(line)] if kind == "decode" for name in names]
+               if (tmp_path / f"seen_rank{rank}.jsonl").exists() else [] for rank in (0, 1)]
+    assert sorted(decoded[0]) == sorted(path.name for path in (synth_dir / "images").iterdir()) and decoded[1] == []
 
 
 def test_afis_under_torchrun_is_refused_before_joining_the_group(monkeypatch):

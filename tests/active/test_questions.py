@@ -16,6 +16,7 @@ from apis.active.questions import (
     merge_labels,
 )
 from apis.data.ledger import Answer, PointLedger
+from apis.utils.io import WriteFailed
 
 # Instance 1: box (2, 3, 8, 9) in the 20x20 image 10 (candidates x 2..7, y 3..8); 2: box (0, 0, 4, 4) on image 11.
 INSTANCES = [(1, 10, (2.0, 3.0, 8.0, 9.0), 20, 20), (2, 11, (0.0, 0.0, 4.0, 4.0), 20, 20)]
@@ -146,6 +147,34 @@ def test_merge_waits_for_every_question_then_writes_the_ledger_once(queue, tmp_p
         queue.undo("alice", LEASE_S)
     assert queue.set_answers_wanted(2) == 0  # a merged step never changes
     assert queue.lease_next("carol", LEASE_S) is None
+
+
+def test_an_answer_or_a_merge_on_a_full_disk_is_refused_whole_and_the_answers_before_it_are_kept(
+        tmp_path, clock, sqlite_disk_full):
+    """Simulated: every data change fails as SQLite's do on a full disk (tests/data/test_ledger.py has SQLite's own
+    full database and a really full filesystem)."""
+    path = tmp_path / "ledger.sqlite"
+    with QuestionQueue(path, clock=clock) as queue:
+        queue.register_instances(INSTANCES)
+        queue.post(0, STEP0)
+        first, second = queue.lease_next("alice", LEASE_S), queue.lease_next("bob", LEASE_S)
+        queue.answer("alice", first.id, "yes", 1.5)
+        sqlite_disk_full.full = True
+        kept = (f"{path}: could not be written (database or disk is full); this change was rolled back whole and the "
+                "0 answer(s) stored before it are kept, with the 1 response(s) people gave. Free space, then run the "
+                "same command again to go on")
+        with pytest.raises(WriteFailed) as full:
+            queue.answer("bob", second.id, "no", 2.0)
+        assert str(full.value) == kept
+        assert [(r.annotator, r.label) for r in queue.responses()] == [("alice", 1)]
+        sqlite_disk_full.full = False
+        queue.answer("bob", second.id, "no", 2.0)  # space freed: bob's lease was kept, his answer goes in
+        answer_all(queue, "carol")
+        sqlite_disk_full.full = True
+        with pytest.raises(WriteFailed, match=r"the 0 answer\(s\) stored before it are kept, with the 3 response"):
+            queue.merge(0)
+        sqlite_disk_full.full = False
+        assert queue.answers() == [] and queue.merge(0) == 3
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [

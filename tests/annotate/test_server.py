@@ -246,6 +246,25 @@ def test_an_unexpected_failure_is_a_500_without_details(served, monkeypatch):
 
 
 
+def test_an_answer_the_full_disk_cannot_store_is_a_507_that_says_so_and_keeps_the_earlier_ones(
+        served, sqlite_disk_full, caplog):
+    client, app, run = served(annotators=["alice"])
+    alice = named(app, "alice")
+    first = client.post("/api/next", headers=alice, json={}).json()["question"]
+    client.post("/api/answer", headers=alice, json={"question": first["id"], "label": "yes", "seconds": 1.0})
+    second = client.post("/api/next", headers=alice, json={}).json()["question"]
+    before = ledger_rows(run)
+    sqlite_disk_full.full = True  # simulated: SQLite's "database or disk is full" on every change
+    refused = client.post("/api/answer", headers=alice, json={"question": second["id"], "label": "no", "seconds": 2.0})
+    assert refused.status_code == 507
+    assert refused.json()["error"].startswith("the server's disk is full: this was not stored")
+    assert f"{run.ledger_path}: could not be written (database or disk is full)" in caplog.text
+    assert ledger_rows(run) == before
+    sqlite_disk_full.full = False
+    again = client.post("/api/answer", headers=alice, json={"question": second["id"], "label": "no", "seconds": 2.0})
+    assert again.status_code == 200
+    assert [(r.question_id, r.label) for r in stored_responses(run)] == [(first["id"], 1), (second["id"], 0)]
+
 
 def ledger_rows(run):
     """Everything the server may change, read with a separate connection."""

@@ -12,6 +12,8 @@ import pytest
 
 from apis.data.ledger import Answer, BoughtMask, LedgerError, PointLedger
 from apis.data.points import read_pointsup
+from apis.utils.errors import ApisError
+from apis.utils.io import WriteFailed
 
 # Instance 1: box xyxy (2, 3, 8, 9) in a 20x20 image 10 -> candidate pixels x in 2..7, y in 3..8
 # (pixel centre x + 0.5 must lie in [2, 8]). Instance 2: box (0, 0, 4, 4) on image 11.
@@ -338,3 +340,98 @@ def test_a_bought_mask_is_checked_like_an_answer(fields, message):
               "cost_s": 79.2} | fields
     with pytest.raises(ValueError, match=message):
         BoughtMask(**record)
+
+
+def _batch(first, size=50, step=0):
+    """``size`` answers on the points ``first, first + 1, ...`` of a 1000x1000 box (instance 1 of image 1)."""
+    return [Answer(1, 1, k % 1000, k // 1000, 1, step, "random", "simulated-oracle", 0.9)
+            for k in range(first, first + size)]
+
+
+def test_a_full_database_rolls_the_batch_back_names_the_file_and_keeps_every_earlier_answer(tmp_path):
+    """SQLite's own full database (``max_page_count``: SQLITE_FULL, the transaction rolled back by SQLite, as on a
+    full disk): batches are recorded until one does not fit."""
+    path = tmp_path / "ledger.sqlite"
+    with PointLedger(path) as ledger:
+        ledger.register_instances([(1, 1, (0.0, 0.0, 1000.0, 1000.0), 1000, 1000)])
+        pages = ledger._conn.execute("PRAGMA page_count").fetchone()[0]
+        ledger._conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        acknowledged = []
+        with pytest.raises(WriteFailed) as full:
+            for first in range(0, 100_000, 50):
+                batch = _batch(first)
+                ledger.record(batch)
+                acknowledged += batch
+        assert 0 < len(acknowledged) < 100_000
+        assert isinstance(full.value, ApisError)  # the CLI's one line, exit 2
+        assert str(full.value) == (
+            f"{path}: could not be written (database or disk is full); this change was rolled back whole and the "
+            f"{len(acknowledged)} answer(s) stored before it are kept. Free space, then run the same command "
+            "again to go on")
+        with PointLedger(path, read_only=True) as other:  # what another process reads
+            assert other.answers() == acknowledged
+        ledger._conn.execute("PRAGMA max_page_count = 1073741823")  # space freed: the failed batch goes in
+        assert ledger.record(batch) == 50
+    with PointLedger(path) as reopened:
+        assert reopened.answers() == acknowledged + batch
+
+
+def test_a_new_ledger_on_a_full_disk_is_removed_so_that_the_same_command_starts_it_again(tmp_path, monkeypatch):
+    path = tmp_path / "run" / "ledger.sqlite"
+    connect = sqlite3.connect
+
+    def one_page(*args, **kwargs):  # SQLite's own SQLITE_FULL: not even the tables fit
+        conn = connect(*args, **kwargs)
+        conn.execute("PRAGMA max_page_count = 1")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", one_page)
+    with pytest.raises(WriteFailed, match=rf"^{path}: could not be created \(database or disk is full\); nothing "
+                                          "was stored, and the new file was removed"):
+        PointLedger(path)
+    assert list(path.parent.iterdir()) == []
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with PointLedger(path) as ledger:
+        assert ledger.answer_count() == 0
+
+
+FILL_ON_A_SMALL_FILESYSTEM = textwrap.dedent("""
+    import json, os, sys
+    from apis.data.ledger import Answer, PointLedger
+    from apis.utils.io import WriteFailed
+
+    folder = sys.argv[1]
+    ledger = PointLedger(f"{folder}/ledger.sqlite")
+    ledger.register_instances([(1, 1, (0.0, 0.0, 1000.0, 1000.0), 1000, 1000)])
+    acknowledged = 0
+    try:
+        while True:
+            ledger.record([Answer(1, 1, k % 1000, k // 1000, 1, 0, "random", "simulated-oracle", 0.9)
+                           for k in range(acknowledged, acknowledged + 50)])
+            acknowledged += 50
+    except WriteFailed as error:
+        message = str(error)
+    with PointLedger(f"{folder}/ledger.sqlite", read_only=True) as other:
+        stored = [(a.x, a.y) for a in other.answers()]
+    try:
+        PointLedger(f"{folder}/new.sqlite")
+    except WriteFailed as error:
+        created = str(error)
+    print(json.dumps({"acknowledged": acknowledged, "stored": stored, "message": message, "created": created,
+                      "files": sorted(os.listdir(folder))}))
+""")
+
+
+def test_a_really_full_filesystem_rolls_back_the_batch_and_keeps_every_earlier_answer(small_filesystem):
+    """The kernel's ENOSPC on a 512 KiB tmpfs, through SQLite: the same messages as the simulated cases."""
+    out = json.loads(small_filesystem(FILL_ON_A_SMALL_FILESYSTEM, kib=512))
+    assert out["acknowledged"] > 0
+    assert out["stored"] == [[k % 1000, k // 1000] for k in range(out["acknowledged"])]
+    assert out["message"].endswith(
+        "/ledger.sqlite: could not be written (database or disk is full); this change was rolled back whole and "
+        f"the {out['acknowledged']} answer(s) stored before it are kept. Free space, then run the same command again "
+        "to go on")
+    assert out["created"].endswith("/new.sqlite: could not be created (database or disk is full); nothing was "
+                                   "stored, and the new file was removed. Free space, then run the same command "
+                                   "again")
+    assert out["files"] == ["ledger.sqlite", "ledger.sqlite-shm", "ledger.sqlite-wal"]

@@ -10,7 +10,7 @@ from apis.data.coco import load_coco
 from apis.data.points import InstancePoints
 from apis.engine import checkpoint
 from apis.engine.checkpoint import find_last_checkpoint, load_checkpoint
-from apis.engine.metrics_log import read_metrics
+from apis.engine.metrics_log import MetricsLog, read_metrics
 from apis.engine.trainer import train
 from apis.modeling.build import build_model
 from apis.utils.io import WriteFailed
@@ -200,6 +200,23 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tiny_config, tm
     assert f"{final}: not a readable APIS checkpoint" in caplog.text
     assert "resuming from model_0000002.pth instead" in caplog.text
     assert load_checkpoint(final)["iteration"] == 4  # trained again from iteration 2
+
+
+def test_a_full_disk_while_logging_says_what_the_training_resumes_from(tiny_config, tmp_path, monkeypatch):
+    real = MetricsLog.write
+
+    def full_at_iteration_3(self, record):
+        if record["iteration"] == 3:
+            raise WriteFailed(f"{self.path}: could not be written (No space left on device); the 2 record(s) "
+                              "written before are kept")
+        real(self, record)
+
+    monkeypatch.setattr(MetricsLog, "write", full_at_iteration_3)
+    cfg = tiny_config(tmp_path, "solver.max_iter=4", "solver.checkpoint_period=2", "solver.log_period=1")
+    with pytest.raises(WriteFailed, match=rf"^{tmp_path / 'metrics.jsonl'}: could not be written .*; the 2 record\(s\) "
+                                          rf"written before are kept; the training resumes from "
+                                          rf"{tmp_path / 'model_0000002.pth'} when run again with space freed$"):
+        train(cfg)
 
 
 def test_a_full_disk_while_saving_says_what_the_training_resumes_from(tiny_config, tmp_path, monkeypatch, capsys):

@@ -1,11 +1,13 @@
 """The advisory lock on an output folder (issue 13, case 1): one process at a time, the holder named."""
 
+import errno
 import os
 import subprocess
 import sys
 
 import pytest
 
+from apis.utils.io import WriteFailed
 from apis.utils.lock import FolderLock, FolderLocked
 
 HOLD = """
@@ -43,3 +45,20 @@ def test_the_lock_is_released_and_a_read_only_folder_is_not_locked(tmp_path, mon
                         else real_access(path, mode, **kwargs))
     with FolderLock(read_only), FolderLock(read_only):  # nothing can write it: no lock needed, none taken
         assert not (read_only / ".lock").exists()
+
+
+def test_a_full_disk_is_named_at_the_lock_and_leaves_the_folder_free(tmp_path, monkeypatch):
+    """Simulated: the pid is the run's first write, and the kernel's ENOSPC for it names the lock file."""
+    real_pwrite = os.pwrite
+
+    def no_space(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", no_space)
+    with pytest.raises(WriteFailed) as full:
+        FolderLock(tmp_path / "run").acquire()
+    assert str(full.value) == (f"{tmp_path / 'run' / '.lock'}: could not be written (No space left on device); "
+                               f"nothing of the run was written or changed in {tmp_path / 'run'}")
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    with FolderLock(tmp_path / "run"):  # the failed attempt holds nothing
+        assert (tmp_path / "run" / ".lock").read_text() == str(os.getpid())
