@@ -16,12 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from records import add_record_option, provenance, save
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", type=Path, help="a COCO instance json")
     parser.add_argument("--image-root", type=Path, help="default: as load_coco finds it")
+    add_record_option(parser, "image_check")
     args = parser.parse_args()
+    recording = provenance()
 
     from apis.data.image_files import CACHE_ENV
 
@@ -43,6 +47,9 @@ def main() -> None:
     per_image = 1000 * (seconds["decoded whole, cold cache"] - seconds["json only"]) / len(files)
     print(f"| {len(files)} | {megabytes:.1f} | {seconds['json only']:.2f} | {seconds['decoded whole, cold cache']:.2f} "
           f"| {seconds['warm cache']:.2f} | {per_image:.1f} |")
+    save(args.record, "image_check", recording,
+         [{"images": len(files), "megabytes": megabytes, "seconds": seconds, "per_image_ms": per_image,
+           "loadavg": Path("/proc/loadavg").read_text().split()[:3]}], arguments=args)
 
 
 if __name__ == "__main__":
