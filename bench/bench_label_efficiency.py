@@ -4,8 +4,8 @@ Runs ``apis run`` for every (seed, arm). An arm is a strategy (``--strategies en
 ``entropy`` sets ``selection.metric=entropy``) or a named setting (``--arm models selection.metric=entropy
 selection.sets=[models]``: any overrides). The later arms of a seed reuse the first arm's P0 and M0 (all
 strategies of an experiment start from the same model; docs/design.md, "The method"); ``--m0-from`` an earlier
-benchmark's ``--out`` makes every run reuse that benchmark's P0 and M0 of the same seed (from the run of its
-first arm, ``<arm>_seed<N>``).
+benchmark's ``--out`` makes every run reuse that benchmark's P0 and M0 of the same seed (from its
+``<m0-arm>_seed<N>``, ``entropy_seed<N>`` by default).
 
 Every run resumes, so the benchmark can be stopped and restarted at any time (and one seed run per process, see
 bench/plan_power.sh); finished steps are kept. ``--collect`` trains nothing and reads the finished runs. At the
@@ -24,18 +24,18 @@ import logging
 import time
 from pathlib import Path
 
-from records import add_record_option, provenance, save  # noqa: E402
+from records import add_record_option, provenance, save
 
-from apis.active.compare import (  # noqa: E402
+from apis.active.compare import (
     comparisons_markdown,
     markdown_table,
     paired_comparisons,
     plot_curves,
     read_run,
 )
-from apis.active.loop import run_active_loop  # noqa: E402
-from apis.config import load_config  # noqa: E402
-from apis.utils.io import atomic_write_text  # noqa: E402
+from apis.active.loop import run_active_loop
+from apis.config import load_config
+from apis.utils.io import atomic_write_text
 
 
 def arms_of(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--baseline", default="random", help="the arm every other arm is compared with")
     parser.add_argument("--steps", type=int, default=3, help="loop.steps (an arm's own loop.steps wins)")
     parser.add_argument("--out", type=Path, default=Path("runs/label_efficiency"))
-    parser.add_argument("--m0-from", type=Path, help="earlier --out whose first arm's runs give P0 and M0")
+    parser.add_argument("--m0-from", type=Path, help="earlier --out whose --m0-arm runs give P0 and M0")
+    parser.add_argument("--m0-arm", default="entropy", help="the arm of --m0-from whose runs give P0 and M0")
     parser.add_argument("--collect", action="store_true", help="run nothing: read the finished runs")
     add_record_option(parser, "label_efficiency")
     parser.add_argument("overrides", nargs="*", help="key=value applied to every run")
@@ -63,12 +64,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     started = provenance()
     arms = arms_of(args)
-    first_arm = next(iter(arms))
 
     runs: dict[str, list[list[dict]]] = {name: [] for name in arms}
     rows = []
     for seed in args.seeds:
-        first = args.m0_from / f"{first_arm}_seed{seed}" if args.m0_from else None
+        first = args.m0_from / f"{args.m0_arm}_seed{seed}" if args.m0_from else None
         for name, arm_overrides in arms.items():
             run_dir = args.out / f"{name}_seed{seed}"
             overrides = [*args.overrides, f"seed={seed}", f"loop.steps={args.steps}", *arm_overrides,

@@ -27,23 +27,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from records import add_record_option, provenance, save  # noqa: E402
+from records import add_record_option, provenance, save
+from tables import by_group_and_step, constraint_gain, label_quality_table
 
-from apis.active.mask_export import RunStep, open_run_step  # noqa: E402
-from apis.active.mask_quality import score_training_masks, summarise_quality  # noqa: E402
-from apis.active.run_dir import RunDirectory  # noqa: E402
-from apis.config import load_run_config  # noqa: E402
-from apis.data.coco import load_coco  # noqa: E402
-from apis.data.coords import box_pixel_range  # noqa: E402
-from apis.engine.inference import ground_truth_of  # noqa: E402
-from apis.evaluation.coco_eval import evaluate  # noqa: E402
-from apis.evaluation.paired import PairedComparison, paired_comparison  # noqa: E402
-from apis.evaluation.results import encode_mask  # noqa: E402
+from apis.active.mask_export import RunStep, open_run_step
+from apis.active.mask_quality import score_training_masks, summarise_quality
+from apis.active.run_dir import RunDirectory
+from apis.config import load_run_config
+from apis.data.coco import load_coco
+from apis.data.coords import box_pixel_range
+from apis.engine.inference import ground_truth_of
+from apis.evaluation.coco_eval import evaluate
+from apis.evaluation.results import encode_mask
 
 CONSTRAINTS = ("local", "threshold", "none")
 
@@ -99,53 +97,6 @@ def loop_rows(run_dir: Path, max_images: int, device: str) -> list[dict]:
     return found
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-
-
-def constraint_gain(group: str, step: int, members: list[dict]) -> PairedComparison:
-    """``local - none`` mIoU of one (group, step), seed by seed: does the point constraint help?"""
-    return paired_comparison({m["seed"]: m["mIoU"]["local"] for m in members},
-                             {m["seed"]: m["mIoU"]["none"] for m in members}, metric="mIoU",
-                             a_name=f"{group}, local", b_name=f"{group}, none", step=step)
-
-
-def by_group_and_step(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[(row["group"], row["step"])].append(row)
-    return dict(sorted(groups.items()))
-
-
-def table(rows: list[dict]) -> str:
-    """Markdown: one line per (group, step), mean ± std over seeds."""
-    lines = ["| run | step | annotation h | seeds | exported mIoU (local) | threshold | none (unconstrained) "
-             "| box fill mIoU | local - box fill | local - none, 95 % CI | beats box (local) | mask AP (local) "
-             "| mask AP box fill | contradicted by the model | Spearman (quality, IoU) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for (group, step), members in by_group_and_step(rows).items():
-        lines.append(
-            f"| {group} | {'P' + str(step) if group != 'full-mask model' else '-'} "
-            f"| {_mean_std([m['hours'] for m in members])} | {len(members)} "
-            f"| {_mean_std([m['mIoU']['local'] for m in members])} "
-            f"| {_mean_std([m['mIoU']['threshold'] for m in members])} "
-            f"| {_mean_std([m['mIoU']['none'] for m in members])} "
-            f"| {_mean_std([m['box_fill_mIoU'] for m in members])} "
-            f"| {_mean_std([m['mIoU']['local'] - m['box_fill_mIoU'] for m in members])} "
-            f"| {constraint_gain(group, step, members).cell(4)} "
-            f"| {_mean_std([m['beats_box_fill']['local'] for m in members])} "
-            f"| {_mean_std([m['mask_AP']['local'] for m in members])} "
-            f"| {_mean_std([m['box_fill_mask_AP'] for m in members])} "
-            f"| {_mean_std([m['contradicted_share'] for m in members])} "
-            f"| {_mean_std([m['quality_iou_spearman'] for m in members])} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="finished loop runs (APIS or AFIS)")
@@ -164,7 +115,7 @@ def main() -> None:
         run = full_mask_step(folder)
         hours = len(list(run.train_set.instances())) * (run.cfg.oracle.mask_cost_s + run.cfg.oracle.box_cost_s) / 3600
         rows.append(measure(run, "full-mask model", run.cfg.seed, hours, args.images, args.device))
-    print(table(rows))
+    print(label_quality_table(rows))
     comparisons = [constraint_gain(group, step, members).as_dict()
                    for (group, step), members in by_group_and_step(rows).items()]
     save(args.record, "label_quality", started, rows, arguments=args, comparisons=comparisons)
