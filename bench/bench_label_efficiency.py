@@ -2,8 +2,9 @@
 
 Runs ``apis run`` for every (seed, arm). An arm is a strategy (``--strategies entropy random``: the arm named
 ``entropy`` sets ``selection.metric=entropy``) or a named setting (``--arm models selection.metric=entropy
-selection.sets=[models]``: any overrides). The later arms of a seed reuse the first arm's P0 and M0 (all
-strategies of an experiment start from the same model; docs/design.md, "The method"); ``--m0-from`` an earlier
+selection.sets=[models]``: any overrides, ``{seed}`` in them replaced by the seed; ``loop.initial_run=`` makes
+an arm train its own M0). The later arms of a seed reuse the first arm's P0 and M0 (all strategies of an
+experiment start from the same model; docs/design.md, "The method"); ``--m0-from`` an earlier
 benchmark's ``--out`` makes every run reuse that benchmark's P0 and M0 of the same seed (from its
 ``<m0-arm>_seed<N>``, ``entropy_seed<N>`` by default).
 
@@ -71,10 +72,9 @@ def main() -> None:
         first = args.m0_from / f"{args.m0_arm}_seed{seed}" if args.m0_from else None
         for name, arm_overrides in arms.items():
             run_dir = args.out / f"{name}_seed{seed}"
-            overrides = [*args.overrides, f"seed={seed}", f"loop.steps={args.steps}", *arm_overrides,
-                         f"output_dir={run_dir}"]
-            if first is not None:
-                overrides.append(f"loop.initial_run={first}")
+            shared = [f"loop.initial_run={first}"] if first is not None else []
+            overrides = [*args.overrides, f"seed={seed}", f"loop.steps={args.steps}", *shared,
+                         *(o.replace("{seed}", str(seed)) for o in arm_overrides), f"output_dir={run_dir}"]
             if not args.collect:
                 start = time.perf_counter()
                 run_active_loop(load_config(args.config, overrides))

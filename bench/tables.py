@@ -178,6 +178,32 @@ def equal_points_table(records: list[dict]) -> str:
     return comparisons_table(comparisons)
 
 
+def _by_seed(rows: list[dict], group: str, step: int, key: str) -> dict[int, float]:
+    return {r["seed"]: r.get(key) for r in rows if r["group"] == group and r["step"] == step}
+
+
+def selected_points_table(records: list[dict]) -> str:
+    """Fig. 4's question per step: are entropy's new points misclassified by the previous model more often than
+    random's (entropy - random), and nearer the GT boundary (random - entropy, pixels)?"""
+    comparisons = []
+    for content in records:
+        steps = sorted({r["step"] for r in content["rows"]} - {0})
+        for key, a, b in (("misclassified_share", "entropy", "random"), ("boundary_distance_px", "random", "entropy")):
+            comparisons += [paired_comparison(_by_seed(content["rows"], a, step, key),
+                                              _by_seed(content["rows"], b, step, key), metric=key,
+                                              a_name=f"{a} ({key})", b_name=b, step=step) for step in steps]
+    return comparisons_table(comparisons, 3)
+
+
+def recipe_vs_paper(records: list[dict]) -> str:
+    """Per arm and step, the recipe's mask AP minus the paper setting's, paired by seed (records: recipe, paper)."""
+    recipe, paper = (content["rows"] for content in records)
+    keys = sorted({(r["group"], r["step"]) for r in recipe} & {(r["group"], r["step"]) for r in paper})
+    return comparisons_table([paired_comparison(_by_seed(recipe, g, s, "mask_AP"), _by_seed(paper, g, s, "mask_AP"),
+                                                metric="mask_AP", a_name=f"recipe, {g}", b_name=f"paper, {g}",
+                                                step=s) for g, s in keys])
+
+
 # ---- anything else: the rows as they are ---------------------------------------------------------------------
 
 def _flat(row: dict, prefix: str = "") -> dict:
@@ -245,9 +271,9 @@ def _one(render: Callable[[list[dict]], str]) -> Callable[[list[dict]], str]:
     return lambda records: render(records[0]["rows"])
 
 
-LE = "python bench/bench_label_efficiency.py"
-PLAN = "bench/plan_power.sh"
-ANALYSES = "bench/plan_analyses.sh"
+PLAN = "bench/plan.sh"
+POWER_RECIPE = "results/label_efficiency_synth_recipe.json"
+POWER_PAPER = "results/label_efficiency_synth_paper.json"
 TABLES: dict[str, Table] = {
     # docs/benchmarks.md
     "eval": Table(("results/eval.json",), rows_table, "python bench/bench_eval.py --record results/eval.json"),
@@ -278,24 +304,25 @@ TABLES: dict[str, Table] = {
                                     "see the commands above"),
     "sharp_masks": Table(("results/sharp_masks.json",), rows_table, "the sharp-mask benchmark"),
     # docs/results.md
-    "entropy_vs_random_synth_recipe": Table(("results/label_efficiency_synth_recipe.json",), label_efficiency_table,
-                                            f"{PLAN} recipe"),
-    "entropy_vs_random_synth_paper": Table(("results/label_efficiency_synth_paper.json",), label_efficiency_table,
-                                           f"{PLAN} paper"),
+    "entropy_vs_random_synth_recipe": Table((POWER_RECIPE,), label_efficiency_table, f"{PLAN} power_recipe"),
+    "entropy_vs_random_synth_paper": Table((POWER_PAPER,), label_efficiency_table, f"{PLAN} power_paper"),
     "entropy_vs_random_dsb_gpu": Table(("results/label_efficiency_dsb_gpu.json",), label_efficiency_table,
                                        "DSB=../shared/data/dsb2018_nuclei RUNS=runs/dsb_gpu bench/dsb_gpu.sh"),
+    "selected_points_synth": Table((POWER_RECIPE,), selected_points_table, f"{PLAN} power_recipe"),
+    "recipe_vs_paper_synth": Table((POWER_RECIPE, POWER_PAPER), recipe_vs_paper,
+                                   f"{PLAN} power_recipe; {PLAN} power_paper"),
+    "departures_synth": Table(("results/analyses_synth_departures.json",), label_efficiency_table,
+                              f"{PLAN} departures"),
     "strategies_synth": Table(("results/analyses_synth_strategies.json",), label_efficiency_table,
-                              f"{ANALYSES} strategies"),
-    "sets_synth": Table(("results/analyses_synth_sets.json",), label_efficiency_table, f"{ANALYSES} sets"),
-    "schedules_synth": Table(("results/analyses_synth_schedules.json",), label_efficiency_table,
-                             f"{ANALYSES} schedules"),
-    "long_loop_synth": Table(("results/analyses_synth_long_loop.json",), equal_points_table,
-                             f"{ANALYSES} long_loop"),
-    "afis_synth": Table(("results/analyses_synth_afis.json",), label_efficiency_table, f"{ANALYSES} afis"),
+                              f"{PLAN} strategies"),
+    "sets_synth": Table(("results/analyses_synth_sets.json",), label_efficiency_table, f"{PLAN} sets"),
+    "schedules_synth": Table(tuple(f"results/analyses_synth_schedule_{s}.json" for s in ("short", "default", "long")),
+                             label_efficiency_table, f"{PLAN} schedules"),
+    "long_loop_synth": Table(("results/analyses_synth_long_loop.json",), equal_points_table, f"{PLAN} long_loop"),
+    "afis_synth": Table(("results/analyses_synth_afis.json",), label_efficiency_table, f"{PLAN} afis"),
     "boxinst_init_synth": Table(("results/analyses_synth_boxinst_init.json",), label_efficiency_table,
-                                f"{ANALYSES} boxinst_init"),
-    "transfer_synth": Table(("results/analyses_synth_transfer.json",), label_efficiency_table,
-                            f"{ANALYSES} transfer"),
+                                f"{PLAN} boxinst_init"),
+    "transfer_synth": Table(("results/analyses_synth_transfer.json",), label_efficiency_table, f"{PLAN} transfer"),
     "masks_vs_box_fill": Table(("results/label_quality_synth.json", "results/label_quality_dsb.json"),
                                exported_vs_box_fill, "see docs/benchmarks.md, Training-mask quality"),
     "apis_vs_afis_masks": Table(("results/label_quality_synth.json", "results/label_quality_dsb.json",
