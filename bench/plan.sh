@@ -39,6 +39,11 @@ DATA=${DATA:-data/synth_power}
 RECIPE=condinst_r18_cpu_synth.yaml
 PAPER=condinst_r18_cpu_synth_paper.yaml
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
+EXPERIMENTS="power_recipe power_paper strategies sets schedules long_loop afis boxinst_init transfer departures"
+if [[ " $EXPERIMENTS " != *" $EXPERIMENT "* || -z "$EXPERIMENT" ]]; then
+    echo "usage: bench/plan.sh EXPERIMENT (one of: $EXPERIMENTS)" >&2
+    exit 2
+fi
 
 if [ "${SMOKE:-0}" = 1 ]; then
     SEEDS=${SEEDS:-0 1}; RECORDS="$RUNS/records"
@@ -127,7 +132,4 @@ case "$EXPERIMENT" in
             --arm fan-in-init "loop.initial_run=" selection.metric=entropy model.dynamic_init=fan_in \
             --arm clip "loop.initial_run=" selection.metric=entropy solver.clip_grad_norm=5.0 \
             --arm finetune-weight "loop.initial_run=" selection.metric=entropy loop.points_loss_finetune=0.1 ;;
-    *)
-        echo "usage: bench/plan.sh power_recipe|power_paper|strategies|sets|schedules|long_loop|afis|boxinst_init|transfer|departures" >&2
-        exit 2 ;;
 esac

@@ -148,14 +148,18 @@ def _data_set(content: dict) -> str:
 # ---- label efficiency (bench/bench_label_efficiency.py) ------------------------------------------------------
 
 def label_efficiency_table(records: list[dict]) -> str:
-    """Mask AP per arm and step, mean ± sample sd (seeds), then each arm minus the baseline per seed."""
+    """Mask AP and annotation hours per arm and step, mean ± sample sd over seeds, then each arm minus the
+    baseline per seed."""
     parts = []
     for content in records:
-        groups: dict[tuple[str, int], list[float]] = defaultdict(list)
+        groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
         for row in content["rows"]:
-            groups[(row["group"], row["step"])].append(row.get("mask_AP"))
-        parts.append(markdown(["arm", "step", "seeds", "mask AP"],
-                              [[g, f"P{s}", str(len(v)), mean_sd(v, 2)] for (g, s), v in groups.items()], "llrr"))
+            groups[(row["group"], row["step"])].append(row)
+        parts.append(markdown(
+            ["arm", "step", "seeds", "mask AP", "annotation h"],
+            [[g, f"P{s}", str(len(rows)), mean_sd([r.get("mask_AP") for r in rows], 2),
+              mean_sd([r["annotation_seconds"] / 3600 if r.get("annotation_seconds") is not None else None
+                       for r in rows], 2)] for (g, s), rows in groups.items()], "llrrr"))
         comparisons = [PairedComparison(**c) for c in content["comparisons"]]
         parts.append(f"Mask AP, arm minus {comparisons[0].b if comparisons else 'baseline'} ({INTERVAL}):\n\n"
                      + comparisons_table(comparisons))
@@ -163,11 +167,11 @@ def label_efficiency_table(records: list[dict]) -> str:
 
 
 def equal_points_table(records: list[dict]) -> str:
-    """Table 2's question: the strategy's last step against random's last step (more points), paired by seed."""
+    """Table 2's question: each arm's last step against the baseline's last step (more points), paired by seed."""
     comparisons = []
     for content in records:
         arms = {row["group"] for row in content["rows"]}
-        baseline = "random" if "random" in arms else sorted(arms)[-1]
+        baseline = content.get("arguments", {}).get("baseline", "random")
         last = {arm: max(r["step"] for r in content["rows"] if r["group"] == arm) for arm in arms}
         for arm in sorted(arms - {baseline}):
             a = {r["seed"]: r["mask_AP"] for r in content["rows"] if r["group"] == arm and r["step"] == last[arm]}

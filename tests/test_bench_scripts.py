@@ -215,3 +215,22 @@ def test_annotate_bench_records_its_load_test(tmp_path):
     _, content = _bench("bench_annotate.py", "--questions", "20", "--clients", "2", "--work", tmp_path / "work",
                         record=tmp_path / "record.json")
     assert content["rows"][0]["answers_stored"] == 20 and content["rows"][0]["lost"] == 0
+
+
+def test_label_efficiency_arms_name_their_runs_and_choose_the_baseline(finished_runs, tmp_path):
+    out = tmp_path / "arms"
+    out.mkdir()
+    (out / "mine_seed0").symlink_to(finished_runs["entropy"][0].output_dir)
+    (out / "chance_seed0").symlink_to(finished_runs["random"][0].output_dir)
+    _, content = _bench("bench_label_efficiency.py", "--config", Path(finished_runs["entropy"][0].output_dir) /
+                        "config.yaml", "--seeds", "0", "--out", out, "--collect", "--baseline", "chance",
+                        "--arm", "mine", "selection.metric=entropy", "loop.points_from=runs/x_seed{seed}",
+                        "--arm", "chance", "selection.metric=random", record=tmp_path / "record.json")
+    assert content["arguments"]["arms"] == {"mine": ["selection.metric=entropy", "loop.points_from=runs/x_seed{seed}"],
+                                            "chance": ["selection.metric=random"]}
+    assert {(c["a"], c["b"]) for c in content["comparisons"]} == {("mine", "chance")}
+
+
+def test_the_plan_names_its_experiments_when_given_none():
+    completed = subprocess.run(["bash", str(BENCH / "plan.sh")], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2 and "power_recipe" in completed.stderr and "departures" in completed.stderr

@@ -67,23 +67,24 @@ def test_a_table_without_its_record_says_so_and_gives_the_command():
 
 
 def _le_record():
-    rows = [{"group": arm, "seed": seed, "step": step, "mask_AP": ap}
+    rows = [{"group": arm, "seed": seed, "step": step, "mask_AP": ap, "annotation_seconds": 7200.0}
             for arm, seed, step, ap in [("entropy", 0, 3, 12.0), ("entropy", 1, 3, 13.0), ("entropy", 2, 3, 12.5),
                                         ("random", 0, 3, 11.0), ("random", 1, 3, 12.5), ("random", 2, 3, 12.0)]]
     comparison = paired_comparison({0: 12.0, 1: 13.0, 2: 12.5}, {0: 11.0, 1: 12.5, 2: 12.0}, metric="mask_AP",
                                    a_name="entropy", b_name="random", step=3)
-    return {"rows": rows, "comparisons": [comparison.as_dict()]}
+    return {"rows": rows, "comparisons": [comparison.as_dict()], "arguments": {"baseline": "random"}}
 
 
 def test_the_label_efficiency_table_gives_means_differences_and_the_verdict():
     text = tables.label_efficiency_table([_le_record()])
-    assert "| entropy | P3 | 3 | 12.50 ± 0.50 |" in text and "| random | P3 | 3 | 11.83 ± 0.76 |" in text
+    assert "| entropy | P3 | 3 | 12.50 ± 0.50 | 2.00 ± 0.00 |" in text and "| random | P3 | 3 | 11.83 ± 0.76 |" in text
     # differences 1.0 0.5 0.5: mean 0.667, sd 0.2887, se 0.1667, t(2) = 4.303: [-0.05, +1.38].
     assert "| entropy | random | P3 | 3 | +1.00 +0.50 +0.50 | +0.67 [-0.05, +1.38] | **unresolved** |" in text
 
 
 def test_the_equal_points_table_pairs_each_arms_last_step():
     record = _le_record()
-    record["rows"] += [{"group": "random", "seed": s, "step": 4, "mask_AP": 12.0} for s in range(3)]
+    record["rows"] += [{"group": "random", "seed": s, "step": 4, "mask_AP": 12.0, "annotation_seconds": 9000.0}
+                       for s in range(3)]
     text = tables.equal_points_table([record])
     assert "| entropy P3 | random P4 | - | 3 | +0.00 +1.00 +0.50 |" in text
