@@ -9,7 +9,7 @@
 #   power_recipe   condinst_r18_cpu_synth.yaml              -> results/label_efficiency_synth_recipe.json
 #   power_paper    condinst_r18_cpu_synth_paper.yaml        -> results/label_efficiency_synth_paper.json
 # The paper's analyses (3 seeds; every arm of a seed starts from the M0 of power_recipe's entropy run of that
-# seed, so run power_recipe first, or at least its M0s):
+# seed, so run power_recipe first, or at least its M0s; sets, boxinst_init and departures train their own):
 #   strategies     random, entropy, variance, least-entropy, max-error, least-error (Fig. 2a, Table 1, Fig. 5)
 #   sets           entropy over anchors / models / scales against random (Fig. 2a)
 #   schedules      entropy and random with the paper's three fine-tuning schedules scaled by 1/150 (Fig. 2b):
@@ -24,6 +24,9 @@
 # Environment: PYTHON (default .venv/bin/python if present, else python3), JOBS (processes at a time, default 2:
 # one per core), SEEDS (default: 6 for power_*, 3 otherwise), RUNS (default runs/plan), RECORDS (default results),
 # DATA (default data/synth_power: made here, 150 train / 450 val images), EXTRA (key=value for every run).
+# Disk: a run keeps about 0.5 GB of checkpoints (95 MB each) while it runs, so an experiment of 12-24 runs needs
+# 6-14 GB until it ends; PRUNE=1 (the default) then deletes every checkpoint but each run's M0 (the record holds
+# the metrics), leaving about 0.1 GB per run. PRUNE=0 keeps them all.
 # SMOKE=1: a tiny schedule on 8 images of 64 px and 2 seeds, records in $RUNS/records: only checks that the
 # experiment runs. Every run resumes: stop at any time (kill the script's process group) and run it again.
 set -euo pipefail
@@ -77,6 +80,10 @@ experiment() {
     # shellcheck disable=SC2086
     "$PYTHON" bench/bench_label_efficiency.py --seeds $seeds --out "$out" --collect --record "$RECORDS/$record.json" \
         "$@" -- "${DATA_ARGS[@]}" "${EXTRA_ARGS[@]}"
+    if [ "${PRUNE:-1}" = 1 ]; then  # the record holds the metrics; keep each run's M0 for the experiments after
+        find "$out" -name '*.pth' ! -path '*/step_000/train/model_final.pth' -delete
+        echo "plan: $name: checkpoints other than each run's M0 deleted; $(du -sh "$out" | cut -f1) left"
+    fi
 }
 
 SHARED=(--m0-from "$RUNS/power_recipe" --m0-arm entropy --config "$RECIPE")
@@ -92,9 +99,10 @@ case "$EXPERIMENT" in
         experiment strategies analyses_synth_strategies "0 1 2" "${SHARED[@]}" \
             --strategies entropy random variance least-entropy max-error least-error ;;
     sets)
-        experiment sets analyses_synth_sets "0 1 2" "${SHARED[@]}" \
-            --arm anchors selection.metric=entropy "selection.sets=[anchors]" \
+        # "models" first: its M0 step trains the ensemble's members too, and the other arms reuse its M0.
+        experiment sets analyses_synth_sets "0 1 2" --config "$RECIPE" \
             --arm models selection.metric=entropy "selection.sets=[models]" \
+            --arm anchors selection.metric=entropy "selection.sets=[anchors]" \
             --arm scales selection.metric=entropy "selection.sets=[scales]" \
             --arm random selection.metric=random ;;
     schedules)

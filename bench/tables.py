@@ -161,7 +161,7 @@ def label_efficiency_table(records: list[dict]) -> str:
               mean_sd([r["annotation_seconds"] / 3600 if r.get("annotation_seconds") is not None else None
                        for r in rows], 2)] for (g, s), rows in groups.items()], "llrrr"))
         comparisons = [PairedComparison(**c) for c in content["comparisons"]]
-        parts.append(f"Mask AP, arm minus {comparisons[0].b if comparisons else 'baseline'} ({INTERVAL}):\n\n"
+        parts.append(f"Mask AP, arm minus {comparisons[0].b if comparisons else 'baseline'}; {INTERVAL}:\n\n"
                      + comparisons_table(comparisons))
     return "\n\n".join(parts)
 
