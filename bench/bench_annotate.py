@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from records import add_record_option, provenance, save
 
 
 def build_run(work: Path, questions: int) -> Path:
@@ -167,7 +168,9 @@ def main() -> None:
     parser.add_argument("--think-ms", type=float, default=0.0, help="pause between seeing and answering")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole load phase")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_annotate"))
+    add_record_option(parser, "annotate")
     args = parser.parse_args()
+    recording = provenance()
 
     from apis.active.questions import QuestionQueue
 
@@ -222,6 +225,7 @@ def main() -> None:
     print(f"| {args.clients} | {total:,} | {len(responses):,} | {result['lost']} | {result['answered_twice']} "
           f"| {result['handed_to_two_at_once']} | {len(result['errors'])} | {wall:.1f} | {len(responses) / wall:.0f} "
           f"| {n['p50']:.1f} / {n['p95']:.1f} / {n['max']:.0f} | {a['p50']:.1f} / {a['p95']:.1f} / {a['max']:.0f} |")
+    save(args.record, "annotate", recording, [result], arguments=args)
     if result["lost"] or result["answered_twice"] or result["acknowledged_but_missing"] or result["errors"]:
         raise SystemExit("FAILED: answers were lost, duplicated or refused (see above)")
 

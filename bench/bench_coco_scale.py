@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from records import add_record_option, provenance, save
 
 STEPS = 10
 FULL_INSTANCES = 860_000
@@ -351,12 +352,15 @@ def main() -> None:
     parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     for name in ("train", "val", "train-images", "val-images", "run-dir"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    add_record_option(parser, "coco_scale")
     args = parser.parse_args()
     if args.stage:
         args.train_json, args.val_json = args.train, args.val
         print(json.dumps(STAGES[args.stage](args)))
         return
+    recording = provenance()
     result = measure(args)
+    save(args.record, "coco_scale", recording, [result], arguments=args)
     if args.json:
         print(json.dumps(result))
         return

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from records import add_record_option, provenance, save
 
 from apis.evaluation.coco_eval import BACKENDS, METRIC_NAMES, evaluate
 from apis.evaluation.results import detections_to_results
@@ -42,7 +43,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single-run-above", type=float, default=30.0)
+    add_record_option(parser, "eval")
     args = parser.parse_args()
+    recording = provenance()
 
     gt = json.loads(args.gt.read_text())
     started = time.perf_counter()
@@ -73,6 +76,9 @@ def main() -> None:
         print(f"| {backend} | {iou_type} | {seconds:.2f} | {values} |")
     print()
     print(f"Largest difference between the backends over all metrics: {largest_gap:.2e} (NaNs agree: {same_nans})")
+    save(args.record, "eval", recording,
+         [{"backend": backend, "iou_type": iou_type, "wall_s": seconds, "metrics": metrics, "images": len(gt["images"]),
+           "detections": len(detections)} for backend, iou_type, seconds, metrics in rows], arguments=args)
 
 
 def time_evaluate(gt_path: Path, detections: list[dict], iou_type: str, backend: str, args) -> tuple[float, dict]:

@@ -16,11 +16,11 @@ Image sets:
   images). Made once in ``--workdir`` and reused. Their cost is extrapolated linearly to the 123,287 images
   ``apis run`` checks on COCO (train2017 and val2017): an extrapolation from N files, not a measurement of COCO.
 
-Prints a markdown table and writes a record (``bench/records.py``) to ``--out``:
+Prints a markdown table and writes a record (``bench/records.py``) to ``--record``:
 
     nice -n 10 .venv/bin/python bench/bench_image_check.py \\
         --json /work/shared/data/dsb2018_nuclei/annotations/train.json \\
-        --json /work/shared/data/dsb2018_nuclei/annotations/val.json --stand-in 3000 --out results/image_check.json
+        --json /work/shared/data/dsb2018_nuclei/annotations/val.json --stand-in 3000 --record results/image_check.json
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import provenance, record, write_record  # noqa: E402
+from records import add_record_option, provenance, save  # noqa: E402
 
 COCO_IMAGES = 118_287 + 5_000  # train2017 + val2017: both are checked when `apis run` loads them
 COCO_MEAN_KB = 18e9 / 118_287 / 1e3  # train2017: 18 GB for 118,287 images
@@ -120,9 +120,9 @@ def main() -> None:
     parser.add_argument("--stand-in", type=int, default=0, metavar="N", help="N generated COCO-like JPEGs")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "apis_image_check")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--out", type=Path, help="write the record here (e.g. results/image_check.json)")
+    add_record_option(parser, "image_check")
     args = parser.parse_args()
-    started, start = provenance(), time.perf_counter()
+    started = provenance()
     load_before = load_average()
 
     sets = {str(path): json_images(path) for path in args.json}
@@ -145,10 +145,12 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
 
-    content = record("image_check", started, rows, time.perf_counter() - start)
-    content["load_average"] = {"start": load_before, "end": load_average()}
-    content["coco_mean_kb"] = round(COCO_MEAN_KB, 1)
-    print(f"\nload averages {load_before} -> {content['load_average']['end']} on {os.cpu_count()} CPUs\n")
+    load_after = load_average()
+    for row in rows:
+        row["load_average"] = {"start": load_before, "end": load_after}
+        if "coco_extrapolated" in row:
+            row["coco_extrapolated"]["mean_kb"] = round(COCO_MEAN_KB, 1)
+    print(f"\nload averages {load_before} -> {load_after} on {os.cpu_count()} CPUs\n")
     print("| images | files | MB | threads | first check s (ms / image) | cached s (ms / image) "
           "| COCO, 123,287 images: first / cached s (extrapolated) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -157,8 +159,7 @@ def main() -> None:
         extrapolated = f"{coco['first_s']:,} / {coco['cached_s']}" if coco else "-"
         print(f"| {row['set']} | {row['images']} | {row['megabytes']} | {row['threads']} | {row['first_s']} "
               f"({row['first_ms_per_image']}) | {row['cached_s']} ({row['cached_ms_per_image']}) | {extrapolated} |")
-    if args.out:
-        print(f"record: {write_record(args.out, content)}")
+    save(args.record, "image_check", started, rows, arguments=args)
 
 
 if __name__ == "__main__":

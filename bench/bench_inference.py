@@ -14,6 +14,8 @@ import json
 import resource
 import time
 
+from records import add_record_option, provenance, save
+
 from apis.config import load_config
 from apis.data.coco import load_coco
 from apis.engine.inference import ground_truth_of, load_model, run_inference
@@ -26,8 +28,10 @@ def main() -> None:
     parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--warmup", type=int, default=2)
+    add_record_option(parser, "inference")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    recording = provenance()
     cfg = load_config(args.config, args.overrides)
     coco = load_coco(cfg.data.val_json, cfg.data.val_image_root or cfg.data.image_root or None).subset(
         cfg.data.max_val_images)
@@ -45,6 +49,7 @@ def main() -> None:
            "detections": len(results), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "segm/AP": metrics["segm/AP"], "bbox/AP": metrics["bbox/AP"]}
     print(json.dumps(row))
+    save(args.record, "inference", recording, [row], arguments=args, config=cfg)
 
 
 if __name__ == "__main__":

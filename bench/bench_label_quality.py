@@ -15,8 +15,8 @@ to agree with its answered points) is compared with its GT mask:
 
 AFIS runs give bought masks exactly (IoU 1) and predict the rest; a full-mask model predicts every instance
 without points. Rows are grouped by strategy and step, mean ± sample standard deviation over seeds (``n-1``), and
-``local - none`` comes with its paired 95 % t-interval over seeds. A JSON record of every (run, step) goes to
-``--record``.
+``local - none`` comes with its paired 95 % t-interval over seeds (apis.evaluation.paired). A JSON record of every
+(run, step) goes to ``--record``.
 
     .venv/bin/python bench/bench_label_quality.py --runs runs/lq/synth_apis/entropy_seed* \\
         runs/lq/synth_afis/entropy_seed* --full-mask runs/lq/synth_sup/full_masks/seed* \\
@@ -27,30 +27,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import sys
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from records import add_record_option, provenance, save
+from tables import by_group_and_step, constraint_gain, label_quality_table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/records.py, when run as a script
-
-from records import provenance, record, write_record  # noqa: E402
-
-from apis.active.mask_export import RunStep, open_run_step  # noqa: E402
-from apis.active.mask_quality import score_training_masks, summarise_quality  # noqa: E402
-from apis.active.run_dir import RunDirectory  # noqa: E402
-from apis.config import load_run_config  # noqa: E402
-from apis.data.coco import load_coco  # noqa: E402
-from apis.data.coords import box_pixel_range  # noqa: E402
-from apis.engine.inference import ground_truth_of  # noqa: E402
-from apis.evaluation.coco_eval import evaluate  # noqa: E402
-from apis.evaluation.results import encode_mask  # noqa: E402
+from apis.active.mask_export import RunStep, open_run_step
+from apis.active.mask_quality import score_training_masks, summarise_quality
+from apis.active.run_dir import RunDirectory
+from apis.config import load_run_config
+from apis.data.coco import load_coco
+from apis.data.coords import box_pixel_range
+from apis.engine.inference import ground_truth_of
+from apis.evaluation.coco_eval import evaluate
+from apis.evaluation.results import encode_mask
 
 CONSTRAINTS = ("local", "threshold", "none")
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def full_mask_step(folder: Path) -> RunStep:
@@ -104,51 +97,6 @@ def loop_rows(run_dir: Path, max_images: int, device: str) -> list[dict]:
     return found
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-
-
-def paired_interval(differences: list[float]) -> str:
-    """``mean [low, high]`` of paired differences, the 95 % t-interval over seeds."""
-    if len(differences) < 2:
-        return f"{differences[0]:+.4f} (1 seed)" if differences else "–"
-    mean = float(np.mean(differences))
-    half = T_975[len(differences) - 1] * float(np.std(differences, ddof=1)) / math.sqrt(len(differences))
-    return f"{mean:+.4f} [{mean - half:+.4f}, {mean + half:+.4f}]"
-
-
-def table(rows: list[dict]) -> str:
-    """Markdown: one line per (group, step), mean ± std over seeds."""
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[(row["group"], row["step"])].append(row)
-    lines = ["| run | step | annotation h | seeds | exported mIoU (local) | threshold | none (unconstrained) "
-             "| box fill mIoU | local - box fill | local - none, 95 % CI | beats box (local) | mask AP (local) "
-             "| mask AP box fill | contradicted by the model | Spearman (quality, IoU) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for (group, step), members in sorted(groups.items()):
-        lines.append(
-            f"| {group} | {'P' + str(step) if group != 'full-mask model' else '-'} "
-            f"| {_mean_std([m['hours'] for m in members])} | {len(members)} "
-            f"| {_mean_std([m['mIoU']['local'] for m in members])} "
-            f"| {_mean_std([m['mIoU']['threshold'] for m in members])} "
-            f"| {_mean_std([m['mIoU']['none'] for m in members])} "
-            f"| {_mean_std([m['box_fill_mIoU'] for m in members])} "
-            f"| {_mean_std([m['mIoU']['local'] - m['box_fill_mIoU'] for m in members])} "
-            f"| {paired_interval([m['mIoU']['local'] - m['mIoU']['none'] for m in members])} "
-            f"| {_mean_std([m['beats_box_fill']['local'] for m in members])} "
-            f"| {_mean_std([m['mask_AP']['local'] for m in members])} "
-            f"| {_mean_std([m['box_fill_mask_AP'] for m in members])} "
-            f"| {_mean_std([m['contradicted_share'] for m in members])} "
-            f"| {_mean_std([m['quality_iou_spearman'] for m in members])} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="finished loop runs (APIS or AFIS)")
@@ -156,10 +104,10 @@ def main() -> None:
                         help="training folders of full-mask models (bench_supervision.py's 'full masks' rows)")
     parser.add_argument("--images", type=int, default=0, help="first N training images (0: all)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--record", type=Path, help="write the JSON record of every row here")
+    add_record_option(parser, "label_quality")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    started, start = provenance(), time.perf_counter()
+    started = provenance()
     rows = []
     for run_dir in args.runs:
         rows += loop_rows(run_dir, args.images, args.device)
@@ -167,10 +115,10 @@ def main() -> None:
         run = full_mask_step(folder)
         hours = len(list(run.train_set.instances())) * (run.cfg.oracle.mask_cost_s + run.cfg.oracle.box_cost_s) / 3600
         rows.append(measure(run, "full-mask model", run.cfg.seed, hours, args.images, args.device))
-    print(table(rows))
-    if args.record:
-        write_record(args.record, record("label_quality", started, rows, time.perf_counter() - start))
-        print(f"wrote {args.record}")
+    print(label_quality_table(rows))
+    comparisons = [constraint_gain(group, step, members).as_dict()
+                   for (group, step), members in by_group_and_step(rows).items()]
+    save(args.record, "label_quality", started, rows, arguments=args, comparisons=comparisons)
 
 
 if __name__ == "__main__":

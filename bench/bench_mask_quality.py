@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from records import add_record_option, provenance, save
 
 from apis.active.loop import load_datasets, step_dir
 from apis.active.mask_quality import iou
@@ -191,13 +192,16 @@ def checkpoints_of(run_dir: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def print_run(run_dir: Path, max_images: int, device: torch.device, overrides: list[str]) -> None:
-    """One table row per final checkpoint of ``run_dir``."""
+def print_run(run_dir: Path, max_images: int, device: torch.device, overrides: list[str]) -> list[dict]:
+    """Print one table row per final checkpoint of ``run_dir`` (and size bucket); returns the rows."""
     cfg = load_run_config(run_dir / "config.yaml", [f"data.max_val_images={max_images}", *overrides])
     _, val = load_datasets(cfg)
+    rows = []
     for step, checkpoint in checkpoints_of(run_dir):
         for summary in step_quality(checkpoint, cfg, val, device):
-            print(_format({"run": run_dir.name, "step": step, **summary}), flush=True)
+            rows.append({"run": str(run_dir), "step": step, **summary})
+            print(_format({**rows[-1], "run": run_dir.name}), flush=True)
+    return rows
 
 
 def _format(row: dict) -> str:
@@ -218,7 +222,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (e.g. data.min_size_test=704: another test size)")
+    add_record_option(parser, "mask_quality")
     args = parser.parse_args()
+    recording, rows = provenance(), []
     logging.basicConfig(level=logging.WARNING)
     device = resolve_device(args.device)
     print("| run | step | size at input | instances | mIoU | box-fill mIoU | mIoU - box fill "
@@ -226,7 +232,8 @@ def main() -> None:
           "| best 1-px shift mIoU (dx, dy) | AUC | spread | alive L1 / L2 |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run_dir in args.runs:
-        print_run(run_dir, args.images, device, args.set)
+        rows += print_run(run_dir, args.images, device, args.set)
+    save(args.record, "mask_quality", recording, rows, arguments=args)
 
 
 if __name__ == "__main__":

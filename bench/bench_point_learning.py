@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from records import add_record_option, provenance, save
 
 from apis.active.point_learning import final_point_accuracy
 from apis.active.run_dir import step_dir
@@ -44,7 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--windows", type=int, default=5, help="logged windows averaged at the end of training")
+    add_record_option(parser, "point_learning")
     args = parser.parse_args()
+    recording, rows = provenance(), []
     print("| run | step | training points | positive share | majority baseline | point accuracy at end of training |"
           " accuracy - baseline |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -52,12 +55,15 @@ def main() -> None:
         if not (run_dir / "ledger.sqlite").exists() and not (run_dir / METRICS_FILE).exists():
             parser.error(f"{run_dir}: neither a loop run (ledger.sqlite) nor a training folder (metrics.jsonl)")
         if not (run_dir / "ledger.sqlite").exists():
-            print(f"| {run_dir.name} | – | – | – | – | {final_point_accuracy(run_dir, args.windows):.3f} | – |")
+            rows.append({"run": str(run_dir), "train_point_acc": final_point_accuracy(run_dir, args.windows)})
+            print(f"| {run_dir.name} | – | – | – | – | {rows[-1]['train_point_acc']:.3f} | – |")
             continue
         for r in step_rows(run_dir, args.windows):
+            rows.append(r)
             print(f"| {r['run']} | P{r['step']} | {r['points']:,} | {r['positive_share']:.3f} | "
                   f"{r['majority_baseline']:.3f} | {r['train_point_acc']:.3f} | "
                   f"{r['train_point_acc'] - r['majority_baseline']:+.3f} |")
+    save(args.record, "point_learning", recording, rows, arguments=args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from records import add_record_option, provenance, save
+
 
 def measure(kind: str, config: str, checkpoint: str, images: int, overrides: list[str]) -> dict:
     from apis.active.prediction import select_with_models
@@ -53,11 +55,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=531)
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--child", choices=("inference", "selection"), help=argparse.SUPPRESS)
+    add_record_option(parser, "selection")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.config, args.checkpoint, args.images, args.overrides)))
         return
+    recording = provenance()
     rows = []
     for images in (args.small, args.images):
         for kind in ("inference", "selection"):
@@ -73,6 +77,9 @@ def main() -> None:
               f"{r['seconds'] / r['images']:.3f} | {r['peak_rss_mib']:.0f} |")
     full = {r["kind"]: r for r in rows if r["images"] == max(x["images"] for x in rows)}
     print(f"\nselection / inference time: {full['selection']['seconds'] / full['inference']['seconds']:.2f}x")
+    from apis.config import load_config
+
+    save(args.record, "selection", recording, rows, arguments=args, config=load_config(args.config, args.overrides))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from records import add_record_option, provenance, save
+
 
 def child(args: argparse.Namespace) -> None:
     import torch
@@ -115,11 +117,13 @@ def main() -> None:
     parser.add_argument("--procs", default="1,2", help="process counts, comma-separated")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
+    add_record_option(parser, "sharding")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    recording = provenance()
     rows = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as workdir:
@@ -141,6 +145,7 @@ def main() -> None:
         speedup = f"{r['images_per_s'] / single[r['kind']]:.2f}x" if r["kind"] in single else "-"
         print(f"| {r['kind']} | {r['procs']} | {r['images']} | {r['outputs']} | {r['seconds']:.2f} | "
               f"{r['images_per_s']:.2f} | {1000 / r['images_per_s']:.0f} | {speedup} |")
+    save(args.record, "sharding", recording, rows, arguments={**vars(args), "loadavg_before": load_before})
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+from records import add_record_option, provenance, save
+
 from apis.active.compare import markdown
 from apis.config import load_config
 from apis.engine.inference import evaluate_checkpoint
@@ -71,9 +73,10 @@ def main() -> None:
                         help="train nothing: print the table of the (row, seed) pairs already finished")
     parser.add_argument("--reference", type=Path,
                         help="another --out whose full-mask rows the shares refer to (default: this one's)")
+    add_record_option(parser, "supervision")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    results = []
+    recording, results = provenance(), []
     for seed in args.seeds:  # seed-major, so that an interrupted benchmark has whole tables of early seeds
         for name in args.rows:
             if args.report_only:
@@ -87,6 +90,8 @@ def main() -> None:
         full_dir = args.reference / row_dir(Path(), REFERENCE, 0).parent
         reference = [json.loads(path.read_text()) for path in sorted(full_dir.glob("seed*/eval.json"))]
     print("\n" + markdown(*supervision_table(results, reference)))
+    save(args.record, "supervision", recording, results, arguments={**vars(args), "reference_rows": reference},
+         config=load_config(args.config, args.overrides))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from records import add_record_option, provenance, save
+
 # As the CLI does (apis.cli.main): OpenMP threads wait without spinning, which on a shared CPU keeps training
 # from slowing down many times under load. Set before torch is imported, here and in the subprocesses.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -106,10 +108,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--child", choices=("condinst", "maskrcnn"), help=argparse.SUPPRESS)
+    add_record_option(parser, "train_speed")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.size, args.batch, args.iters)))
         return
+    recording = provenance()
     rows = []
     for name in ("condinst", "maskrcnn"):
         cmd = [sys.executable, __file__, "--size", str(args.size), "--batch", str(args.batch),
@@ -122,6 +126,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['model']} | {r['images_per_s']:.3f} | {r['s_per_iter']:.2f} | {r['peak_rss_mib']:.0f} |")
     print(f"\nCondInst / Mask R-CNN images/s: {rows[0]['images_per_s'] / rows[1]['images_per_s']:.2f}x")
+    save(args.record, "train_speed", recording, rows, arguments=args)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import time
 from pathlib import Path
 
 import torch
+from records import add_record_option, provenance, save
 
 # Trainable BatchNorm and a low learning rate: without ImageNet weights, frozen BatchNorm and lr 0.01 may overflow
 # float16 under AMP; neither changes what an iteration costs. Score threshold 0: every image keeps
@@ -49,7 +49,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--batch", type=int, default=8, help="images per iteration (the paper: 2 per GPU x 8)")
     parser.add_argument("--cpu-smoke", action="store_true")
+    add_record_option(parser, "gpu_check")
     args = parser.parse_args()
+    recording = provenance()
 
     from apis.active.prediction import select_with_models
     from apis.active.strategies import get_metric
@@ -98,8 +100,9 @@ def main() -> None:
     print("\n| stage | images | images/s | peak GPU memory (GiB) |\n|---|---:|---:|---:|")
     for stage, images, ips, peak in rows:
         print(f"| {stage} | {images} | {ips:.2f} | {peak:.2f} |")
-    (args.out / "gpu_check.json").write_text(json.dumps(
-        [{"stage": s, "images": n, "images_per_s": ips, "peak_gib": p} for s, n, ips, p in rows], indent=2))
+    save(args.record, "gpu_check", recording,
+         [{"stage": s, "images": n, "images_per_s": ips, "peak_gib": p} for s, n, ips, p in rows],
+         arguments={**vars(args), "device": name, "torch": torch.__version__}, config=cfg)
 
 
 if __name__ == "__main__":

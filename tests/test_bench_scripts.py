@@ -1,4 +1,5 @@
-"""The diagnostic bench scripts still run against the package's current API (they are not imported by it)."""
+"""The bench scripts still run against the package's current API (they are not imported by it), each on tiny
+inputs, and each writes its record (bench/records.py) with the rows it printed."""
 
 import importlib.util
 import json
@@ -14,24 +15,34 @@ import torch
 from PIL import Image
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from records import read_record  # noqa: E402
+
+
+def _bench(script: str, *args, record: Path, cwd: Path | None = None, timeout: int = 300):
+    """Run ``bench/<script> args --record record``; the completed process and the record read back."""
+    completed = subprocess.run([sys.executable, str(BENCH / script), *map(str, args), "--record", str(record)],
+                               capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCH.parent)})
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    content = read_record(record)
+    assert content["bench"] == script.removeprefix("bench_").removesuffix(".py")
+    assert content["command"].startswith(f"python bench/{script}") and content["rows"]
+    return completed, content
 
 
 def test_label_quality_scores_every_step_and_writes_a_record(finished_runs, tmp_path):
-    import json
-
     cfg, _ = finished_runs["entropy"]
-    record = tmp_path / "record.json"
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / "bench_label_quality.py"), "--runs", str(cfg.output_dir), "--images", "3",
-         "--record", str(record)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    completed, content = _bench("bench_label_quality.py", "--runs", cfg.output_dir, "--images", "3",
+                                record=tmp_path / "record.json")
     lines = [line.split("|")[1:-1] for line in completed.stdout.splitlines() if line.startswith("| APIS entropy")]
     assert [line[1].strip() for line in lines] == ["P0", "P1", "P2"]
-    content = json.loads(record.read_text())
-    assert content["bench"] == "label_quality" and content["schema"] == 1
-    assert content["command"].startswith("python bench/bench_label_quality.py --runs ")
+    assert content["schema"] == 2 and content["arguments"]["images"] == 3
     assert set(content["machine"]) == {"cpu", "nproc", "gpu"} and isinstance(content["dirty"], bool)
+    # One seed: local - none per step, without an interval.
+    assert [(c["step"], c["seeds"], c["verdict"]) for c in content["comparisons"]] == [
+        (step, [0], "unresolved") for step in range(3)]
     rows = content["rows"]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["group"] == "APIS entropy" for r in rows)
     for line, row in zip(lines, rows):
@@ -40,14 +51,15 @@ def test_label_quality_scores_every_step_and_writes_a_record(finished_runs, tmp_
         assert 0 <= row["mask_AP"]["local"] <= 100 and 0 <= row["box_fill_mask_AP"] <= 100
 
 
-def test_mask_quality_reports_every_step_of_a_loop_run(finished_runs):
+def test_mask_quality_reports_every_step_of_a_loop_run(finished_runs, tmp_path):
     cfg, _ = finished_runs["entropy"]
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / "bench_mask_quality.py"), str(cfg.output_dir), "--images", "2", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    completed, content = _bench("bench_mask_quality.py", cfg.output_dir, "--images", "2", "--device", "cpu",
+                                record=tmp_path / "record.json")
     rows = [line.split("|")[1:-1] for line in completed.stdout.splitlines() if "| all |" in line]
     assert [row[1].strip() for row in rows] == ["P0", "P1", "P2"]
+    recorded = [r for r in content["rows"] if r["size"] == "all"]
+    assert [r["step"] for r in recorded] == ["P0", "P1", "P2"]
+    assert [f"{r['mIoU']:.3f}" for r in recorded] == [row[4].strip() for row in rows]
     for row in rows:
         miou, box_fill = float(row[4]), float(row[5])
         assert 0.0 <= miou <= 1.0 and 0.0 < box_fill <= 1.0
@@ -105,11 +117,10 @@ def test_coco_scale_bench_measures_every_stage_at_a_few_thousand_instances(tmp_p
     holds ten steps of one answer per training instance."""
     from pycocotools.coco import COCO
 
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / "bench_coco_scale.py"), "--instances", "2000", "--workdir", str(tmp_path),
-         "--json"], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed, content = _bench("bench_coco_scale.py", "--instances", "2000", "--workdir", tmp_path, "--json",
+                                record=tmp_path / "record.json", timeout=600)
     result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert content["rows"] == [result]
     for key in ("instances", "load_s", "pycocotools_load_s", "load_peak_rss_mib", "pycocotools_peak_rss_mib",
                 "ask_record_s_per_step", "status_s_10_steps", "report_s_10_steps", "resume_open_s",
                 "image_check_s"):
@@ -129,14 +140,8 @@ def test_coco_scale_bench_measures_every_stage_at_a_few_thousand_instances(tmp_p
 
 
 def test_image_check_times_a_json_s_images_and_a_coco_stand_in_and_writes_a_record(synth_dir, tmp_path):
-    out = tmp_path / "image_check.json"
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / "bench_image_check.py"), "--json", str(synth_dir / "annotations" / "train.json"),
-         "--stand-in", "3", "--workdir", str(tmp_path), "--threads", "1", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    content = json.loads(out.read_text())
-    assert content["bench"] == "image_check" and content["command"].startswith("python bench/bench_image_check.py")
+    _, content = _bench("bench_image_check.py", "--json", synth_dir / "annotations" / "train.json", "--stand-in", "3",
+                        "--workdir", tmp_path, "--threads", "1", "2", record=tmp_path / "image_check.json")
     rows = content["rows"]
     train = json.loads((synth_dir / "annotations" / "train.json").read_text())["images"]
     assert [(row["images"], row["threads"]) for row in rows] == [(len(train), 1), (len(train), 2), (3, 1), (3, 2)]
@@ -147,3 +152,98 @@ def test_image_check_times_a_json_s_images_and_a_coco_stand_in_and_writes_a_reco
     assert coco["images"] == 123_287
     assert coco["first_s"] == pytest.approx(rows[2]["first_ms_per_image"] / 1e3 * 123_287, rel=0.01, abs=1)
     assert "coco_extrapolated" not in rows[0]
+
+
+def test_label_efficiency_pairs_each_arm_with_random_and_records_the_runs(finished_runs, tmp_path):
+    """``--collect`` reads finished runs named ``<arm>_seed<N>`` (here the session's two runs, linked)."""
+    out = tmp_path / "le"
+    out.mkdir()
+    for arm in ("entropy", "random"):
+        (out / f"{arm}_seed0").symlink_to(finished_runs[arm][0].output_dir)
+    completed, content = _bench("bench_label_efficiency.py", "--config", Path(finished_runs["entropy"][0].output_dir) /
+                                "config.yaml", "--seeds", "0", "--steps", "2", "--out", out, "--collect",
+                                record=tmp_path / "record.json")
+    assert sorted((r["group"], r["step"]) for r in content["rows"]) == [(a, s) for a in ("entropy", "random")
+                                                                         for s in range(3)]
+    entropy = {r["step"]: r["mask_AP"] for r in content["rows"] if r["group"] == "entropy"}
+    random = {r["step"]: r["mask_AP"] for r in content["rows"] if r["group"] == "random"}
+    assert entropy[0] == random[0]  # the random run reuses entropy's M0
+    comparisons = content["comparisons"]
+    assert [(c["a"], c["b"], c["step"]) for c in comparisons] == [("entropy", "random", s) for s in range(3)]
+    assert [c["differences"] for c in comparisons] == [[pytest.approx(entropy[s] - random[s])] for s in range(3)]
+    assert content["config"]["model"]["depth"] == 18 and content["arguments"]["arms"]["random"] == [
+        "selection.metric=random"]
+    assert "| entropy | random | P2 | 1 |" in completed.stdout and (out / "curves.png").is_file()
+
+
+def test_point_learning_records_every_step(finished_runs, tmp_path):
+    cfg, _ = finished_runs["entropy"]
+    _, content = _bench("bench_point_learning.py", cfg.output_dir, record=tmp_path / "record.json")
+    assert [r["step"] for r in content["rows"]] == [0, 1, 2]
+    assert all(0 <= r["train_point_acc"] <= 1 for r in content["rows"])
+
+
+def test_inference_and_selection_benches_record_their_timings(finished_runs, tmp_path):
+    cfg, _ = finished_runs["entropy"]
+    run = Path(cfg.output_dir)
+    config, checkpoint = run / "config.yaml", run / "step_000" / "train" / "model_final.pth"
+    _, inference = _bench("bench_inference.py", "--config", config, "--checkpoint", checkpoint,
+                          record=tmp_path / "inference.json")
+    assert inference["rows"][0]["images"] == 2 and inference["config"]["model"]["depth"] == 18
+    _, selection = _bench("bench_selection.py", "--config", config, "--checkpoint", checkpoint, "--images", "2",
+                          "--small", "1", record=tmp_path / "selection.json")
+    assert [(r["kind"], r["images"]) for r in selection["rows"]] == [
+        ("inference", 1), ("selection", 1), ("inference", 2), ("selection", 2)]
+
+
+def test_sharding_bench_records_one_process(finished_runs, tmp_path):
+    cfg, _ = finished_runs["entropy"]
+    _, content = _bench("bench_sharding.py", "--config", Path(cfg.output_dir) / "config.yaml", "--images", "2",
+                        "--procs", "1", record=tmp_path / "record.json")
+    assert {(r["kind"], r["procs"]) for r in content["rows"]} >= {("selection", 1), ("inference", 1)}
+
+
+def test_supervision_bench_records_its_rows(finished_runs, tmp_path):
+    cfg, _ = finished_runs["entropy"]
+    _, content = _bench("bench_supervision.py", "--config", Path(cfg.output_dir) / "config.yaml", "--rows",
+                        "full masks", "--seeds", "0", "--out", tmp_path / "sup", record=tmp_path / "record.json")
+    assert [(r["row"], r["seed"]) for r in content["rows"]] == [("full masks", 0)]
+    assert content["config"]["solver"]["max_iter"] == cfg.solver.max_iter
+
+
+def test_eval_bench_records_its_timings(synth_dir, tmp_path):
+    _, content = _bench("bench_eval.py", "--gt", synth_dir / "annotations" / "val.json", "--repeats", "1",
+                        record=tmp_path / "eval.json")
+    assert sorted((r["backend"], r["iou_type"]) for r in content["rows"]) == [
+        ("faster", "bbox"), ("faster", "segm"), ("pycocotools", "bbox"), ("pycocotools", "segm")]
+
+
+def test_train_speed_bench_records_both_models(tmp_path):
+    _, content = _bench("bench_train_speed.py", "--size", "64", "--batch", "1", "--iters", "1",
+                        record=tmp_path / "record.json", cwd=tmp_path)
+    assert [r["model"] for r in content["rows"]] == ["condinst", "maskrcnn"]
+
+
+def test_annotate_bench_records_its_load_test(tmp_path):
+    _, content = _bench("bench_annotate.py", "--questions", "20", "--clients", "2", "--work", tmp_path / "work",
+                        record=tmp_path / "record.json")
+    assert content["rows"][0]["answers_stored"] == 20 and content["rows"][0]["lost"] == 0
+
+
+def test_label_efficiency_arms_name_their_runs_and_choose_the_baseline(finished_runs, tmp_path):
+    out = tmp_path / "arms"
+    out.mkdir()
+    (out / "mine_seed0").symlink_to(finished_runs["entropy"][0].output_dir)
+    (out / "chance_seed0").symlink_to(finished_runs["random"][0].output_dir)
+    _, content = _bench("bench_label_efficiency.py", "--config", Path(finished_runs["entropy"][0].output_dir) /
+                        "config.yaml", "--seeds", "0", "--out", out, "--collect", "--baseline", "chance",
+                        "--arm", "mine", "selection.metric=entropy", "loop.points_from=runs/x_seed{seed}",
+                        "--arm", "chance", "selection.metric=random", record=tmp_path / "record.json")
+    assert content["arguments"]["arms"] == {"mine": ["selection.metric=entropy", "loop.points_from=runs/x_seed{seed}"],
+                                            "chance": ["selection.metric=random"]}
+    assert {(c["a"], c["b"]) for c in content["comparisons"]} == {("mine", "chance")}
+
+
+def test_the_plan_names_its_experiments_when_given_none():
+    completed = subprocess.run(["bash", str(BENCH / "plan.sh")], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2 and "power_recipe" in completed.stderr and "departures" in completed.stderr

@@ -13,8 +13,9 @@ CONFIGS = BUILTIN_CONFIGS
 
 def test_built_in_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
     assert builtin_configs() == ["apis_r50_coco.yaml", "condinst_r101_1x_coco.yaml", "condinst_r18_cpu_dsb.yaml",
-                                 "condinst_r18_cpu_synth.yaml", "condinst_r50_1x_coco.yaml",
-                                 "maskrcnn_r18_cpu_synth.yaml"]
+                                 "condinst_r18_cpu_dsb_paper.yaml", "condinst_r18_cpu_synth.yaml",
+                                 "condinst_r18_cpu_synth_paper.yaml", "condinst_r50_1x_coco.yaml",
+                                 "condinst_r50_1x_coco_paper.yaml", "maskrcnn_r18_cpu_synth.yaml"]
     monkeypatch.chdir(tmp_path)
     by_name = load_config("condinst_r18_cpu_synth.yaml")
     assert load_config("condinst_r18_cpu_synth") == by_name == load_config(CONFIGS / "condinst_r18_cpu_synth.yaml")

@@ -17,7 +17,7 @@ TINY = ["model.num_classes=4", "model.backbone_weights=none", "model.fpn_channel
 
 def _run(synth_dir, runs, deadline, *extra):
     env = {**os.environ, "PYTHON": sys.executable, "DSB": str(synth_dir), "RUNS": str(runs), "SEEDS": "0",
-           "DEVICE": "cpu", "DEADLINE": str(deadline), "OMP_NUM_THREADS": "1"}
+           "DEVICE": "cpu", "DEADLINE": str(deadline), "OMP_NUM_THREADS": "1", "RECORDS": str(runs / "results")}
     return subprocess.run(["bash", str(SCRIPT), *TINY, *extra], capture_output=True, text=True, env=env,
                           timeout=600)
 
@@ -36,6 +36,16 @@ def test_every_benchmark_finishes_and_reports(synth_dir, tmp_path):
     loops = tmp_path / "runs" / "label_efficiency"
     for strategy in ("entropy", "random"):
         assert (loops / f"{strategy}_seed0" / "step_003" / "metrics.json").is_file()
+    # The benchmark's records, for bench/tables.py: every (strategy, step) of the loops, every supervision row.
+    sys.path.insert(0, str(SCRIPT.parent))
+    from records import read_record
+
+    loop_record = read_record(tmp_path / "runs" / "results" / "label_efficiency_dsb_gpu.json")
+    assert sorted((r["group"], r["step"]) for r in loop_record["rows"]) == sorted(
+        (s, step) for s in ("entropy", "random") for step in range(4))
+    assert [c["step"] for c in loop_record["comparisons"]] == [0, 1, 2, 3]
+    supervision = read_record(tmp_path / "runs" / "results" / "supervision_dsb_gpu.json")
+    assert len(supervision["rows"]) == 3
 
 
 def test_a_failing_run_fails_the_script_and_shows_its_error(synth_dir, tmp_path):

@@ -20,7 +20,9 @@ def _run(tmp_path, *args):
 def test_cpu_smoke_times_training_selection_and_evaluation(tmp_path):
     completed = _run(tmp_path, "--cpu-smoke")
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
-    rows = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
+    record = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
+    assert record["bench"] == "gpu_check" and record["config"]["model"]["depth"] == 18
+    rows = record["rows"]
     assert [row["stage"] for row in rows] == ["train", "selection", "evaluation (inference + COCO eval)"]
     assert [row["images"] for row in rows] == [3 * 2, 6, 2]  # 3 timed iterations of 2; 6 train and 2 val images
     assert all(row["images_per_s"] > 0 for row in rows)

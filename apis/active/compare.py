@@ -2,7 +2,9 @@
 
 Runs with the same strategy label (metric + prediction sets, or the AFIS level and scorer) and the same
 variant (:func:`variant`: prior-corrected fine-tuning, BoxInst init, global budget) are grouped; with
-several seeds the curves show mean ± std and the table ``mean ± std (n)``.
+several seeds the curves show mean ± std and the table ``mean ± std (n)`` (sample standard deviation, n - 1),
+and every strategy is compared with a baseline (random) seed by seed: the paired difference of mask AP per step
+with its 95 % t-interval and verdict (:mod:`apis.evaluation.paired`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from apis.active.strategies import available_metrics, get_metric
 from apis.config import ExperimentConfig, load_run_config
+from apis.evaluation.paired import PairedComparison, paired_comparison, sample_sd
 from apis.utils.io import atomic_save_png, atomic_write_text
 
 TABLE_COLUMNS = (
@@ -34,7 +37,7 @@ validation set (percent). *new points misclassified*: the share of the points ch
 the previous model got wrong (prediction > 0.5 vs the annotator's answer); informative points are the
 ones the model gets wrong. *distance to boundary*: mean distance in pixels from the new points to the
 GT mask outline. *annotation h*: cumulative annotation time, {costs}.
-With several seeds a cell reads mean ± std (number of seeds).
+With several seeds a cell reads mean ± std (number of seeds), the sample standard deviation (n - 1).
 """
 
 
@@ -104,15 +107,15 @@ def group_runs(run_dirs: list[str | Path]) -> dict[str, list[list[dict]]]:
 
 
 def step_stat(runs: list[list[dict]], step: int, key: str) -> tuple[float, float, int]:
-    """Mean, population std and count over ``runs`` of ``key`` at ``step`` (missing or NaN values left out;
-    ``annotation_seconds`` in hours); NaN, NaN, 0 when no run has a value."""
+    """Mean, sample std (n - 1; NaN for one value) and count over ``runs`` of ``key`` at ``step`` (missing or
+    NaN values left out; ``annotation_seconds`` in hours); NaN, NaN, 0 when no run has a value."""
     values = [r[key] for rows in runs for r in rows
               if r["step"] == step and r.get(key) is not None and not _isnan(r.get(key))]
     if key == "annotation_seconds":
         values = [v / 3600 for v in values]
     if not values:
         return math.nan, math.nan, 0
-    return float(np.mean(values)), float(np.std(values)), len(values)
+    return float(np.mean(values)), sample_sd(values), len(values)
 
 
 def _isnan(value) -> bool:
@@ -152,6 +155,34 @@ def markdown_table(groups: dict[str, list[list[dict]]]) -> str:
     return markdown(*table_rows(groups))
 
 
+def paired_comparisons(groups: dict[str, list[list[dict]]], baseline: str = "random", key: str = "mask_AP"
+                       ) -> list[PairedComparison]:
+    """Every group against the ``baseline`` group at every step both reached: ``group - baseline`` of ``key``
+    per seed (the runs' ``seed``), its mean, 95 % t-interval and verdict; none without the baseline."""
+    def by_seed(runs: list[list[dict]], step: int) -> dict[int, float]:
+        return {r["seed"]: r.get(key) for rows in runs for r in rows if r["step"] == step}
+
+    if baseline not in groups:
+        return []
+    found = []
+    for label, runs in groups.items():
+        if label == baseline:
+            continue
+        steps = sorted({r["step"] for rows in runs for r in rows}
+                       & {r["step"] for rows in groups[baseline] for r in rows})
+        found += [paired_comparison(by_seed(runs, step), by_seed(groups[baseline], step), metric=key, a_name=label,
+                                    b_name=baseline, step=step) for step in steps]
+    return found
+
+
+def comparisons_markdown(comparisons: list[PairedComparison]) -> str:
+    """One row per comparison: seeds, per-seed differences, mean [95 % interval], verdict."""
+    rows = [[c.a, c.b, f"P{c.step}", str(len(c.seeds)), " ".join(f"{d:+.2f}" for d in c.differences), c.cell(),
+             c.verdict] for c in comparisons]
+    return markdown(["strategy", "against", "step", "seeds", "per-seed difference", "mean [95 % t-interval]",
+                     "verdict"], rows)
+
+
 def plot_curves(groups: dict[str, list[list[dict]]], out_path: str | Path) -> None:
     """Mask AP against step and against annotation hours, one line (mean ± std band) per strategy."""
     import matplotlib
@@ -188,6 +219,9 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> str:
     out_dir = Path(out_dir)
     plot_curves(groups, out_dir / "curves.png")
     table = markdown_table(groups)
+    comparisons = paired_comparisons(groups)
+    paired = ("\nMask AP, each strategy minus random on the same seed (" + comparisons[0].interval + "):\n\n"
+              + comparisons_markdown(comparisons)) if comparisons else ""
     atomic_write_text(out_dir / "comparison.md", "# APIS run comparison\n\n![curves](curves.png)\n\n"
-                      + table + "\n" + COLUMN_NOTES.format(costs=cost_note(configs)))
+                      + table + paired + "\n" + COLUMN_NOTES.format(costs=cost_note(configs)))
     return table

@@ -31,6 +31,7 @@ from apis.active.compare import (
 )
 from apis.active.point_learning import point_accuracy_curve
 from apis.config import ConfigError
+from apis.evaluation.paired import sample_sd
 from apis.report.gallery import draw_image, step_views
 from apis.report.supervision import read_supervision, supervision_table
 from apis.report.training_masks import step_mask_quality
@@ -139,7 +140,7 @@ def plot_selection_statistics(groups: dict[str, list[list[dict]]]) -> bytes:
 
 def plot_training_mask_quality(groups: dict[str, list[list[dict]]]) -> bytes:
     """PNG: mean IoU of the exported training masks (:func:`step_mask_quality` rows) against annotation hours,
-    one line (mean ± std band over seeds) per strategy, and filling the box as a dashed line."""
+    one line (mean ± sample std band over seeds) per strategy, and filling the box as a dashed line."""
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(7, 4))
     box_fill = []
@@ -150,7 +151,7 @@ def plot_training_mask_quality(groups: dict[str, list[list[dict]]]) -> bytes:
         mean = np.array([np.mean([row["mIoU"] for row in members]) for members in by_step])
         (line,) = axis.plot(hours, mean, marker="o", label=f"{label} (n={len(runs)})")
         if len(runs) > 1:
-            spread = np.array([np.std([row["mIoU"] for row in members]) for members in by_step])
+            spread = np.array([sample_sd([row["mIoU"] for row in members]) for members in by_step])
             axis.fill_between(hours, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
         box_fill += [row["box_fill_mIoU"] for rows in runs for row in rows]
     axis.axhline(float(np.mean(box_fill)), color="grey", linestyle="--", label="filling the box")

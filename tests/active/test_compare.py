@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from apis.active.compare import compare_runs, group_runs, markdown_table
+from apis.active.compare import compare_runs, comparisons_markdown, group_runs, markdown_table, paired_comparisons
 from apis.config import dump_config, load_config
 
 
@@ -24,7 +24,7 @@ def test_table_aggregates_seeds(tmp_path):
     groups = group_runs(runs)
     assert list(groups) == ["entropy (anchors)", "random"]
     table = markdown_table(groups)
-    assert "| entropy (anchors) | P1 | 15.00 ± 1.00 (2) |" in table  # mean and population std of 14, 16
+    assert "| entropy (anchors) | P1 | 15.00 ± 1.41 (2) |" in table  # mean and sample std (n - 1) of 14, 16
     assert "| random | P1 | 12.00 |" in table
     assert "| entropy (anchors) | P0 | 10.00 ± 0.00 (2) | 20.00 ± 0.00 (2) | – | – | 1.00 ± 0.00 (2) |" in table
 
@@ -86,3 +86,23 @@ def test_the_notes_state_the_costs_the_runs_were_configured_with(tmp_path):
     costly = ["oracle.box_cost_s=5", "oracle.point_cost_s=2.5"]
     assert "boxes (5 s each) plus points (2.5 s each)" in notes(costly, costly)
     assert "at the costs of each run's config (oracle.box_cost_s, oracle.point_cost_s)" in notes(costly, [])
+
+
+def test_every_strategy_is_paired_with_random_seed_by_seed(tmp_path):
+    """entropy - random per seed at P1: 14 - 12 = 2, 16 - 13 = 3 (seed 2 has no random run and is left out):
+    mean 2.5, sd sqrt(0.5), se 0.5, t(0.975, 1) = 12.706: [2.5 - 6.353, 2.5 + 6.353]."""
+    runs = [_run(tmp_path, "e0", "entropy", [10.0, 14.0]), _run(tmp_path, "e1", "entropy", [11.0, 16.0], seed=1),
+            _run(tmp_path, "e2", "entropy", [11.0, 19.0], seed=2), _run(tmp_path, "r0", "random", [10.0, 12.0]),
+            _run(tmp_path, "r1", "random", [11.0, 13.0], seed=1)]
+    comparisons = paired_comparisons(group_runs(runs))
+    assert [(c.a, c.b, c.step) for c in comparisons] == [("entropy (anchors)", "random", 0),
+                                                         ("entropy (anchors)", "random", 1)]
+    at_p1 = comparisons[1]
+    assert at_p1.seeds == [0, 1] and at_p1.differences == [2.0, 3.0]
+    assert (at_p1.low, at_p1.high) == (pytest.approx(2.5 - 6.353), pytest.approx(2.5 + 6.353))
+    assert at_p1.verdict == "unresolved"
+    assert "| entropy (anchors) | random | P1 | 2 | +2.00 +3.00 | +2.50 [-3.85, +8.85] | unresolved |" in \
+        comparisons_markdown(comparisons)
+    compare_runs(runs, tmp_path / "out")
+    assert "+2.50 [-3.85, +8.85]" in (tmp_path / "out" / "comparison.md").read_text()
+    assert paired_comparisons(group_runs(runs[:3])) == []  # no random runs: nothing to compare with

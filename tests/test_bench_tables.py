@@ -1,0 +1,90 @@
+"""bench/tables.py: the committed docs agree with the records; a changed number is caught and rewritten; tables
+without records say so; the label-efficiency tables carry the paired verdicts."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import tables  # noqa: E402
+
+from apis.evaluation.paired import paired_comparison  # noqa: E402
+
+
+def _docs_copy(tmp_path: Path) -> Path:
+    for doc in tables.DOCS:
+        (tmp_path / doc).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / doc, tmp_path / doc)
+    return tmp_path
+
+
+def test_the_committed_docs_agree_with_the_records(capsys):
+    assert tables.main(["--check"]) == 0
+    assert "checked" in capsys.readouterr().out
+
+
+def test_a_changed_number_fails_the_check_and_is_rewritten(tmp_path, capsys):
+    root = _docs_copy(tmp_path)
+    doc = root / "docs" / "benchmarks.md"
+    original = doc.read_text()
+    row = next(line for line in original.splitlines() if line.startswith("| APIS entropy | P3 | 1.599"))
+    assert "| 0.583 ± 0.001 |" in row  # the synthetic P3 exported mIoU, from results/label_quality_synth.json
+    doc.write_text(original.replace(row, row.replace("| 0.583 ± 0.001 |", "| 0.593 ± 0.001 |")))
+    assert tables.main(["--check"], root=root) == 1
+    assert "docs/benchmarks.md: label_quality_synth" in capsys.readouterr().err
+    assert "0.593" in doc.read_text()  # --check changes nothing
+    assert tables.main([], root=root) == 0
+    assert doc.read_text() == original
+    assert tables.main(["--check"], root=root) == 0
+
+
+def test_a_table_edited_by_hand_between_markers_fails_the_check(tmp_path):
+    root = _docs_copy(tmp_path)
+    doc = root / "docs" / "benchmarks.md"
+    text = doc.read_text()
+    assert "<!-- /table:label_quality_dsb -->" in text
+    doc.write_text(text.replace("<!-- /table:label_quality_dsb -->", "| a row added by hand |\n\n"
+                                "<!-- /table:label_quality_dsb -->"))
+    assert tables.main(["--check"], root=root) == 1
+
+
+def test_an_unknown_table_name_is_refused_naming_the_doc(tmp_path):
+    root = _docs_copy(tmp_path)
+    doc = root / "docs" / "results.md"
+    doc.write_text(doc.read_text() + "\n<!-- table:no_such_table -->\n<!-- /table:no_such_table -->\n")
+    with pytest.raises(SystemExit, match="docs/results.md: table 'no_such_table'"):
+        tables.main(["--check"], root=root)
+
+
+def test_a_table_without_its_record_says_so_and_gives_the_command():
+    table = tables.Table(("results/none_such.json",), tables.rows_table, "python bench/bench_x.py")
+    assert table.text() == ("_Not yet measured under records (`results/none_such.json` missing). "
+                            "Command: `python bench/bench_x.py`, then `python bench/tables.py`._\n")
+
+
+def _le_record():
+    rows = [{"group": arm, "seed": seed, "step": step, "mask_AP": ap, "annotation_seconds": 7200.0}
+            for arm, seed, step, ap in [("entropy", 0, 3, 12.0), ("entropy", 1, 3, 13.0), ("entropy", 2, 3, 12.5),
+                                        ("random", 0, 3, 11.0), ("random", 1, 3, 12.5), ("random", 2, 3, 12.0)]]
+    comparison = paired_comparison({0: 12.0, 1: 13.0, 2: 12.5}, {0: 11.0, 1: 12.5, 2: 12.0}, metric="mask_AP",
+                                   a_name="entropy", b_name="random", step=3)
+    return {"rows": rows, "comparisons": [comparison.as_dict()], "arguments": {"baseline": "random"}}
+
+
+def test_the_label_efficiency_table_gives_means_differences_and_the_verdict():
+    text = tables.label_efficiency_table([_le_record()])
+    assert "| entropy | P3 | 3 | 12.50 ± 0.50 | 2.00 ± 0.00 |" in text and "| random | P3 | 3 | 11.83 ± 0.76 |" in text
+    # differences 1.0 0.5 0.5: mean 0.667, sd 0.2887, se 0.1667, t(2) = 4.303: [-0.05, +1.38].
+    assert "| entropy | random | P3 | 3 | +1.00 +0.50 +0.50 | +0.67 [-0.05, +1.38] | **unresolved** |" in text
+
+
+def test_the_equal_points_table_pairs_each_arms_last_step():
+    record = _le_record()
+    record["rows"] += [{"group": "random", "seed": s, "step": 4, "mask_AP": 12.0, "annotation_seconds": 9000.0}
+                       for s in range(3)]
+    text = tables.equal_points_table([record])
+    assert "| entropy P3 | random P4 | - | 3 | +0.00 +1.00 +0.50 |" in text
