@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,7 +28,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/records.py, when run as a script
 
-from records import provenance, record, write_record  # noqa: E402
+from records import add_record_option, provenance, save  # noqa: E402
+from tables import SIZE_BUCKETS, mask_resolution_table  # noqa: E402
 
 from apis.data.coco import load_coco  # noqa: E402
 from apis.data.transforms import resized_size  # noqa: E402
@@ -37,7 +37,7 @@ from apis.modeling.inputs import SIZE_DIVISIBILITY  # noqa: E402
 from apis.modeling.mask_losses import masks_at_stride  # noqa: E402
 from apis.modeling.postprocess import sample_box_grid  # noqa: E402
 
-SIZE_EDGES = [0, 16, 32, math.inf]  # object size at the network's input (sqrt of the box area), pixels
+SIZE_EDGES = [0, 16, 32, math.inf]  # object size at the network's input (sqrt of the box area): SIZE_BUCKETS
 LOGIT_CLAMP = 1e-4  # coverage 0 and 1 as finite logits
 
 
@@ -77,8 +77,7 @@ def measure(json_path: str, image_root: str | None, images: int, sizes: list[tup
         for short, longest in sizes:
             size = resized_size(image.height, image.width, short, longest)
             side = math.sqrt((x1 - x0) * (y1 - y0)) * size[0] / image.height
-            bucket = next(f"{lo:g}-{hi:g} px" if math.isfinite(hi) else f">= {lo:g} px"
-                          for lo, hi in zip(SIZE_EDGES, SIZE_EDGES[1:]) if lo <= side < hi)
+            bucket = next(name for name, lo, hi in zip(SIZE_BUCKETS, SIZE_EDGES, SIZE_EDGES[1:]) if lo <= side < hi)
             for stride in strides:
                 mask, grid_gt = oracle_mask(gt, instance.bbox_xyxy, size, stride)
                 for name in ("all", bucket):
@@ -95,17 +94,6 @@ def measure(json_path: str, image_root: str | None, images: int, sizes: list[tup
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    buckets = ["0-16 px", "16-32 px", ">= 32 px"]
-    lines = ["| test size (max) | mask | instances | mIoU | " + " | ".join(f"mIoU {b} (n)" for b in buckets) + " |",
-             "|---|---|---:|---:|" + "---:|" * len(buckets)]
-    for r in rows:
-        cells = [f"{r['mIoU'][b]:.3f} ({r['instances_by_size'][b]})" if b in r["mIoU"] else "–" for b in buckets]
-        lines.append(f"| {r['test_size']} ({r['max_size']}) | {r['mask']} | {r['instances']} "
-                     f"| {r['mIoU']['all']:.3f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="a COCO instance file with masks (the val set)")
@@ -113,16 +101,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=60, help="the first N images")
     parser.add_argument("--sizes", nargs="+", default=["256:512"], help="test sizes as SHORT:MAX")
     parser.add_argument("--strides", nargs="+", type=int, default=[8, 4, 2])
-    parser.add_argument("--record", type=Path, help="write the benchmark's record (JSON) there")
+    add_record_option(parser, "mask_resolution")
     args = parser.parse_args()
-    started, start = provenance(), time.perf_counter()
+    started = provenance()
     sizes = [tuple(int(v) for v in size.split(":")) for size in args.sizes]
     rows = measure(args.json, args.image_root, args.images, sizes, args.strides)
-    print(table(rows))
-    if args.record:
-        content = record("mask_resolution", started, rows, time.perf_counter() - start)
-        content["data"] = args.json
-        print(f"record: {write_record(args.record, content)}")
+    print(mask_resolution_table(rows))
+    save(args.record, "mask_resolution", started, rows, arguments=args)
 
 
 if __name__ == "__main__":

@@ -230,6 +230,55 @@ def _cell(value) -> str:
     return str(value)
 
 
+# ---- sharp masks (bench/bench_sharp_masks.py, bench/bench_mask_resolution.py) -----------------------------------
+
+SIZE_BUCKETS = ("0-16 px", "16-32 px", ">= 32 px")
+
+
+def _mean(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.3f}" if values else "–"
+
+
+def sharp_masks_table(rows: list[dict], comparisons: list[dict]) -> str:
+    """One line per (row, lever): mean ± sample sd over seeds of mask AP75, box AP75, their ratio and the true-box
+    mIoU; mIoU - box fill and mIoU - baseline as paired intervals over seeds; mIoU by object size; seconds per
+    training iteration against the baseline's."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["row"], row["lever"])].append(row)
+    found = {(c["metric"], c["a"], c["b"]): PairedComparison(**c) for c in comparisons}
+    lines = []
+    for (row, lever), members in groups.items():
+        versus_fill = found.get((f"mIoU - box fill, {row}", lever, "box fill"))
+        versus_base = found.get((f"mIoU, {row}", lever, "baseline"))
+        base = groups.get((row, "baseline"), [])
+        speed = sum(m["s_per_iter"] for m in members) / len(members)
+        base_speed = sum(m["s_per_iter"] for m in base) / len(base) if base else None
+        ratio = [m["mask_AP75"] / m["box_AP75"] if m["box_AP75"] else None for m in members]
+        sizes = " / ".join(_mean([m["by_size"][b]["mIoU"] for m in members if b in m["by_size"]])
+                           for b in SIZE_BUCKETS)
+        lines.append([row, lever, str(len(members)), mean_sd([m["mask_AP"] for m in members], 2),
+                      mean_sd([m["mask_AP75"] for m in members], 2), mean_sd([m["box_AP75"] for m in members], 2),
+                      mean_sd(ratio, 2), mean_sd([m["mIoU"] for m in members]),
+                      mean_sd([m["box_fill_mIoU"] for m in members]),
+                      versus_fill.cell(3) if versus_fill else "–", versus_base.cell(3) if versus_base else "–",
+                      sizes, f"{speed:.2f}" + (f" ({speed / base_speed:.2f}x)" if base_speed and lever != "baseline"
+                                               else "")])
+    header = ["supervision", "lever", "seeds", "mask AP", "mask AP75", "box AP75", "mask AP75 / box AP75",
+              "mIoU on true boxes", "box fill", "mIoU - box fill [95 % t]", "mIoU - baseline [95 % t]",
+              "mIoU < 16 / 16-32 / >= 32 px", "s / iter (x baseline)"]
+    return markdown(header, lines, "ll" + "r" * (len(header) - 2))
+
+
+def mask_resolution_table(rows: list[dict]) -> str:
+    """The coverage oracle and box fill per test size, overall and by object size (instances in brackets)."""
+    lines = [[f"{r['test_size']} ({r['max_size']})", r["mask"], str(r["instances"]), f"{r['mIoU']['all']:.3f}"]
+             + [f"{r['mIoU'][b]:.3f} ({r['instances_by_size'][b]})" if b in r["mIoU"] else "–" for b in SIZE_BUCKETS]
+             for r in rows]
+    return markdown(["test size (max)", "mask", "instances", "mIoU", *(f"mIoU {b} (n)" for b in SIZE_BUCKETS)],
+                    lines, "llrrrrr")
+
+
 def rows_table(records: list[dict]) -> str:
     """Every record's rows, one column per scalar key (nested keys as ``a/b``), numbers to 3 decimals."""
     rows = [_flat(row) for content in records for row in content["rows"]]
@@ -306,7 +355,16 @@ TABLES: dict[str, Table] = {
                                "see the commands above"),
     "label_quality_dsb_afis": Table(("results/label_quality_dsb_afis.json",), _one(label_quality_table),
                                     "see the commands above"),
-    "sharp_masks": Table(("results/sharp_masks.json",), rows_table, "the sharp-mask benchmark"),
+    "sharp_masks_dsb": Table(("results/sharp_masks_dsb.json",),
+                             lambda records: sharp_masks_table(records[0]["rows"], records[0]["comparisons"]),
+                             "see the commands above"),
+    "sharp_masks_synth": Table(("results/sharp_masks_synth.json",),
+                               lambda records: sharp_masks_table(records[0]["rows"], records[0]["comparisons"]),
+                               "see the commands above"),
+    "mask_resolution_dsb": Table(("results/mask_resolution_dsb.json",), _one(mask_resolution_table),
+                                 "see the commands above"),
+    "mask_resolution_synth": Table(("results/mask_resolution_synth.json",), _one(mask_resolution_table),
+                                   "see the commands above"),
     # docs/results.md
     "entropy_vs_random_synth_recipe": Table((POWER_RECIPE,), label_efficiency_table, f"{PLAN} power_recipe"),
     "entropy_vs_random_synth_paper": Table((POWER_PAPER,), label_efficiency_table, f"{PLAN} power_paper"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -247,3 +248,57 @@ def test_label_efficiency_arms_name_their_runs_and_choose_the_baseline(finished_
 def test_the_plan_names_its_experiments_when_given_none():
     completed = subprocess.run(["bash", str(BENCH / "plan.sh")], capture_output=True, text=True, timeout=60)
     assert completed.returncode == 2 and "power_recipe" in completed.stderr and "departures" in completed.stderr
+
+
+def test_sharp_masks_bench_pairs_each_lever_with_box_fill_and_the_baseline(finished_runs, tmp_path):
+    cfg, _ = finished_runs["entropy"]
+    row = "boxes + 1 point + box terms"
+    completed, content = _bench("bench_sharp_masks.py", "--config", Path(cfg.output_dir) / "config.yaml", "--levers",
+                                "baseline", "c2_stride4", "--rows", row, "--seeds", "0", "1", "--images", "2",
+                                "--out", tmp_path / "sharp", record=tmp_path / "record.json", timeout=600)
+    rows = content["rows"]
+    assert sorted((r["lever"], r["seed"]) for r in rows) == [("baseline", 0), ("baseline", 1), ("c2_stride4", 0),
+                                                             ("c2_stride4", 1)]
+    for r in rows:
+        assert r["miou_minus_box_fill"] == pytest.approx(r["mIoU"] - r["box_fill_mIoU"])
+        assert {"mask_AP75", "box_AP75", "s_per_iter"} <= set(r) and r["s_per_iter"] > 0
+    mine = {r["seed"]: r for r in rows if r["lever"] == "c2_stride4"}
+    base = {r["seed"]: r for r in rows if r["lever"] == "baseline"}
+    found = {(c["metric"], c["a"], c["b"]): c for c in content["comparisons"]}
+    versus_base = found[(f"mIoU, {row}", "c2_stride4", "baseline")]
+    assert versus_base["differences"] == [pytest.approx(mine[s]["mIoU"] - base[s]["mIoU"]) for s in (0, 1)]
+    assert found[(f"mIoU - box fill, {row}", "baseline", "box fill")]["seeds"] == [0, 1]
+    # The stride-4 lever trained a stride-4 model.
+    stored = yaml.safe_load((tmp_path / "sharp" / "c2_stride4" / "boxes_plus_1_point_plus_box_terms" / "seed0"
+                             / "config.yaml").read_text())
+    assert stored["model"]["mask_feature_stride"] == 4 and stored["model"]["mask_head_window"] is True
+    assert "| boxes + 1 point + box terms | c2_stride4 | 2 |" in completed.stdout
+
+
+def test_mask_resolution_bench_by_hand(tmp_path):
+    """Two squares in a 64 x 64 image tested at 64 px. The oracle's logits are +-c (coverage 1 or 0) and the paste
+    is bilinear, so a pixel near a corner is on when the product of its two interpolation weights towards the
+    inside cells exceeds 1/2: at stride s the weight of the k-th pixel from an edge is 1/2 + (k + 1/2) / s.
+    A 16 x 16 square on the stride-8 grid loses 6 pixels per corner at stride 8 (IoU 232/256) and 1 at stride 4
+    (252/256). An 8 x 8 square at (20, 36) covers four stride-8 cells a quarter each, all under one half: nothing
+    at stride 8 (IoU 0), and it lies on the stride-4 grid (60/64). Box fill is 1 for both."""
+    from pycocotools import mask as mask_utils
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    annotations = []
+    for index, (x, y, side) in enumerate([(16, 16, 16), (20, 36, 8)]):
+        mask = np.zeros((64, 64), dtype=np.uint8, order="F")
+        mask[y:y + side, x:x + side] = 1
+        rle = mask_utils.encode(mask)
+        annotations.append({"id": index + 1, "image_id": 1, "category_id": 1, "bbox": [x, y, side, side],
+                            "area": side * side, "iscrowd": 0,
+                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    (tmp_path / "val.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}], "annotations": annotations,
+        "categories": [{"id": 1, "name": "square"}]}))
+    _, content = _bench("bench_mask_resolution.py", "--json", tmp_path / "val.json", "--image-root", tmp_path,
+                        "--sizes", "64:64", "--strides", "8", "4", record=tmp_path / "record.json")
+    miou = {r["mask"]: r["mIoU"]["all"] for r in content["rows"]}
+    assert miou == {"coverage oracle, stride 8": pytest.approx((232 / 256 + 0) / 2),
+                    "coverage oracle, stride 4": pytest.approx((252 / 256 + 60 / 64) / 2),
+                    "box fill": pytest.approx(1.0)}
