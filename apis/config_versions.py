@@ -33,8 +33,9 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
         "selection.min_point_distance": 3.0, "loop.init": "points", "afis.level": "none", "afis.scorer": "random"},
     # Version 6: every periodic checkpoint stayed on disk.
     6: {"solver.keep_checkpoints": None},
-    # Version 7: the mask branch worked at P3's stride only, the dynamic head on the whole image.
-    7: {"model.mask_feature_stride": 8, "model.mask_head_window": False},
+    # Version 7: the mask branch worked at P3's stride only, the dynamic head on the whole image, and full masks
+    # trained by Dice alone.
+    7: {"model.mask_feature_stride": 8, "model.mask_head_window": False, "loss.full_bce": 0.0},
 }
 
 CONFIG_VERSION = max(MIGRATIONS) + 1

@@ -33,7 +33,7 @@ from records import add_record_option, provenance, save  # noqa: E402
 from tables import SIZE_BUCKETS, sharp_masks_table  # noqa: E402
 
 from apis.active.loop import load_datasets  # noqa: E402
-from apis.config import load_config  # noqa: E402
+from apis.config import ConfigError, load_config  # noqa: E402
 from apis.evaluation.paired import paired_comparison  # noqa: E402
 from apis.utils.device import resolve_device  # noqa: E402
 from apis.utils.io import atomic_write_json  # noqa: E402
@@ -45,6 +45,8 @@ LEVERS = {
     "window": ["model.mask_head_window=true"],
     # Mask features at stride 4 (P3-P5 and the ResNet's C2), the dynamic head run there in its window.
     "c2_stride4": ["model.mask_feature_stride=4", "model.mask_head_window=true"],
+    # Full masks only: a per-cell BCE inside the box beside the Dice (calibrated probabilities), at stride 8.
+    "full_bce": ["loss.full_bce=1.0"],
     # As c2_stride4, and the logits (and every mask loss) at stride 2.
     "c2_stride4_out2": ["model.mask_feature_stride=4", "model.mask_head_window=true", "model.mask_out_stride=2"],
 }
@@ -120,6 +122,11 @@ def main() -> None:
     for seed in args.seeds:  # seed-major: an interrupted benchmark has whole comparisons of its early seeds
         for row in args.rows:
             for lever in args.levers:
+                try:  # a lever for one kind of supervision (full_bce) is refused by the others' configs
+                    load_config(args.config, [*args.overrides, *LEVERS[lever], *ROWS[row]])
+                except ConfigError as error:
+                    print(f"not measured: {lever} / {row}: {error}", flush=True)
+                    continue
                 rows.append(measure(lever, row, seed, args, device))
                 print(f"done: {lever} / {row} / seed {seed}", flush=True)
     compared = comparisons(rows)

@@ -51,6 +51,8 @@ def test_parse_overrides_yaml_values():
     ("solver.gamma=0", r"'solver.gamma' is 0.0; it must be > 0.0"),
     ("oracle.flip_prob=1.5", r"'oracle.flip_prob' is 1.5; it must be >= 0.0 and <= 1.0"),
     ("loop.finetune_steps=[20,10]", "'loop.finetune_steps' must be increasing"),
+    ("loss.full_bce=1.0", "'loss.full_bce' is 1.0: it adds to the full-mask loss, which is off"),
+    ("model.mask_feature_stride=2", "'model.mask_feature_stride' is 2; allowed values: 8, 4"),
 ])
 def test_schedule_values_are_checked_at_load_naming_the_key(override, message):
     """Issue 13, case 8: finetune_iters=0 failed after M0 naming solver.max_iter; steps=-1 exited 0 doing

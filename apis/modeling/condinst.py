@@ -138,7 +138,8 @@ class CondInst(nn.Module):
         """CondInst as ``model`` (``cfg.model``) describes, training with the losses of ``loss`` (``cfg.loss``)."""
         criterion = None if loss is None else CondInstLoss(
             focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma, points=loss.points, full=loss.full,
-            box=loss.box, pairwise_weight=loss.pairwise_weight, pairwise_dilation=loss.pairwise_dilation,
+            full_bce=loss.full_bce, box=loss.box, pairwise_weight=loss.pairwise_weight,
+            pairwise_dilation=loss.pairwise_dilation,
             pairwise_colour_threshold=loss.pairwise_colour_threshold, pairwise_warmup_iters=loss.pairwise_warmup_iters,
             points_per_iter=loss.points_per_iter, point_positive_weight=loss.point_positive_weight,
             point_negative_weight=loss.point_negative_weight, point_normalisation=loss.point_normalisation)

@@ -20,6 +20,7 @@ from apis.modeling.mask_losses import (
     loss_box_pairwise,
     loss_box_projection,
     loss_full,
+    loss_full_bce,
     loss_points,
     masks_at_stride,
     pairwise_warmup,
@@ -37,6 +38,7 @@ class CondInstLoss:
         focal_gamma: FCOS classification focal loss gamma.
         points: weight of the point loss (PointSup: BCE at the labelled points).
         full: weight of the Dice loss against GT masks (fully supervised).
+        full_bce: with ``full``, weight of a per-cell BCE against the GT coverage inside each box.
         box: weight of the BoxInst losses (projection + pairwise).
         pairwise_weight: weight of BoxInst's pairwise term relative to its projection term.
         pairwise_dilation: neighbour distance of the pairwise term, in mask-logit cells.
@@ -51,16 +53,19 @@ class CondInstLoss:
     """
 
     def __init__(self, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0, points: float = 1.0,
-                 full: float = 0.0, box: float = 0.0, pairwise_weight: float = 1.0, pairwise_dilation: int = 2,
+                 full: float = 0.0, full_bce: float = 0.0, box: float = 0.0, pairwise_weight: float = 1.0,
+                 pairwise_dilation: int = 2,
                  pairwise_colour_threshold: float = 0.3, pairwise_warmup_iters: int = 10000,
                  points_per_iter: int = -1, point_positive_weight: float = 1.0, point_negative_weight: float = 1.0,
                  point_normalisation: str = "point"):
-        if min(points, full, box) < 0:
-            raise ValueError(f"loss weights must be >= 0, got points={points}, full={full}, box={box}")
+        if min(points, full, box, full_bce) < 0:
+            raise ValueError(f"loss weights must be >= 0, got points={points}, full={full}, box={box}, "
+                             f"full_bce={full_bce}")
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.points = points
         self.full = full
+        self.full_bce = full_bce
         self.box = box
         self.pairwise_weight = pairwise_weight
         self.pairwise_dilation = pairwise_dilation
@@ -105,6 +110,7 @@ class CondInstLoss:
         """Every enabled mask loss as ``zero`` (a batch without proposals; ``zero`` keeps the mask branch and
         the controller in the graph)."""
         names = (["loss_mask_points"] if self.points > 0 else []) + (["loss_mask_full"] if self.full > 0 else [])
+        names += ["loss_mask_full_bce"] if self.full > 0 and self.full_bce > 0 else []
         names += ["loss_mask_box_proj", "loss_mask_box_pairwise"] if self.box > 0 else []
         return {name: zero for name in names}
 
@@ -150,8 +156,16 @@ class CondInstLoss:
             if known.any():
                 masks = _stride_masks(targets, gt[known], offsets, stride, logits.device)
                 losses["loss_mask_full"] = self.full * loss_full(logits[known], masks)["loss_mask_full"]
+                if self.full_bce > 0:
+                    height, width = logits.shape[-2:]
+                    boxes = torch.cat([t["boxes"] for t in targets]).to(logits)[gt[known]]
+                    inside = box_masks_at_stride(boxes, height, width, stride)
+                    losses["loss_mask_full_bce"] = self.full_bce * loss_full_bce(logits[known], masks,
+                                                                                 inside)["loss_mask_full_bce"]
             else:
                 losses["loss_mask_full"] = logits.sum() * 0.0
+                if self.full_bce > 0:
+                    losses["loss_mask_full_bce"] = logits.sum() * 0.0
         if self.box > 0:
             height, width = logits.shape[-2:]
             boxes = torch.cat([t["boxes"] for t in targets]).to(logits)

@@ -90,6 +90,14 @@ def loss_full(logits: Tensor, target_masks: Tensor) -> dict[str, Tensor]:
     return {"loss_mask_full": dice_loss(logits.sigmoid(), target_masks.to(logits.dtype)).mean()}
 
 
+def loss_full_bce(logits: Tensor, target_masks: Tensor, inside: Tensor) -> dict[str, Tensor]:
+    """Per-cell BCE of ``logits [n, Hm, Wm]`` against the GT coverage ``target_masks [n, Hm, Wm]`` in [0, 1], on the
+    cells where ``inside [n, Hm, Wm]`` (bool: each instance's box) holds; the mean over those cells. Dice scores
+    overlap, not probabilities: beside it, BCE makes a probability of 0.5 mean "half the cell is object"."""
+    terms = F.binary_cross_entropy_with_logits(logits[inside], target_masks.to(logits.dtype)[inside])
+    return {"loss_mask_full_bce": terms}
+
+
 def masks_at_stride(masks: Tensor, stride: int) -> Tensor:
     """``[N, H, W]`` binary masks -> ``[N, H/stride, W/stride]`` fraction of each cell the mask covers."""
     return F.avg_pool2d(masks[:, None].float(), kernel_size=stride, stride=stride)[:, 0]

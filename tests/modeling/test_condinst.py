@@ -83,6 +83,7 @@ def test_from_config_passes_every_key():
 @pytest.mark.parametrize("loss, mask_keys", [
     (LossConfig(points=1.0), {"loss_mask_points"}),
     (LossConfig(points=0.0, full=1.0), {"loss_mask_full"}),
+    (LossConfig(points=0.0, full=1.0, full_bce=0.5), {"loss_mask_full", "loss_mask_full_bce"}),
     (LossConfig(points=0.0, box=1.0), {"loss_mask_box_proj", "loss_mask_box_pairwise"}),
     (LossConfig(points=0.1, full=1.0, box=1.0),
      {"loss_mask_points", "loss_mask_full", "loss_mask_box_proj", "loss_mask_box_pairwise"}),

@@ -13,6 +13,7 @@ from apis.modeling.mask_losses import (
     loss_box_pairwise,
     loss_box_projection,
     loss_full,
+    loss_full_bce,
     loss_points,
     masks_at_stride,
     pairwise_disagreement,
@@ -202,3 +203,12 @@ def test_colour_similarity_uniform_image_and_padding():
 def test_pairwise_warmup_ramps_linearly():
     assert [pairwise_warmup(i, 100) for i in (0, 50, 100, 1000)] == [0.0, 0.5, 1.0, 1.0]
     assert pairwise_warmup(3, 0) == 1.0
+
+
+def test_full_bce_counts_only_the_cells_of_the_box():
+    logits = torch.tensor([[[0.0, 2.0], [-1.0, 5.0]]])
+    coverage = torch.tensor([[[0.5, 1.0], [0.0, 0.25]]])
+    inside = torch.tensor([[[True, True], [True, False]]])
+    # By hand: BCE(x, t) = log(1 + e^x) - t x, mean over the three cells inside.
+    expected = (math.log(2) - 0.0 + math.log(1 + math.e ** 2) - 2.0 + math.log(1 + math.e ** -1)) / 3
+    assert float(loss_full_bce(logits, coverage, inside)["loss_mask_full_bce"]) == pytest.approx(expected, rel=1e-6)
