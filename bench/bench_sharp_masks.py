@@ -47,6 +47,8 @@ LEVERS = {
     "c2_stride4": ["model.mask_feature_stride=4", "model.mask_head_window=true"],
     # Full masks only: a per-cell BCE inside the box beside the Dice (calibrated probabilities), at stride 8.
     "full_bce": ["loss.full_bce=1.0"],
+    # Both: stride-4 features in the window, and the BCE beside the Dice.
+    "c2_stride4_bce": ["model.mask_feature_stride=4", "model.mask_head_window=true", "loss.full_bce=1.0"],
     # As c2_stride4, and the logits (and every mask loss) at stride 2.
     "c2_stride4_out2": ["model.mask_feature_stride=4", "model.mask_head_window=true", "model.mask_out_stride=2"],
 }
