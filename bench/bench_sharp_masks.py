@@ -82,7 +82,15 @@ def measure(lever: str, row: str, seed: int, args, device) -> dict:
             "box_AP75": metrics["bbox/AP75"], "mIoU": overall["mIoU"], "box_fill_mIoU": overall["box_fill_mIoU"],
             "miou_minus_box_fill": overall["mIoU"] - overall["box_fill_mIoU"],
             "by_size": {name: scores[name] for name in SIZE_BUCKETS if name in scores},
-            "s_per_iter": metrics["train_s"] / metrics["iterations"]}
+            "s_per_iter": seconds_per_iteration(folder)}
+
+
+def seconds_per_iteration(folder: Path) -> float:
+    """Mean seconds per training iteration over the trainer's log (``metrics.jsonl``: one entry per logging window,
+    its ``time`` the window's mean), so a run resumed after an interruption counts every iteration once."""
+    entries = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    times = {entry["iteration"]: entry["time"] for entry in entries if "time" in entry}
+    return sum(times.values()) / len(times)
 
 
 def comparisons(rows: list[dict]) -> list[dict]:
