@@ -206,13 +206,13 @@ class LoopConfig:
     points_loss_finetune: float = 1.0
     initial_run: str = ""  # another run dir with the same seed/data/M0 config: reuse its P0 and M0
     # Another run dir: train on the points its model chose (its ledger's answers of every step) instead of
-    # selecting; the transfer test (apis.active.transfer).
+    # selecting; the transfer test (apis.loop.transfer).
     points_from: str = ""
     # How M0 is trained: "points" (the paper's P0, one random point per instance) or "boxinst" (P'_s: M0 from
     # boxes alone with the BoxInst terms, loss.box > 0; no P0, so every instance has s points at step s).
     init: str = "points"
     # Fine-tune with point-loss class weights that give the labelled points the object share of P0's random
-    # points (see apis.active.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
+    # points (see apis.loop.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
     point_prior_correction: bool = False
 
 

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from apis.active.compare import compare_runs
-from apis.active.loop import run_active_loop
 from apis.config import load_config
+from apis.loop.run import run_active_loop
 
 
 def main() -> None:

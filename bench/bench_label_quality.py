@@ -39,15 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/records.py, wh
 
 from records import provenance, record, write_record  # noqa: E402
 
-from apis.active.mask_export import RunStep, open_run_step  # noqa: E402
-from apis.active.mask_quality import score_training_masks, summarise_quality  # noqa: E402
-from apis.active.run_dir import RunDirectory  # noqa: E402
 from apis.config import load_run_config  # noqa: E402
 from apis.data.coco import load_coco  # noqa: E402
 from apis.data.coords import box_pixel_range  # noqa: E402
 from apis.engine.inference import ground_truth_of  # noqa: E402
 from apis.evaluation.coco_eval import evaluate  # noqa: E402
 from apis.evaluation.results import encode_mask  # noqa: E402
+from apis.loop.mask_export import RunStep, open_run_step  # noqa: E402
+from apis.loop.mask_quality import score_training_masks, summarise_quality  # noqa: E402
+from apis.loop.run_dir import RunDirectory  # noqa: E402
 
 CONSTRAINTS = ("local", "threshold", "none")
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}

@@ -216,7 +216,7 @@ def snapshot(folder):
 
 @pytest.mark.parametrize("media", ["writable", "read-only"])
 def test_read_only_commands_write_nothing_to_the_run_directory(human_run, tmp_path, monkeypatch, capsys, media):
-    from apis.active.questions import QuestionQueue
+    from apis.data.questions import QuestionQueue
 
     _, run_dir = human_run()
     with QuestionQueue(run_dir / "ledger.sqlite") as queue:

@@ -3,18 +3,20 @@ docs/design.md, "The method").
 
 The run takes, at every step, the answers the source run's ledger holds for that step (P0 included) instead
 of selecting and asking: no question is asked, and each answer keeps its label, how it was chosen and its
-annotation seconds, so the two runs spent the same time. Only the model trained on the points differs (another
-architecture, depth or seed), which is what the test measures.
+annotation seconds, so the two runs spent the same time (:class:`TransferredPoints`). Only the model trained
+on the points differs (another architecture, depth or seed), which is what the test measures.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from apis.active.questions import QuestionQueue
-from apis.active.run_dir import RunDirectory
 from apis.config import ConfigError, ExperimentConfig, load_run_config
 from apis.data.ledger import PointLedger
+from apis.data.questions import QuestionQueue
+from apis.engine.distributed import run_on_main
+from apis.loop.acquisition import LedgerPoints, RunState
+from apis.loop.run_dir import RunDirectory
 
 
 def check_points_source(cfg: ExperimentConfig) -> None:
@@ -63,3 +65,18 @@ def copy_points(source: str | Path, step: int, ledger: PointLedger) -> int:
     except ValueError as error:
         raise ConfigError(f"loop.points_from={source}: its step-{step} points do not fit this run's training "
                           f"set ({error}); both runs must train on the same data") from None
+
+
+class TransferredPoints(LedgerPoints):
+    """The points ``loop.points_from``'s ledger holds, step by step; the source is checked when this is made."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        check_points_source(cfg)
+        self.source = cfg.loop.points_from
+
+    def acquire(self, run: RunState, step: int) -> None:
+        run_on_main(lambda: self._copy(run, step), run.ctx)  # rank 0 writes the ledger
+
+    def _copy(self, run: RunState, step: int) -> None:
+        if self.needs_points(run, step):
+            copy_points(self.source, step, run.ledger)

@@ -9,13 +9,13 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from apis.active.loop import run_active_loop
-from apis.active.mask_export import export_run_masks, masks_to_coco, open_run_step
-from apis.active.mask_quality import iou, score_training_masks, spearman, summarise_quality
-from apis.active.run_dir import RunDirectoryError
 from apis.cli import main
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import PointLedger
+from apis.loop.mask_export import export_run_masks, masks_to_coco, open_run_step
+from apis.loop.mask_quality import iou, score_training_masks, spearman, summarise_quality
+from apis.loop.run import run_active_loop
+from apis.loop.run_dir import RunDirectoryError
 
 
 def _decode(ann, image):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from apis.active.schedule import member_seeds, train_config
 from apis.config import load_config
+from apis.loop.schedule import member_seeds, train_config
 
 
 def test_members_are_the_run_seed_then_the_ensemble_seeds():

@@ -34,7 +34,6 @@ import torch
 
 from apis.active.point_constraint import Constraint, constrain_mask, contradicted
 from apis.active.prediction import iter_prediction_sets
-from apis.active.run_dir import RunDirectory, RunDirectoryError
 from apis.config import ConfigError, ExperimentConfig, load_run_config
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.coords import box_pixel_range
@@ -42,6 +41,7 @@ from apis.data.ledger import PointLedger
 from apis.data.points import InstancePoints
 from apis.engine.inference import ground_truth_of, load_model
 from apis.evaluation.results import encode_mask
+from apis.loop.run_dir import RunDirectory, RunDirectoryError
 from apis.utils.device import resolve_device
 from apis.utils.io import atomic_write_json
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from apis.active.point_learning import final_point_accuracy, point_accuracy_curve
+from apis.loop.point_learning import final_point_accuracy, point_accuracy_curve
 
 
 def _log(run_dir, step, rows):

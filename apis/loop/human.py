@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from apis.active.loop import load_datasets
-from apis.active.run_dir import RunDirectory
 from apis.config import ConfigError, ExperimentConfig, load_run_config
 from apis.data.coco import CocoDataset
+from apis.loop.run import load_datasets
+from apis.loop.run_dir import RunDirectory
 
 
 @dataclass(frozen=True)

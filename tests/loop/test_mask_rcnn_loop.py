@@ -33,7 +33,7 @@ def test_apis_train_and_eval_a_mask_rcnn(tiny_config, tmp_path, synth_dir):
 
 def test_one_loop_step_selects_a_point_per_instance_from_mask_rcnn_proposals(tiny_config):
     cfg = tiny_config("loop", "model.arch=mask_rcnn", "loop.steps=1")
-    from apis.active.loop import run_active_loop
+    from apis.loop.run import run_active_loop
 
     rows = run_active_loop(cfg)
     assert [r["step"] for r in rows] == [0, 1] and rows[1]["points_per_instance"] == 2.0

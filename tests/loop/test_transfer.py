@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from apis.active.loop import PointToAsk, run_active_loop
-from apis.active.questions import QuestionQueue
-from apis.active.run_dir import step_dir
 from apis.config import ConfigError
+from apis.data.questions import PointToAsk, QuestionQueue
+from apis.loop.run import run_active_loop
+from apis.loop.run_dir import step_dir
 
 
 def _answers(run_dir):

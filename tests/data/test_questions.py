@@ -5,9 +5,10 @@ from collections import Counter
 
 import pytest
 
-from apis.active.loop import PointToAsk
-from apis.active.questions import (
+from apis.data.ledger import Answer, PointLedger
+from apis.data.questions import (
     AnswersPending,
+    PointToAsk,
     QuestionConflict,
     QuestionError,
     QuestionNotFound,
@@ -15,7 +16,6 @@ from apis.active.questions import (
     format_status,
     merge_labels,
 )
-from apis.data.ledger import Answer, PointLedger
 
 # Instance 1: box (2, 3, 8, 9) in the 20x20 image 10 (candidates x 2..7, y 3..8); 2: box (0, 0, 4, 4) on image 11.
 INSTANCES = [(1, 10, (2.0, 3.0, 8.0, 9.0), 20, 20), (2, 11, (0.0, 0.0, 4.0, 4.0), 20, 20)]

@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from apis.active.loop import ActiveLearningRun, draw_initial_points, run_active_loop
-from apis.active.run_dir import RunDirectoryError, step_dir
 from apis.config import ConfigError
 from apis.config_versions import CONFIG_VERSION
 from apis.data.coco import DatasetError, load_coco
@@ -24,6 +22,9 @@ from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
 from apis.engine.checkpoint import load_checkpoint
 from apis.engine.metrics_log import read_metrics
+from apis.loop.asked_points import draw_initial_points
+from apis.loop.run import ActiveLearningRun, run_active_loop
+from apis.loop.run_dir import RunDirectoryError, step_dir
 from apis.utils.lock import FolderLocked
 
 

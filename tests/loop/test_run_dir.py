@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from apis.active.run_dir import RunDirectory
+from apis.loop.run_dir import RunDirectory
 
 
 def test_members_live_in_train_then_train_member_n(tmp_path):

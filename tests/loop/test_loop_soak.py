@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from apis.active.run_dir import step_dir
 from apis.data.ledger import PointLedger
 from apis.engine.checkpoint import load_checkpoint
+from apis.loop.run_dir import step_dir
 
 KILLS = int(os.environ.get("APIS_SOAK_KILLS", "4"))  # at most 8: the moments below
 

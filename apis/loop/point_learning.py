@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apis.active.run_dir import step_dir
 from apis.engine.metrics_log import METRICS_FILE, read_metrics
+from apis.loop.run_dir import step_dir
 
 
 def _point_accuracies(train_dir: Path) -> list[tuple[int, float]]:

@@ -1,7 +1,7 @@
 """How good are the masks a run hands over? The exported training masks against ground truth.
 
 Needs a training set with GT masks (a benchmark, or a run answered by the simulated oracle). Per instance:
-the IoU of its exported mask (:mod:`apis.active.mask_export`, under each point constraint asked for) with its
+the IoU of its exported mask (:mod:`apis.loop.mask_export`, under each point constraint asked for) with its
 GT mask, the IoU a mask filling the box would get, and the export's review fields. Read by
 ``bench/bench_label_quality.py`` (which adds mask AP) and by ``apis report`` (the curve "training-mask quality
 against annotation hours").
@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apis.active.mask_export import (
+from apis.active.point_constraint import Constraint
+from apis.data.coords import box_pixel_range
+from apis.engine.inference import load_model
+from apis.loop.mask_export import (
     InstanceProbabilities,
     RunStep,
     answered_points,
@@ -23,9 +26,6 @@ from apis.active.mask_export import (
     full_image_mask,
     instance_probabilities,
 )
-from apis.active.point_constraint import Constraint
-from apis.data.coords import box_pixel_range
-from apis.engine.inference import load_model
 from apis.utils.device import resolve_device
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from apis.active.loop import ActiveLearningRun, run_active_loop
-from apis.active.run_dir import step_dir
 from apis.config import dump_config, load_config
 from apis.data.coco import load_coco
 from apis.data.ledger import PointLedger
+from apis.loop.run import ActiveLearningRun, run_active_loop
+from apis.loop.run_dir import step_dir
 
 # Every rank runs `apis run`, noting in seen_rankR.jsonl the images it selects and predicts on; with
 # APIS_TEST_KILL_RANK=R, rank R SIGKILLs itself on its first image of selection.
@@ -160,11 +160,29 @@ def test_both_ranks_stop_for_peoples_answers(synth_dir, tiny_overrides, tmp_path
     assert "APIS bug" not in completed.stderr
 
 
-def test_afis_under_torchrun_is_refused_before_joining_the_group(monkeypatch):
-    from apis.active.distributed_loop import run_loop
-    from apis.config import ConfigError, load_config
+def _masks(run_dir: Path) -> list[tuple]:
+    with PointLedger(run_dir / "ledger.sqlite", read_only=True) as ledger:
+        return [(m.ann_id, m.image_id, m.step, m.chosen_by, m.cost_s) for m in ledger.masks()]
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ConfigError, match="afis.level=instance: the AFIS baseline runs in one process"):
-        run_loop(load_config(None, ["afis.level=instance", "loss.full=1.0", "device=cpu"]))
+
+def test_two_ranks_run_afis_as_one_process(synth_dir, tiny_overrides, tmp_path, monkeypatch):
+    """AFIS (instance masks bought by the detection loss): each rank scores its half of the images, rank 0 buys;
+    one process replaying the checkpoints buys the same masks and evaluates to the same results."""
+    config = tmp_path / "afis.yaml"
+    dump_config(load_config(None, tiny_overrides(synth_dir, tmp_path / "afis", "loop.steps=1", "afis.level=instance",
+                                                 "afis.scorer=min-det-loss", "loss.full=1.0",
+                                                 "oracle.mask_cost_s=2.7")), config)
+    completed = _torchrun(tmp_path, config)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_dir = tmp_path / "afis"
+    one = _replay(run_dir, config, tmp_path / "one_process", monkeypatch)
+    assert _masks(run_dir) == _masks(one) and {m[2] for m in _masks(run_dir)} == {0, 1}
+    for step in (0, 1):
+        ours, theirs = (json.loads((step_dir(d, step) / "masks.json").read_text()) for d in (run_dir, one))
+        assert ours["bought"] == theirs["bought"] and ours["scorer"] == theirs["scorer"]
+        ours, theirs = (json.loads((step_dir(d, step) / "val_results.json").read_text()) for d in (run_dir, one))
+        assert ours == theirs
+    seen = [[json.loads(line) for line in (tmp_path / f"seen_rank{rank}.jsonl").read_text().splitlines()]
+            for rank in (0, 1)]
+    scored = [[i for kind, ids in rank_seen if kind == "select" for i in ids] for rank_seen in seen]
+    assert scored[0] and scored[1] and not set(scored[0]) & set(scored[1])  # step 1's scoring, sharded

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from apis.active.loop import ActiveLearningRun, run_active_loop, step_dir
-from apis.active.questions import AnswersPending, QuestionQueue
 from apis.cli import EXIT_WAITING_FOR_ANSWERS, main
 from apis.config import ConfigError
 from apis.data.coco import DatasetError, load_coco
+from apis.data.questions import AnswersPending, QuestionQueue
 from apis.data.simulated_oracle import SimulatedOracle
+from apis.loop.run import ActiveLearningRun, run_active_loop
+from apis.loop.run_dir import step_dir
 
 BOX_COST_S = 7.0
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from apis.active.run_dir import RunDirectory
 from apis.config import RESUMABLE_KEYS, ConfigError, ExperimentConfig, config_differences, flat_config, load_run_config
 from apis.data.ledger import PointLedger
+from apis.loop.run_dir import RunDirectory
 
 # What M0 depends on: these sections and keys must be equal in both runs.
 M0_SECTIONS = ("seed", "data", "model", "solver")

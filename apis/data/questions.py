@@ -1,6 +1,6 @@
 """Point questions answered by people, over days, by several annotators (``oracle.kind=human``).
 
-With a human oracle the loop does not call :meth:`~apis.active.oracle.Oracle.answer`. It stores the step's
+With a human oracle the loop does not call :meth:`~apis.loop.oracle.Oracle.answer`. It stores the step's
 points as *questions* in the run's ledger (:meth:`QuestionQueue.post`) and stops (:class:`AnswersPending`);
 people answer them through ``apis annotate`` (a web page) or a Label Studio round trip, each answer one row
 of ``responses`` with its annotator and the seconds it took; once every question of the step has its
@@ -38,13 +38,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from apis.data.ledger import Answer, LedgerError, PointLedger, utc_now
 from apis.utils.errors import ApisError
-
-if TYPE_CHECKING:  # the loop imports this module
-    from apis.active.loop import PointToAsk
 
 LABELS = {"yes": 1, "no": 0, "unsure": -1}
 LABEL_NAMES = {value: name for name, value in LABELS.items()}
@@ -77,6 +73,17 @@ class AnswersPending(Exception):
 
     def __reduce__(self):  # pickled whole, so that every rank of a torchrun job raises it (apis.engine.distributed)
         return type(self), (self.run_dir, self.step, self.waiting, self.total)
+
+
+@dataclass(frozen=True)
+class PointToAsk:
+    """A point to ask about: pixel ``(x, y)`` (integer indices) of instance ``ann_id``, and how it was chosen."""
+
+    ann_id: int
+    image_id: int
+    x: int
+    y: int
+    chosen_by: str
 
 
 @dataclass(frozen=True)
