@@ -8,7 +8,7 @@ from the config dataclasses, ``CondInst.from_config(cfg.model, cfg.loss)``. One 
 * :meth:`CondInst.predict`: detections with masks at original resolution.
 
 :meth:`CondInst.assign`, :meth:`CondInst.mask_logits` and :meth:`CondInst.decode_boxes` are the steps in
-between; :mod:`apis.active.prediction` builds the active loop's prediction sets from them.
+between; :meth:`CondInst.prediction_sets` builds the active loop's prediction sets from them.
 
 Inputs everywhere: ``images [B, 3, Hp, Wp]`` float RGB in 0..255, padded bottom/right to a multiple of 32,
 and ``image_sizes`` = ``(h, w)`` of each image's valid (resized, unpadded) area. Training targets are
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from apis.modeling.anchor_sets import anchor_prediction_sets
 from apis.modeling.backbone import build_backbone
 from apis.modeling.condinst_loss import CondInstLoss
 from apis.modeling.dynamic_mask_head import DynamicMaskHead, fan_in_parameters, sizes_of_interest
@@ -37,6 +38,7 @@ from apis.modeling.fcos import FCOSHead, HeadOutputs, assign_locations, level_lo
 from apis.modeling.inputs import check_batch, check_targets
 from apis.modeling.mask_branch import MaskBranch
 from apis.modeling.postprocess import Detections, paste_masks, select_detections, to_original_boxes
+from apis.structures import PredictionSet
 
 if TYPE_CHECKING:
     from apis.config import LossConfig, ModelConfig
@@ -262,12 +264,16 @@ class CondInst(nn.Module):
             results.append(Detections(boxes, found.scores, found.labels, masks))
         return results
 
+    def prediction_sets(self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict],
+                        original_sizes: list[tuple[int, int]], scale_factors: list[tuple[float, float]]
+                        ) -> list[dict[int, PredictionSet]]:
+        """Per image, ``ann_id -> PredictionSet`` of each GT in ``targets``: the locations training assigns to it
+        (:func:`apis.modeling.anchor_sets.anchor_prediction_sets`, which has the arguments; call ``eval()``
+        first)."""
+        return anchor_prediction_sets(self, images, image_sizes, targets, original_sizes, scale_factors)
+
 
 def resize_scale(image_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[float, float]:
     """``(sx, sy) = resized / original`` from the resized ``(h, w)`` and the original ``(H, W)``."""
     return image_size[1] / original_size[1], image_size[0] / original_size[0]
 
-
-def build_condinst(model: ModelConfig, loss: LossConfig | None = None) -> CondInst:
-    """:meth:`CondInst.from_config`, under the builder name scripts written before it use."""
-    return CondInst.from_config(model, loss)
