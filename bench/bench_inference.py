@@ -3,7 +3,7 @@ paste masks at image resolution, encode RLE) and, separately, the seconds of COC
 
 The first ``--warmup`` images are run once before timing (allocator and thread-pool start-up).
 
-    .venv/bin/python bench/bench_inference.py --config configs/condinst_r18_cpu_dsb.yaml \\
+    .venv/bin/python bench/bench_inference.py --config condinst_r18_cpu_dsb.yaml \\
         --checkpoint runs/.../model_final.pth [key=value ...]
 """
 
@@ -23,7 +23,7 @@ from apis.utils.device import resolve_device
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
+    parser.add_argument("--config", default="condinst_r18_cpu_dsb.yaml")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("overrides", nargs="*")

@@ -8,7 +8,7 @@ kept. At the end it writes ``curves.png`` and ``comparison.md`` into ``--out`` a
 ``--m0-from`` an earlier benchmark's ``--out`` makes every run reuse that benchmark's P0 and M0 of the
 same seed (from its ``entropy_seed<N>``), for experiments that change only the fine-tuning steps.
 
-    .venv/bin/python bench/bench_label_efficiency.py --config configs/condinst_r18_cpu_dsb.yaml \\
+    .venv/bin/python bench/bench_label_efficiency.py --config condinst_r18_cpu_dsb.yaml \\
         --seeds 0 1 2 --out runs/label_efficiency [key=value ...]
 """
 
@@ -26,7 +26,7 @@ from apis.loop.run import run_active_loop
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
+    parser.add_argument("--config", default="condinst_r18_cpu_dsb.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=["entropy", "random"])
     parser.add_argument("--steps", type=int, default=3)

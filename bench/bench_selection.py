@@ -8,7 +8,7 @@ For a checkpoint, times in fresh subprocesses (so peak memory is per measurement
 each on the first ``--small`` images and on ``--images`` images, so one can see whether peak memory
 grows with the number of images (it should not: both stream image by image).
 
-    .venv/bin/python bench/bench_selection.py --config configs/condinst_r18_cpu_dsb.yaml \\
+    .venv/bin/python bench/bench_selection.py --config condinst_r18_cpu_dsb.yaml \\
         --checkpoint runs/.../model_final.pth --images 531 --small 100
 """
 
@@ -48,7 +48,7 @@ def measure(kind: str, config: str, checkpoint: str, images: int, overrides: lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
+    parser.add_argument("--config", default="condinst_r18_cpu_dsb.yaml")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--images", type=int, default=531)
     parser.add_argument("--small", type=int, default=100)
