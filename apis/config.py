@@ -21,7 +21,7 @@ import typing
 from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -65,10 +65,10 @@ class ModelConfig:
 
     # "condinst" (the paper's model) or "mask_rcnn" (torchvision's Mask R-CNN with the point loss in each
     # proposal's box frame; uses depth, backbone_weights, norm, num_classes, fpn_channels and the test keys below).
-    arch: str = "condinst"
-    depth: int = 50  # ResNet depth: 18, 34, 50 or 101
+    arch: Literal["condinst", "mask_rcnn"] = "condinst"
+    depth: Literal[18, 34, 50, 101] = 50  # ResNet depth
     backbone_weights: str = "none"  # "none", "imagenet" (torchvision's, must be cached locally) or a file path
-    norm: str = "frozen_bn"  # backbone norm: "frozen_bn" or "bn"
+    norm: Literal["frozen_bn", "bn"] = "frozen_bn"  # backbone norm
     num_classes: int = 80
     fpn_channels: int = 256
     head_convs: int = 4  # convs in each FCOS tower
@@ -79,10 +79,10 @@ class ModelConfig:
     # Controller bias at initialisation: "fan_in" starts every instance with a He-initialised mask MLP;
     # "zeros" is AdelaiDet's (all dynamic weights ~0.01 x features), which left the mask head spatially
     # constant under point or box supervision in our short CPU schedules (docs/results.md).
-    dynamic_init: str = "fan_in"
+    dynamic_init: Literal["fan_in", "zeros"] = "fan_in"
     # Between the dynamic head's layers: "relu" (AdelaiDet) or "leaky_relu" (slope 0.1), which keeps a
     # gradient through units that point supervision would otherwise switch off for good (docs/results.md).
-    dynamic_activation: str = "relu"
+    dynamic_activation: Literal["relu", "leaky_relu"] = "relu"
     mask_out_stride: int = 4
     centre_sampling_radius: float = 1.5
     size_ranges: list[float] = field(default_factory=lambda: [0, 64, 128, 256, 512, float("inf")])
@@ -117,7 +117,7 @@ class LossConfig:
     # How the point BCE is averaged: "point" (PointSup: mean over every labelled point of the batch) or
     # "instance" (each instance's points summed, mean over instances), which keeps each point's pull as an
     # instance gets more points (docs/design.md, "Training from boxes and a few points").
-    point_normalisation: str = "point"
+    point_normalisation: Literal["point", "instance"] = "point"
 
 
 @dataclass
@@ -167,13 +167,13 @@ class SelectionConfig:
     """How a step picks the point of each instance (docs/design.md, "The method")."""
 
     metric: str = "entropy"
-    sets: list[str] = field(default_factory=lambda: ["anchors"])  # anchors, models, scales
+    sets: list[Literal["anchors", "models", "scales"]] = field(default_factory=lambda: ["anchors"])
     ensemble_seeds: list[int] = field(default_factory=lambda: [1, 2])  # extra models for the "models" set
     scales: list[int] = field(default_factory=lambda: [640, 800, 960])
     flips: bool = False
     # "per_instance": one point per instance per step (the paper); "global": as many points in all, spent
     # across instances by score, so confident instances get none and hard ones several (apis.active.allocation).
-    allocation: str = "per_instance"
+    allocation: Literal["per_instance", "global"] = "per_instance"
     max_points_per_instance: int = 5  # global: at most this many points of one instance per step
     min_point_distance: float = 3.0  # global: pixels between two points of one instance chosen in one step
 
@@ -186,7 +186,7 @@ class OracleConfig:
     # "simulated" answers from the GT masks inside `apis run`; "human" stores each step's questions and stops
     # until people have answered them (`apis annotate`, docs/annotate.md), and the measured seconds of their
     # answers replace point_cost_s.
-    kind: str = "simulated"
+    kind: Literal["simulated", "human"] = "simulated"
     point_cost_s: float = 0.9
     mask_cost_s: float = 79.2
     box_cost_s: float = 7.0
@@ -210,7 +210,7 @@ class LoopConfig:
     points_from: str = ""
     # How M0 is trained: "points" (the paper's P0, one random point per instance) or "boxinst" (P'_s: M0 from
     # boxes alone with the BoxInst terms, loss.box > 0; no P0, so every instance has s points at step s).
-    init: str = "points"
+    init: Literal["points", "boxinst"] = "points"
     # Fine-tune with point-loss class weights that give the labelled points the object share of P0's random
     # points (see apis.loop.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
     point_prior_correction: bool = False
@@ -221,8 +221,8 @@ class AfisConfig:
     """AFIS, the paper's baseline: the seconds APIS spends on points spent on full masks instead
     (docs/design.md, "AFIS")."""
 
-    level: str = "none"  # "none" (APIS: points), "image" (buy every mask of chosen images) or "instance"
-    scorer: str = "random"  # which to buy first: "random", "mean-entropy" or "min-det-loss"
+    level: Literal["none", "image", "instance"] = "none"  # none (APIS: points), image (every mask of an image)
+    scorer: Literal["random", "mean-entropy", "min-det-loss"] = "random"  # which to buy first
 
 
 @dataclass
@@ -255,6 +255,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
         (item_type,) = typing.get_args(annotation)
         return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if not any(type(value) is type(choice) and value == choice for choice in choices):  # 50.0, True: not 50, 1
+            raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {', '.join(map(str, choices))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             try:
@@ -357,6 +362,7 @@ def config_from_dict(values: dict, overrides: list[str] | None = None, default_v
     values = dict(values)
     values = migrate(values, values.pop("config_version", default_version))
     cfg = _build(ExperimentConfig, _merge(values, parse_overrides(overrides or [])))
+    _check_values(cfg)
     validate(cfg)
     return cfg
 
@@ -427,27 +433,12 @@ def _read_yaml_with_base(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     return values
 
 
-def _check_choice(key: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {', '.join(map(str, allowed))}")
-
-
 def validate(cfg: ExperimentConfig) -> None:
-    """Value checks that types alone cannot express. Raises :class:`ConfigError`."""
-    _check_choice("model.depth", cfg.model.depth, (18, 34, 50, 101))
-    _check_choice("model.arch", cfg.model.arch, ("condinst", "mask_rcnn"))
-    _check_range("model.roi_samples_per_image", cfg.model.roi_samples_per_image, minimum=1)
+    """The rules between keys (a key's own type, choices and range are checked as it is read). Raises
+    :class:`ConfigError` naming the keys."""
     if cfg.model.arch == "mask_rcnn" and cfg.loss.full > 0:
         raise ConfigError(f"model.arch=mask_rcnn learns its masks from points and boxes (loss.points, loss.box), "
                           f"not from full masks; set loss.full=0 (got {cfg.loss.full})")
-    _check_choice("model.norm", cfg.model.norm, ("frozen_bn", "bn"))
-    _check_choice("model.dynamic_init", cfg.model.dynamic_init, ("fan_in", "zeros"))
-    _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))
-    _check_choice("loss.point_normalisation", cfg.loss.point_normalisation, ("point", "instance"))
-    _check_choice("oracle.kind", cfg.oracle.kind, ("simulated", "human"))
-    _check_choice("loop.init", cfg.loop.init, ("points", "boxinst"))
-    _check_choice("afis.level", cfg.afis.level, ("none", "image", "instance"))
-    _check_choice("afis.scorer", cfg.afis.scorer, ("random", "mean-entropy", "min-det-loss"))
     if cfg.afis.level != "none":
         if cfg.loss.full <= 0:
             raise ConfigError("config key 'afis.level' is set: AFIS trains on the masks it buys, which needs the "
@@ -458,42 +449,6 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.loop.init == "boxinst" and cfg.loss.box <= 0:
         raise ConfigError("config key 'loop.init' is 'boxinst': M0 learns masks from boxes alone, which needs the "
                           "BoxInst terms on (loss.box > 0, e.g. loss.box=1.0)")
-    for name in cfg.selection.sets:
-        _check_choice("selection.sets", name, ("anchors", "models", "scales"))
-    _check_choice("selection.allocation", cfg.selection.allocation, ("per_instance", "global"))
-    _check_range("selection.max_points_per_instance", cfg.selection.max_points_per_instance, minimum=1)
-    _check_range("selection.min_point_distance", cfg.selection.min_point_distance, minimum=0.0)
-    if not cfg.selection.sets:
-        raise ConfigError("config key 'selection.sets' must name at least one of: anchors, models, scales")
-    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise ConfigError(f"config key 'device' is {cfg.device!r}; allowed values: auto, cpu, cuda, cuda:N")
-    if cfg.loss.points < 0 or cfg.loss.full < 0 or cfg.loss.box < 0:
-        raise ConfigError("config keys 'loss.points', 'loss.full', 'loss.box' must be >= 0")
-    if cfg.loss.point_positive_weight <= 0 or cfg.loss.point_negative_weight <= 0:
-        raise ConfigError("config keys 'loss.point_positive_weight', 'loss.point_negative_weight' must be > 0")
-    if cfg.solver.batch_size < 1:
-        raise ConfigError("config key 'solver.batch_size' must be >= 1")
-    if list(cfg.solver.steps) != sorted(cfg.solver.steps):
-        raise ConfigError("config key 'solver.steps' must be increasing")
-    if list(cfg.loop.finetune_steps) != sorted(cfg.loop.finetune_steps):
-        raise ConfigError("config key 'loop.finetune_steps' must be increasing")
-    # Checked here, before any work: a bad schedule found by the optimiser (or after M0) names no key.
-    _check_range("solver.base_lr", cfg.solver.base_lr, minimum=0.0)
-    _check_range("loop.finetune_lr", cfg.loop.finetune_lr, minimum=0.0)
-    _check_range("solver.max_iter", cfg.solver.max_iter, minimum=1)
-    _check_range("loop.finetune_iters", cfg.loop.finetune_iters, minimum=1)
-    _check_range("loop.steps", cfg.loop.steps, minimum=0)
-    _check_range("solver.momentum", cfg.solver.momentum, minimum=0.0)
-    _check_range("solver.weight_decay", cfg.solver.weight_decay, minimum=0.0)
-    _check_range("solver.gamma", cfg.solver.gamma, minimum=0.0, strict=True)
-    _check_range("solver.warmup_iters", cfg.solver.warmup_iters, minimum=0)
-    if cfg.solver.keep_checkpoints is not None:
-        _check_range("solver.keep_checkpoints", cfg.solver.keep_checkpoints, minimum=1)
-    for key in ("point_cost_s", "mask_cost_s", "box_cost_s"):
-        _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0)
-    for key in ("flip_prob", "unsure_rate"):
-        _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0, maximum=1.0)
-    _validate_ranges(cfg)
 
 
 # Keys whose value must be at least a minimum (and at most a maximum when given); each is checked at load, so a
@@ -514,6 +469,12 @@ _RANGES = {
     "solver.warmup_factor": (0.0, 1.0), "solver.clip_grad_norm": (0.0, None), "solver.checkpoint_period": (1, None),
     "solver.log_period": (1, None),
     "loop.points_loss_m0": (0.0, None), "loop.points_loss_finetune": (0.0, None),
+    "model.roi_samples_per_image": (1, None), "selection.max_points_per_instance": (1, None),
+    "selection.min_point_distance": (0.0, None), "solver.batch_size": (1, None), "solver.base_lr": (0.0, None),
+    "loop.finetune_lr": (0.0, None), "solver.max_iter": (1, None), "loop.finetune_iters": (1, None),
+    "loop.steps": (0, None), "solver.momentum": (0.0, None), "solver.weight_decay": (0.0, None),
+    "solver.warmup_iters": (0, None), "oracle.point_cost_s": (0.0, None), "oracle.mask_cost_s": (0.0, None),
+    "oracle.box_cost_s": (0.0, None), "oracle.flip_prob": (0.0, 1.0), "oracle.unsure_rate": (0.0, 1.0),
 }
 # List keys: at least one item (when the minimum length is 1), every item at least its minimum.
 _LIST_RANGES = {"data.min_size_train": (1, 1), "solver.steps": (0, 0), "loop.finetune_steps": (0, 0),
@@ -526,7 +487,8 @@ def _value(cfg: ExperimentConfig, key: str) -> Any:
     return getattr(getattr(cfg, section) if section else cfg, name)
 
 
-def _validate_ranges(cfg: ExperimentConfig) -> None:
+def _check_values(cfg: ExperimentConfig) -> None:
+    """Each key's own range (and the few rules on one key a range cannot say), before :func:`validate`."""
     for key, (minimum, maximum) in _RANGES.items():
         _check_range(key, _value(cfg, key), minimum=minimum, maximum=maximum)
     for key, (min_length, minimum) in _LIST_RANGES.items():
@@ -549,6 +511,21 @@ def _validate_ranges(cfg: ExperimentConfig) -> None:
                           "than the 5 pyramid levels P3-P7")
     if not cfg.output_dir.strip():
         raise ConfigError("config key 'output_dir' is empty; name the run's folder")
+    if not cfg.selection.sets:
+        raise ConfigError("config key 'selection.sets' must name at least one of: anchors, models, scales")
+    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"config key 'device' is {cfg.device!r}; allowed values: auto, cpu, cuda, cuda:N")
+    if cfg.loss.points < 0 or cfg.loss.full < 0 or cfg.loss.box < 0:
+        raise ConfigError("config keys 'loss.points', 'loss.full', 'loss.box' must be >= 0")
+    if cfg.loss.point_positive_weight <= 0 or cfg.loss.point_negative_weight <= 0:
+        raise ConfigError("config keys 'loss.point_positive_weight', 'loss.point_negative_weight' must be > 0")
+    for key in ("solver.steps", "loop.finetune_steps"):
+        if list(_value(cfg, key)) != sorted(_value(cfg, key)):
+            raise ConfigError(f"config key '{key}' must be increasing")
+    # Checked here, before any work: a bad schedule found by the optimiser (or after M0) names no key.
+    _check_range("solver.gamma", cfg.solver.gamma, minimum=0.0, strict=True)
+    if cfg.solver.keep_checkpoints is not None:
+        _check_range("solver.keep_checkpoints", cfg.solver.keep_checkpoints, minimum=1)
 
 
 def _check_range(key: str, value: float, minimum: float, strict: bool = False, maximum: float | None = None

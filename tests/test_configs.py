@@ -161,3 +161,23 @@ def test_demo_config_starts_from_the_bundled_source_backbone():
     assert torch.equal(backbone.fpn.layer_blocks[0][0].weight, stored["fpn.layer_blocks.0.0.weight"].float())
     record = json.loads(weights.with_name(weights.name + ".json").read_text())
     assert "--family source" in record["made_by"] and "synth_source" in record["source_train_json"]
+
+
+@pytest.mark.parametrize("name", builtin_configs())
+def test_a_shipped_config_lists_only_what_it_changes(name):
+    """Every key a shipped config sets changes the config of its ``_base_`` (or the defaults), so that the file
+    reads as what it changes."""
+    import yaml
+
+    from apis.config import flat_config
+
+    written = yaml.safe_load((CONFIGS / name).read_text())
+    base = written.pop("_base_", None)
+    reference = flat_config(load_config(CONFIGS / base) if base else load_config(None))
+    own = flat_config(load_config(CONFIGS / name))
+
+    def keys(tree, prefix=""):
+        for key, value in tree.items():
+            yield from keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+
+    assert [key for key in keys(written) if reference.get(key) == own[key]] == []
