@@ -53,9 +53,11 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from apis.config import load_config
+    from apis.config_use import check_overrides_used
     from apis.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
+    check_overrides_used("train", cfg, args.overrides)
     final = train(cfg, init_weights=args.init_weights)
     print(f"final checkpoint: {final}")
 
@@ -70,10 +72,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from apis.config import load_config
+    from apis.config_use import check_overrides_used
     from apis.engine.distributed import context_from_env
     from apis.loop.run import run_active_loop
 
     cfg = load_config(args.config, args.overrides)
+    check_overrides_used("run", cfg, args.overrides)
     rows = run_active_loop(cfg)  # one process, or every rank under torchrun
     for row in rows if context_from_env().is_main else ():
         ap = "undefined" if row["mask_AP"] is None else f"{row['mask_AP']:.2f}"

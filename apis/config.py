@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from apis.config_versions import CONFIG_VERSION, MIGRATIONS, UNVERSIONED
+from apis.config_versions import CONFIG_VERSION, MIGRATIONS, RENAMED, UNVERSIONED
 from apis.utils.errors import ApisError
 
 
@@ -195,6 +195,22 @@ class OracleConfig:
 
 
 @dataclass
+class M0Loss:
+    """The ``loss.*`` keys ``apis run`` trains M0 with, over the ``loss`` section (which is ``apis train``'s)."""
+
+    points: float = 0.1  # the point-loss weight of M0 (the authors' code); 0 with loop.init=boxinst (no P0)
+
+
+@dataclass
+class FinetuneLoss:
+    """The ``loss.*`` keys ``apis run`` fine-tunes every later model with, over the ``loss`` section."""
+
+    points: float = 1.0  # the point-loss weight of fine-tuning
+    # Fine-tuning continues M0, whose BoxInst pairwise term has already been ramped up: no second warm-up.
+    pairwise_warmup_iters: int = 0
+
+
+@dataclass
 class LoopConfig:
     """The active-learning loop (docs/design.md, "The method")."""
 
@@ -202,8 +218,8 @@ class LoopConfig:
     finetune_iters: int = 30000
     finetune_lr: float = 0.01
     finetune_steps: list[int] = field(default_factory=lambda: [10000, 20000])
-    points_loss_m0: float = 0.1  # weight of the point loss for M0 (authors' code)
-    points_loss_finetune: float = 1.0
+    m0: M0Loss = field(default_factory=M0Loss)
+    finetune: FinetuneLoss = field(default_factory=FinetuneLoss)
     initial_run: str = ""  # another run dir with the same seed/data/M0 config: reuse its P0 and M0
     # Another run dir: train on the points its model chose (its ledger's answers of every step) instead of
     # selecting; the transfer test (apis.loop.transfer).
@@ -293,6 +309,8 @@ def _build(cls: type, values: dict, prefix: str = ""):
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else key
         if key not in names:
+            if full in RENAMED_KEYS:
+                raise ConfigError(f"config key '{full}' is now '{RENAMED_KEYS[full]}'")
             raise ConfigError(f"unknown config key '{full}'; allowed keys here: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
@@ -340,6 +358,8 @@ def migrate(values: dict, version: int) -> dict:
                           "was it written by a newer APIS?")
     migrated = dict(values)
     for step in range(version, CONFIG_VERSION):
+        for old, new in RENAMED.get(step, {}).items():
+            _rename(migrated, old, new)
         for dotted, old_value in MIGRATIONS[step].items():
             *sections, key = dotted.split(".")
             node = migrated
@@ -350,6 +370,35 @@ def migrate(values: dict, version: int) -> dict:
             else:
                 node.setdefault(key, old_value)
     return migrated
+
+
+def _rename(values: dict, old: str, new: str) -> None:
+    """Move the value at dotted ``old`` of nested ``values`` to ``new`` (copying every mapping it changes, so that
+    the caller's dicts are left alone); nothing when ``old`` is absent."""
+    *old_sections, old_key = old.split(".")
+    node = values
+    for section in old_sections:
+        if not isinstance(node.get(section), dict):
+            return
+        node = node[section]
+    if old_key not in node:
+        return
+    value = node[old_key]
+    node = values
+    for section in old_sections:
+        node[section] = node = dict(node[section])
+    del node[old_key]
+    *new_sections, new_key = new.split(".")
+    node = values
+    for section in new_sections:
+        if not isinstance(node.get(section, {}), dict):
+            return  # not a mapping: building the config names the key
+        node[section] = node = dict(node.get(section, {}))
+    node.setdefault(new_key, value)
+
+
+RENAMED_KEYS = {old: new for renames in RENAMED.values() for old, new in renames.items()}
+"""Every key renamed since config versions began, to its name now (named when an old name is given)."""
 
 
 def config_from_dict(values: dict, overrides: list[str] | None = None, default_version: int = CONFIG_VERSION
@@ -468,7 +517,8 @@ _RANGES = {
     "data.hflip_prob": (0.0, 1.0), "data.num_workers": (0, None),
     "solver.warmup_factor": (0.0, 1.0), "solver.clip_grad_norm": (0.0, None), "solver.checkpoint_period": (1, None),
     "solver.log_period": (1, None),
-    "loop.points_loss_m0": (0.0, None), "loop.points_loss_finetune": (0.0, None),
+    "loop.m0.points": (0.0, None), "loop.finetune.points": (0.0, None),
+    "loop.finetune.pairwise_warmup_iters": (0, None),
     "model.roi_samples_per_image": (1, None), "selection.max_points_per_instance": (1, None),
     "selection.min_point_distance": (0.0, None), "solver.batch_size": (1, None), "solver.base_lr": (0.0, None),
     "loop.finetune_lr": (0.0, None), "solver.max_iter": (1, None), "loop.finetune_iters": (1, None),
@@ -483,8 +533,10 @@ MASK_BRANCH_STRIDE = 8  # the mask branch's output stride (apis.modeling.condins
 
 
 def _value(cfg: ExperimentConfig, key: str) -> Any:
-    section, _, name = key.rpartition(".")
-    return getattr(getattr(cfg, section) if section else cfg, name)
+    value = cfg
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def _check_values(cfg: ExperimentConfig) -> None:

@@ -11,7 +11,9 @@ To add a config key: give its dataclass field a default, then add one line here,
 mapping the key (dotted) to the value that reproduces the behaviour before it existed, e.g.
 ``3: {"loss.new_weight": 0.0},``. ``CONFIG_VERSION`` follows; save the config the new version writes as
 ``tests/fixtures/config_v<CONFIG_VERSION>.yaml`` (``dump_config(ExperimentConfig(), ...)``), and
-tests/test_config_versions.py checks that no key was left out.
+tests/test_config_versions.py checks that no key was left out. To rename a key, map its old dotted name to the
+new one in :data:`RENAMED` under the version that last had the old name: a stored config is read with the new
+name, and a config that gives the old one is told the new one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,16 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
         "selection.min_point_distance": 3.0, "loop.init": "points", "afis.level": "none", "afis.scorer": "random"},
     # Version 6: every periodic checkpoint stayed on disk.
     6: {"solver.keep_checkpoints": None},
+    # Version 7: fine-tuning always started its BoxInst pairwise term at full weight (the loop set
+    # loss.pairwise_warmup_iters to 0; now loop.finetune.pairwise_warmup_iters).
+    7: {"loop.finetune.pairwise_warmup_iters": 0},
 }
+
+RENAMED: dict[int, dict[str, str]] = {
+    # Version 7: the point-loss weights of the loop's phases became sections over loss.* (loop.m0, loop.finetune).
+    7: {"loop.points_loss_m0": "loop.m0.points", "loop.points_loss_finetune": "loop.finetune.points"},
+}
+"""Keys renamed after a version: applied, old name to new, before that version's added keys."""
 
 CONFIG_VERSION = max(MIGRATIONS) + 1
 """The version this APIS writes: one after the last migration."""

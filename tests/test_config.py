@@ -27,7 +27,8 @@ def test_base_chain_and_dump_round_trip(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["solver.max_itr=3"], "unknown config key 'solver.max_itr'; allowed keys here: .*max_iter"),
     (["model.depth=20"], "'model.depth' is 20; allowed values: 18, 34, 50, 101"),
-    (["selection.sets=[anchors,pixels]"], r"'selection.sets\[1\]' is 'pixels'; allowed values: anchors, models, scales"),
+    (["selection.sets=[anchors,pixels]"],
+     r"'selection.sets\[1\]' is 'pixels'; allowed values: anchors, models, scales"),
     (["model.depth=50.0"], "'model.depth' is 50.0; allowed values: 18, 34, 50, 101"),
     (["loop.init=true"], "'loop.init' is True; allowed values: points, boxinst"),
     (["solver.batch_size=abc"], "'solver.batch_size' expects int, got 'abc'"),

@@ -91,7 +91,7 @@ def test_cpu_configs_scale_the_paper_schedule(name, num_classes, factor):
     # Including BoxInst's pairwise warm-up (left at 10k, the term would be ~off for the whole schedule).
     assert round(cfg.loss.pairwise_warmup_iters * factor, -3) == paper.loss.pairwise_warmup_iters == 10000
     # The recipe: box terms with the points, point weight 0.1 (chosen by the sweep in docs/benchmarks.md).
-    assert (cfg.loss.box, cfg.loop.points_loss_m0, cfg.loop.points_loss_finetune) == (1.0, 0.1, 0.1)
+    assert (cfg.loss.box, cfg.loop.m0.points, cfg.loop.finetune.points) == (1.0, 0.1, 0.1)
     assert cfg.model.dynamic_activation == "leaky_relu"
     if name == "condinst_r18_cpu_synth.yaml":  # measured on the synthetic data only so far
         assert cfg.loss.point_normalisation == "instance"

@@ -12,11 +12,11 @@ from apis.loop.run_dir import RunDirectory
 
 # What M0 depends on: these sections and keys must be equal in both runs.
 M0_SECTIONS = ("seed", "data", "model", "solver")
-M0_KEYS = {"loss.points", "loss.full", "loss.box", "loop.points_loss_m0", "loop.init", "afis.level"}
+M0_KEYS = {"loss.full", "loss.box", "loop.init", "afis.level"}
 
 
 def _trains_m0(key: str) -> bool:
-    return key.split(".")[0] in M0_SECTIONS or key in M0_KEYS
+    return key.split(".")[0] in M0_SECTIONS or key in M0_KEYS or key.startswith("loop.m0.")
 
 
 def check_initial_run(source: Path, cfg: ExperimentConfig, members: int) -> RunDirectory:

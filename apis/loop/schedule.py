@@ -1,10 +1,11 @@
 """What each step of the loop trains: the models of a step and the config each one trains with.
 
-M0 trains from scratch with ``solver`` as written and the point loss at ``loop.points_loss_m0`` (off with
-``loop.init=boxinst``: M0 from boxes alone); every later
-model is fine-tuned from its predecessor with the ``loop.finetune_*`` schedule and ``loop.points_loss_finetune``,
-optionally with point-loss class weights that restore P0's object share (``loop.point_prior_correction``).
-With the "models" prediction set, a step trains one model per seed of the ensemble.
+M0 trains from scratch with ``solver`` as written and ``loss`` overridden by ``loop.m0`` (its point-loss weight;
+none with ``loop.init=boxinst``: M0 from boxes alone); every later model is fine-tuned from its predecessor with
+the ``loop.finetune_*`` schedule and ``loss`` overridden by ``loop.finetune``, optionally with point-loss class
+weights that restore P0's object share (``loop.point_prior_correction``). Each phase's loss keys are set in its
+section only: ``apis run`` uses no ``loss.*`` key those sections hold. With the "models" prediction set, a step
+trains one model per seed of the ensemble.
 """
 
 from __future__ import annotations
@@ -30,20 +31,20 @@ def train_config(cfg: ExperimentConfig, step: int, seed: int, point_weights: dic
                  ) -> ExperimentConfig:
     """The config of the model trained at ``step`` with ``seed``.
 
-    M0 (step 0) uses ``solver`` as written (and no point loss with ``loop.init=boxinst``); fine-tuning uses
-    the ``loop.finetune_*`` schedule, no pairwise warm-up, and ``point_weights``
-    (``loss.point_positive_weight`` / ``point_negative_weight``, see :func:`point_prior_weights`) when given.
+    M0 (step 0) uses ``solver`` as written and ``loss`` with ``loop.m0``'s keys (no point loss with
+    ``loop.init=boxinst``); fine-tuning uses the ``loop.finetune_*`` schedule, ``loss`` with ``loop.finetune``'s
+    keys, and ``point_weights`` (``loss.point_positive_weight`` / ``point_negative_weight``, see
+    :func:`point_prior_weights`) when given.
     """
     if step == 0:
-        # A BoxInst-initialised M0 (loop.init=boxinst) has no P0 to train on: boxes alone.
-        loss = dataclasses.replace(cfg.loss, points=0.0 if cfg.loop.init == "boxinst" else cfg.loop.points_loss_m0)
+        loss = dataclasses.replace(cfg.loss, **dataclasses.asdict(cfg.loop.m0))
+        if cfg.loop.init == "boxinst":  # a BoxInst-initialised M0 has no P0 to train on: boxes alone
+            loss = dataclasses.replace(loss, points=0.0)
         return dataclasses.replace(cfg, seed=seed, loss=loss)
     solver = dataclasses.replace(cfg.solver, max_iter=cfg.loop.finetune_iters, base_lr=cfg.loop.finetune_lr,
                                  steps=list(cfg.loop.finetune_steps),
                                  warmup_iters=min(cfg.solver.warmup_iters, cfg.loop.finetune_iters // 10))
-    # Fine-tuning continues M0, whose BoxInst pairwise term has already been ramped up: no second warm-up.
-    loss = dataclasses.replace(cfg.loss, points=cfg.loop.points_loss_finetune, pairwise_warmup_iters=0,
-                               **(point_weights or {}))
+    loss = dataclasses.replace(cfg.loss, **dataclasses.asdict(cfg.loop.finetune), **(point_weights or {}))
     return dataclasses.replace(cfg, seed=seed, solver=solver, loss=loss)
 
 

@@ -15,8 +15,8 @@ def test_members_are_the_run_seed_then_the_ensemble_seeds():
 def test_m0_trains_with_the_solver_and_fine_tuning_with_the_loop_schedule():
     cfg = load_config(None, ["solver.max_iter=900", "solver.base_lr=0.0025", "solver.steps=[600,800]",
                              "solver.warmup_iters=10", "loop.finetune_iters=300", "loop.finetune_lr=0.001",
-                             "loop.finetune_steps=[100,200]", "loop.points_loss_m0=0.1",
-                             "loop.points_loss_finetune=1.0"])
+                             "loop.finetune_steps=[100,200]", "loop.m0.points=0.1",
+                             "loop.finetune.points=1.0"])
     m0 = train_config(cfg, 0, seed=5)
     assert (m0.seed, m0.solver, m0.loss.points) == (5, cfg.solver, 0.1)
     fine = train_config(cfg, 2, seed=5, point_weights={"point_positive_weight": 2.0, "point_negative_weight": 0.5})
@@ -34,3 +34,9 @@ def test_fine_tuning_keeps_the_box_terms_without_a_second_pairwise_warm_up():
     m0, step1 = train_config(cfg, 0, seed=0).loss, train_config(cfg, 1, seed=0).loss
     assert (m0.box, m0.pairwise_warmup_iters) == (1.0, 40)
     assert (step1.box, step1.pairwise_warmup_iters) == (1.0, 0)
+    # Fine-tuning's loss keys are loop.finetune's, M0's loop.m0's: each phase is set in one place.
+    again = load_config(None, ["loss.box=1.0", "loss.pairwise_warmup_iters=40", "loop.finetune.pairwise_warmup_iters=5",
+                               "loop.m0.points=0.3"])
+    assert train_config(again, 1, seed=0).loss.pairwise_warmup_iters == 5
+    assert (train_config(again, 0, seed=0).loss.points, train_config(again, 0, seed=0).loss.pairwise_warmup_iters) == (
+        0.3, 40)
