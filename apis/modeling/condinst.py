@@ -22,6 +22,7 @@ docs/design.md, "Coordinates"):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,12 +131,7 @@ class CondInst(nn.Module):
     @classmethod
     def from_config(cls, model: ModelConfig, loss: LossConfig | None = None) -> CondInst:
         """CondInst as ``model`` (``cfg.model``) describes, training with the losses of ``loss`` (``cfg.loss``)."""
-        criterion = None if loss is None else CondInstLoss(
-            focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma, points=loss.points, full=loss.full,
-            box=loss.box, pairwise_weight=loss.pairwise_weight, pairwise_dilation=loss.pairwise_dilation,
-            pairwise_colour_threshold=loss.pairwise_colour_threshold, pairwise_warmup_iters=loss.pairwise_warmup_iters,
-            points_per_iter=loss.points_per_iter, point_positive_weight=loss.point_positive_weight,
-            point_negative_weight=loss.point_negative_weight, point_normalisation=loss.point_normalisation)
+        criterion = None if loss is None else CondInstLoss(**dataclasses.asdict(loss))  # every loss key, by name
         return cls(
             model.num_classes, depth=model.depth, backbone_weights=model.backbone_weights, norm=model.norm,
             fpn_channels=model.fpn_channels, head_convs=model.head_convs,
