@@ -32,7 +32,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from apis.utils.io import atomic_write_json
 
     if args.checkpoint:
-        from apis.config import load_config
+        from apis.config_loading import load_config
         from apis.engine.checkpoint import load_checkpoint
         from apis.engine.inference import checkpoint_config, evaluate_checkpoint
 
@@ -52,7 +52,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.config_use import check_overrides_used
     from apis.engine.trainer import train
 
@@ -63,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.engine.pretrain import pretrain
 
     out = pretrain(load_config(args.config, args.overrides), args.out, half=args.half)
@@ -71,7 +71,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.config_use import check_overrides_used
     from apis.engine.distributed import context_from_env
     from apis.loop.run import run_active_loop
@@ -111,7 +111,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_points(args: argparse.Namespace) -> None:
-    from apis.config import load_run_config
+    from apis.config_loading import load_run_config
     from apis.data.ledger import LedgerError, PointLedger
 
     run_dir = Path(args.run_dir)

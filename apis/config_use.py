@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from apis.config import ConfigError, ExperimentConfig, flat_config, parse_overrides
+from apis.config import ConfigError, ExperimentConfig, flat_config
+from apis.config_loading import parse_overrides
 
 COMMANDS = ("train", "run")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from apis.config import load_config
+from apis.config_loading import load_config
 
 DATA_DIR = Path("data/synth")
 CONFIG = "condinst_r18_cpu_synth.yaml"  # built in (apis/configs/): the demo runs from any directory

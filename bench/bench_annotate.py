@@ -34,7 +34,7 @@ import numpy as np
 
 def build_run(work: Path, questions: int) -> Path:
     """A synthetic dataset with enough instances and a run dir whose step 0 holds ``questions`` questions."""
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.data.questions import QuestionQueue
     from apis.data.synth import make_synthetic_dataset
     from apis.loop.asked_points import draw_initial_points

@@ -219,7 +219,7 @@ def stage_image_check(args: argparse.Namespace) -> dict:
 
 
 def run_config(args: argparse.Namespace):
-    from apis.config import load_config
+    from apis.config_loading import load_config
 
     return load_config(None, [f"data.train_json={args.train_json}", f"data.val_json={args.val_json}",
                               f"data.image_root={args.train_images}", f"data.val_image_root={args.val_images}",

@@ -14,7 +14,7 @@ import json
 import resource
 import time
 
-from apis.config import load_config
+from apis.config_loading import load_config
 from apis.data.coco import load_coco
 from apis.engine.inference import ground_truth_of, load_model, run_inference
 from apis.evaluation.coco_eval import evaluate

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from apis.active.compare import compare_runs
-from apis.config import load_config
+from apis.config_loading import load_config
 from apis.loop.run import run_active_loop
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/records.py, wh
 
 from records import provenance, record, write_record  # noqa: E402
 
-from apis.config import load_run_config  # noqa: E402
+from apis.config_loading import load_run_config  # noqa: E402
 from apis.data.coco import load_coco  # noqa: E402
 from apis.data.coords import box_pixel_range  # noqa: E402
 from apis.engine.inference import ground_truth_of  # noqa: E402

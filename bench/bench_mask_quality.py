@@ -53,7 +53,7 @@ import torch
 
 from apis.active.prediction import SelectionImages, iter_prediction_sets
 from apis.active.selection import crop_to_grid
-from apis.config import load_run_config
+from apis.config_loading import load_run_config
 from apis.data.dataset import collate
 from apis.data.transforms import resized_size
 from apis.engine.inference import load_model

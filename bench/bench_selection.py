@@ -25,7 +25,7 @@ import time
 def measure(kind: str, config: str, checkpoint: str, images: int, overrides: list[str]) -> dict:
     from apis.active.prediction import select_with_models
     from apis.active.strategies import get_metric
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.data.coco import load_coco
     from apis.engine.inference import load_model, run_inference
     from apis.utils.device import resolve_device

@@ -36,7 +36,8 @@ def child(args: argparse.Namespace) -> None:
 
     from apis.active.prediction import select_with_models
     from apis.active.strategies import get_metric
-    from apis.config import load_config, to_dict
+    from apis.config import to_dict
+    from apis.config_loading import load_config
     from apis.data.coco import load_coco
     from apis.data.ledger import Answer, PointLedger
     from apis.data.simulated_oracle import SimulatedOracle

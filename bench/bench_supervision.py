@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from apis.active.compare import markdown
-from apis.config import load_config
+from apis.config_loading import load_config
 from apis.engine.inference import evaluate_checkpoint
 from apis.engine.trainer import train
 from apis.report.supervision import REFERENCE, supervision_table

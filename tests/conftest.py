@@ -83,7 +83,7 @@ def human_run(synth_dir, tmp_path):
     stored (``apis run`` stopped at step 0, waiting). ``sections`` update the settings' sections."""
     import yaml
 
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.data.questions import AnswersPending
     from apis.loop.run import run_active_loop
 
@@ -127,7 +127,7 @@ def tiny_overrides():
 @pytest.fixture
 def tiny_config(synth_dir, tmp_path):
     """``(name="run", *extra) -> ExperimentConfig`` of a tiny CPU run in ``tmp_path / name``."""
-    from apis.config import load_config
+    from apis.config_loading import load_config
 
     def make(name="run", *extra):
         return load_config(None, _tiny_overrides(synth_dir, tmp_path / name, *extra))
@@ -145,7 +145,7 @@ def metric_registry(monkeypatch):
 @pytest.fixture(scope="session")
 def finished_runs(synth_dir, tmp_path_factory):
     """An entropy run (P0..P2) and a random run sharing its P0 and M0, finished once per session."""
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.loop.run import run_active_loop
 
     root = tmp_path_factory.mktemp("runs")

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from apis.cli import main
-from apis.config import load_config, to_dict
+from apis.config import to_dict
+from apis.config_loading import load_config
 from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.engine.checkpoint import save_checkpoint
 from apis.evaluation.coco_eval import evaluate

@@ -2,7 +2,8 @@
 
 import pytest
 
-from apis.config import ConfigError, ExperimentConfig, absolute_paths, dump_config, load_config, parse_overrides
+from apis.config import ConfigError, ExperimentConfig
+from apis.config_loading import absolute_paths, dump_config, load_config, parse_overrides
 
 
 def test_overrides_are_typed_and_nested(tmp_path):

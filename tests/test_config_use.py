@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from apis.cli import main
-from apis.config import ConfigError, ExperimentConfig, LossConfig, flat_config, load_config
+from apis.config import ConfigError, ExperimentConfig, LossConfig, flat_config
+from apis.config_loading import load_config
 from apis.config_use import check_overrides_used
 
 PACKAGE = Path(__file__).resolve().parents[1] / "apis"

@@ -5,16 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apis.config import (
-    ConfigError,
-    ExperimentConfig,
-    check_same_config,
-    dump_config,
-    flat_config,
-    load_config,
-    load_run_config,
-    migrate,
-)
+from apis.config import ConfigError, ExperimentConfig, flat_config
+from apis.config_loading import check_same_config, dump_config, load_config, load_run_config, migrate
 from apis.config_versions import CONFIG_VERSION, MIGRATIONS, RENAMED
 
 FIXTURES = Path(__file__).parent / "fixtures"

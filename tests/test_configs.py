@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from apis.config import BUILTIN_CONFIGS, ConfigError, builtin_configs, find_config, load_config
+from apis.config import ConfigError
+from apis.config_loading import BUILTIN_CONFIGS, builtin_configs, find_config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = BUILTIN_CONFIGS

@@ -20,7 +20,7 @@ LAYERS = {
     "engine": 4,
     "modeling": 3, "evaluation": 3,
     "data": 2,
-    "structures": 1, "config": 1, "config_versions": 1, "config_use": 1, "utils": 1,
+    "structures": 1, "config": 1, "config_loading": 1, "config_versions": 1, "config_use": 1, "utils": 1,
 }
 
 

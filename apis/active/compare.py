@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from apis.active.strategies import available_metrics, get_metric
-from apis.config import ExperimentConfig, load_run_config
+from apis.config import ExperimentConfig
+from apis.config_loading import load_run_config
 from apis.utils.io import atomic_save_png, atomic_write_text
 
 TABLE_COLUMNS = (

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from apis.config import ConfigError, ExperimentConfig, load_run_config
+from apis.config import ConfigError, ExperimentConfig
+from apis.config_loading import load_run_config
 from apis.data.coco import CocoDataset
 from apis.loop.run import load_datasets
 from apis.loop.run_dir import RunDirectory

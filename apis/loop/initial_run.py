@@ -6,7 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from apis.config import RESUMABLE_KEYS, ConfigError, ExperimentConfig, config_differences, flat_config, load_run_config
+from apis.config import ConfigError, ExperimentConfig, flat_config
+from apis.config_loading import RESUMABLE_KEYS, config_differences, load_run_config
 from apis.data.ledger import PointLedger
 from apis.loop.run_dir import RunDirectory
 

@@ -34,7 +34,8 @@ import torch
 
 from apis.active.point_constraint import Constraint, constrain_mask, contradicted
 from apis.active.prediction import iter_prediction_sets
-from apis.config import ConfigError, ExperimentConfig, load_run_config
+from apis.config import ConfigError, ExperimentConfig
+from apis.config_loading import load_run_config
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import PointLedger

@@ -27,7 +27,8 @@ import os
 from pathlib import Path
 
 from apis.active.strategies import get_metric
-from apis.config import ConfigError, ExperimentConfig, absolute_paths, check_same_config, dump_config
+from apis.config import ConfigError, ExperimentConfig
+from apis.config_loading import absolute_paths, check_same_config, dump_config
 from apis.data.coco import CocoDataset, DatasetError, load_coco
 from apis.data.ledger import PointLedger
 from apis.data.simulated_oracle import SimulatedOracle

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apis.config import ConfigError, ExperimentConfig, load_run_config
+from apis.config import ConfigError, ExperimentConfig
+from apis.config_loading import load_run_config
 from apis.data.ledger import PointLedger
 from apis.data.questions import QuestionQueue
 from apis.engine.distributed import run_on_main

@@ -22,7 +22,8 @@ import numpy as np
 from apis.active.prediction import SelectionImages, image_prediction_sets, views
 from apis.active.selection import crop_to_grid
 from apis.active.strategies import PointMetric, get_metric
-from apis.config import ConfigError, ExperimentConfig, load_run_config
+from apis.config import ConfigError, ExperimentConfig
+from apis.config_loading import load_run_config
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.ledger import PointLedger
 from apis.data.points import UNSURE

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from apis.active.compare import compare_runs, group_runs, markdown_table
-from apis.config import dump_config, load_config
+from apis.config_loading import dump_config, load_config
 
 
 def _run(tmp_path, name, strategy, aps, seed=0):

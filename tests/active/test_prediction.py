@@ -11,7 +11,8 @@ from apis.active.prediction import (
     views,
 )
 from apis.active.strategies import get_metric
-from apis.config import load_config, to_dict
+from apis.config import to_dict
+from apis.config_loading import load_config
 from apis.data.coco import load_coco
 from apis.data.dataset import collate
 from apis.engine.checkpoint import save_checkpoint

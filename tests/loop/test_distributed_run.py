@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from apis.config import dump_config, load_config
+from apis.config_loading import dump_config, load_config
 from apis.data.coco import load_coco
 from apis.data.ledger import PointLedger
 from apis.loop.run import ActiveLearningRun, run_active_loop

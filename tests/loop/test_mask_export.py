@@ -72,7 +72,7 @@ def test_the_unconstrained_export_is_the_models_mask_and_contradictions_are_coun
 
 
 def test_bought_masks_are_kept_byte_identical(synth_dir, tiny_overrides, tmp_path):
-    from apis.config import load_config
+    from apis.config_loading import load_config
 
     # 10 s a point buys AFIS two 79.2 s masks of the 21 instances at step 0.
     cfg = load_config(None, tiny_overrides(synth_dir, tmp_path / "afis", "loop.steps=0", "afis.level=instance",
@@ -95,7 +95,7 @@ def test_bought_masks_are_kept_byte_identical(synth_dir, tiny_overrides, tmp_pat
 
 def test_the_exported_file_trains_apis_train_with_full_masks(finished_runs, tiny_overrides, synth_dir, tmp_path,
                                                           capsys):
-    from apis.config import dump_config, load_config
+    from apis.config_loading import dump_config, load_config
 
     cfg, _ = finished_runs["entropy"]
     out = tmp_path / "masks.json"

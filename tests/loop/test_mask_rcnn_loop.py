@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from apis.cli import main
-from apis.config import dump_config
+from apis.config_loading import dump_config
 from apis.data.coco import load_coco
 from apis.data.coords import point_in_box
 from apis.engine.checkpoint import load_checkpoint

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apis.config import load_config
+from apis.config_loading import load_config
 from apis.data.ledger import PointLedger
 from apis.loop.run import run_active_loop
 from apis.loop.run_dir import step_dir

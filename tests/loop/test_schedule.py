@@ -2,7 +2,7 @@
 
 import pytest
 
-from apis.config import load_config
+from apis.config_loading import load_config
 from apis.loop.schedule import member_seeds, train_config
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apis.config import ConfigError, LossConfig, ModelConfig, load_config
+from apis.config import ConfigError, LossConfig, ModelConfig
+from apis.config_loading import load_config
 from apis.data.coords import box_pixel_range
 from apis.modeling.build import build_model
 from apis.modeling.condinst import CondInst
