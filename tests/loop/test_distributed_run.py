@@ -1,8 +1,10 @@
-"""`apis run` on two CPU processes under ``torchrun`` (gloo): the loop to the end, and a rank killed mid-selection.
+"""`apis run` on two CPU processes under ``torchrun`` (gloo): the loop to the end, a rank killed mid-selection,
+people answering, and AFIS.
 
 Two processes train other weights than one (per-rank batch statistics, another summation order), so the
-reference is one process *replaying* the run with its checkpoints: it selects, asks and evaluates itself,
-and must end with the same ledger, the same selections and the same validation results.
+reference is one process *replaying* the run with its checkpoints: it selects (or scores and buys), asks and
+evaluates itself, and must end with the same ledger, the same selections (purchases) and the same validation
+results.
 """
 
 import json
