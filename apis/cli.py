@@ -32,7 +32,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from apis.utils.io import atomic_write_json
 
     if args.checkpoint:
-        from apis.config import load_config
+        from apis.config_loading import load_config
         from apis.engine.checkpoint import load_checkpoint
         from apis.engine.inference import checkpoint_config, evaluate_checkpoint
 
@@ -52,16 +52,18 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from apis.config import load_config
+    from apis.config_loading import load_config
+    from apis.config_use import check_overrides_used
     from apis.engine.trainer import train
 
     cfg = load_config(args.config, args.overrides)
+    check_overrides_used("train", cfg, args.overrides)
     final = train(cfg, init_weights=args.init_weights)
     print(f"final checkpoint: {final}")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.engine.pretrain import pretrain
 
     out = pretrain(load_config(args.config, args.overrides), args.out, half=args.half)
@@ -69,12 +71,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from apis.active.distributed_loop import run_loop
-    from apis.config import load_config
+    from apis.config_loading import load_config
+    from apis.config_use import check_overrides_used
     from apis.engine.distributed import context_from_env
+    from apis.loop.run import run_active_loop
 
     cfg = load_config(args.config, args.overrides)
-    rows = run_loop(cfg)  # one process, or every rank under torchrun
+    check_overrides_used("run", cfg, args.overrides)
+    rows = run_active_loop(cfg)  # one process, or every rank under torchrun
     for row in rows if context_from_env().is_main else ():
         ap = "undefined" if row["mask_AP"] is None else f"{row['mask_AP']:.2f}"
         bought = f"{row['masks']} masks" if "masks" in row else f"{row['points_per_instance']:.2f} points/instance"
@@ -107,7 +111,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_points(args: argparse.Namespace) -> None:
-    from apis.config import load_run_config
+    from apis.config_loading import load_run_config
     from apis.data.ledger import LedgerError, PointLedger
 
     run_dir = Path(args.run_dir)
@@ -122,7 +126,7 @@ def _cmd_export_points(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_masks(args: argparse.Namespace) -> None:
-    from apis.active.mask_export import export_run_masks, masks_to_coco, open_run_step, summarise, write_coco
+    from apis.loop.mask_export import export_run_masks, masks_to_coco, open_run_step, summarise, write_coco
 
     run = open_run_step(args.run_dir, args.step)  # everything is checked before the model runs
     if args.format == "label-studio":
@@ -177,9 +181,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 # ---- people answering (oracle.kind=human; docs/annotate.md) ------------------------------------------
 def _cmd_status(args: argparse.Namespace) -> None:
-    from apis.active.questions import QuestionQueue, format_status
-    from apis.active.run_dir import RunDirectory
     from apis.config import ConfigError
+    from apis.data.questions import QuestionQueue, format_status
+    from apis.loop.run_dir import RunDirectory
 
     run = RunDirectory(args.run_dir)
     if not run.ledger_path.is_file():
@@ -193,10 +197,10 @@ def _cmd_status(args: argparse.Namespace) -> None:
 
 
 def _cmd_annotate(args: argparse.Namespace) -> None:
-    from apis.active.human import open_human_run
-    from apis.active.questions import QuestionQueue
     from apis.annotate.server import TOKEN_ENV, Access, AnnotationApp, check_serve_options, serve
     from apis.config import ConfigError
+    from apis.data.questions import QuestionQueue
+    from apis.loop.human import open_human_run
 
     check_serve_options(args.port, args.lease_seconds, args.answers_per_question)
     run = open_human_run(args.run_dir, writing=True)
@@ -219,9 +223,9 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_tasks(args: argparse.Namespace) -> None:
-    from apis.active.human import open_human_run
-    from apis.active.questions import QuestionError, QuestionQueue
+    from apis.data.questions import QuestionError, QuestionQueue
     from apis.interop.label_studio import export_tasks
+    from apis.loop.human import open_human_run
 
     run = open_human_run(args.run_dir)
     with QuestionQueue(run.ledger_path, read_only=True) as queue:
@@ -233,9 +237,9 @@ def _cmd_export_tasks(args: argparse.Namespace) -> None:
 
 
 def _cmd_import_answers(args: argparse.Namespace) -> None:
-    from apis.active.human import open_human_run
-    from apis.active.questions import QuestionQueue
+    from apis.data.questions import QuestionQueue
     from apis.interop.label_studio import read_answers
+    from apis.loop.human import open_human_run
 
     run = open_human_run(args.run_dir, writing=True)
     with QuestionQueue(run.ledger_path) as queue:
@@ -248,16 +252,16 @@ def _cmd_import_answers(args: argparse.Namespace) -> None:
 
 def _latest_step_status(queue) -> str:
     """The ``apis status`` line of the latest step with questions."""
-    from apis.active.questions import format_status
+    from apis.data.questions import format_status
 
     summaries = [s for s in queue.summaries() if s.step == queue.progress().step]
     return format_status(summaries, trained=set()).splitlines()[0]
 
 
 def _cmd_label_studio_push(args: argparse.Namespace) -> None:
-    from apis.active.human import open_human_run
-    from apis.active.questions import QuestionQueue
+    from apis.data.questions import QuestionQueue
     from apis.interop.label_studio_api import push
+    from apis.loop.human import open_human_run
 
     redundancy = args.answers_per_question is not None
     run = open_human_run(args.run_dir, writing=redundancy)
@@ -269,9 +273,9 @@ def _cmd_label_studio_push(args: argparse.Namespace) -> None:
 
 
 def _cmd_label_studio_pull(args: argparse.Namespace) -> None:
-    from apis.active.human import open_human_run
-    from apis.active.questions import QuestionQueue
+    from apis.data.questions import QuestionQueue
     from apis.interop.label_studio_api import pull, watch
+    from apis.loop.human import open_human_run
 
     run = open_human_run(args.run_dir, writing=True)
     with QuestionQueue(run.ledger_path) as queue:
@@ -285,8 +289,8 @@ def _cmd_label_studio_pull(args: argparse.Namespace) -> None:
 
 
 def _cmd_answers_withdraw(args: argparse.Namespace) -> None:
-    from apis.active.human import open_human_run
-    from apis.active.questions import LABEL_NAMES, QuestionQueue
+    from apis.data.questions import LABEL_NAMES, QuestionQueue
+    from apis.loop.human import open_human_run
 
     run = open_human_run(args.run_dir, writing=True)
     with QuestionQueue(run.ledger_path) as queue:
@@ -500,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from apis.active.questions import AnswersPending
+    from apis.data.questions import AnswersPending
     from apis.utils.errors import ApisError
 
     try:

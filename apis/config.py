@@ -1,62 +1,25 @@
-"""Typed configuration: dataclasses per role, loaded from YAML with ``key=value`` overrides.
+"""The config's schema: one typed dataclass per role (:class:`ExperimentConfig` and its sections), each key's
+type, choices (``Literal``) and range, and the rules between keys (:func:`validate`).
 
-A config file mirrors :class:`ExperimentConfig`; every key is checked against the dataclass
-fields, so a typo fails before any work starts with the full key and the allowed names::
-
-    cfg = load_config("condinst_r18_cpu_dsb.yaml", ["solver.max_iter=200", "model.depth=18"])
-
-Values in overrides are parsed as YAML (``a=[1,2]``, ``b=true``, ``c=0.5``). A config file is a path, or
-the name of a config shipped in ``apis/configs/``. Stored configs carry ``config_version`` and are migrated
-when read (:mod:`apis.config_versions`); :func:`check_same_config` is how a resumed run refuses a changed one.
+Reading it from YAML with ``key=value`` overrides, migrating stored configs and comparing a resumed run's:
+:mod:`apis.config_loading`. Which command uses which key: :mod:`apis.config_use`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import math
-import os
-import types
-import typing
-from collections.abc import Set
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from apis.config_versions import CONFIG_VERSION, MIGRATIONS, UNVERSIONED
+from apis.config_versions import CONFIG_VERSION
 from apis.utils.errors import ApisError
 
 
 class ConfigError(ApisError, ValueError):
     """A config key or value is wrong; the message names the key and what is allowed."""
-
-
-BUILTIN_CONFIGS = Path(str(importlib.resources.files("apis") / "configs"))
-"""The configs shipped with APIS (package data: they come with ``pip install``)."""
-
-
-def builtin_configs() -> list[str]:
-    """File names of the built-in configs, sorted."""
-    return sorted(path.name for path in BUILTIN_CONFIGS.glob("*.yaml"))
-
-
-def find_config(path: str | Path) -> Path:
-    """The config file ``path`` names: the file itself when it exists, else the built-in config with its file
-    name (``.yaml`` may be left out). So ``condinst_r18_cpu_synth.yaml`` works from any directory, and a command
-    written for a checkout (``configs/condinst_r18_cpu_synth.yaml``) works from an installed package.
-
-    Raises:
-        ConfigError: neither exists; the message lists the built-in configs.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    name = path.name if path.suffix else f"{path.name}.yaml"
-    if (BUILTIN_CONFIGS / name).is_file():
-        return BUILTIN_CONFIGS / name
-    raise ConfigError(f"config file not found: {path} (built-in configs: {', '.join(builtin_configs())})")
 
 
 @dataclass
@@ -65,10 +28,10 @@ class ModelConfig:
 
     # "condinst" (the paper's model) or "mask_rcnn" (torchvision's Mask R-CNN with the point loss in each
     # proposal's box frame; uses depth, backbone_weights, norm, num_classes, fpn_channels and the test keys below).
-    arch: str = "condinst"
-    depth: int = 50  # ResNet depth: 18, 34, 50 or 101
+    arch: Literal["condinst", "mask_rcnn"] = "condinst"
+    depth: Literal[18, 34, 50, 101] = 50  # ResNet depth
     backbone_weights: str = "none"  # "none", "imagenet" (torchvision's, must be cached locally) or a file path
-    norm: str = "frozen_bn"  # backbone norm: "frozen_bn" or "bn"
+    norm: Literal["frozen_bn", "bn"] = "frozen_bn"  # backbone norm
     num_classes: int = 80
     fpn_channels: int = 256
     head_convs: int = 4  # convs in each FCOS tower
@@ -79,13 +42,13 @@ class ModelConfig:
     # Controller bias at initialisation: "fan_in" starts every instance with a He-initialised mask MLP;
     # "zeros" is AdelaiDet's (all dynamic weights ~0.01 x features), which left the mask head spatially
     # constant under point or box supervision in our short CPU schedules (docs/results.md).
-    dynamic_init: str = "fan_in"
+    dynamic_init: Literal["fan_in", "zeros"] = "fan_in"
     # Between the dynamic head's layers: "relu" (AdelaiDet) or "leaky_relu" (slope 0.1), which keeps a
     # gradient through units that point supervision would otherwise switch off for good (docs/results.md).
-    dynamic_activation: str = "relu"
+    dynamic_activation: Literal["relu", "leaky_relu"] = "relu"
     # Stride of the mask branch's features, where the dynamic head runs: 8 (CondInst's, P3-P5) or 4 (P3-P5
     # and the ResNet's stride-4 stage C2; docs/design.md, "Sharp masks").
-    mask_feature_stride: int = 8
+    mask_feature_stride: Literal[8, 4] = 8
     mask_out_stride: int = 4  # stride of the mask logits: the dynamic head's output upsampled bilinearly
     # Run each instance's dynamic head only on the cells that can hold a box its location is assigned
     # (within the level's upper size edge), background elsewhere: what makes stride 4 affordable.
@@ -126,7 +89,7 @@ class LossConfig:
     # How the point BCE is averaged: "point" (PointSup: mean over every labelled point of the batch) or
     # "instance" (each instance's points summed, mean over instances), which keeps each point's pull as an
     # instance gets more points (docs/design.md, "Training from boxes and a few points").
-    point_normalisation: str = "point"
+    point_normalisation: Literal["point", "instance"] = "point"
 
 
 @dataclass
@@ -176,13 +139,13 @@ class SelectionConfig:
     """How a step picks the point of each instance (docs/design.md, "The method")."""
 
     metric: str = "entropy"
-    sets: list[str] = field(default_factory=lambda: ["anchors"])  # anchors, models, scales
+    sets: list[Literal["anchors", "models", "scales"]] = field(default_factory=lambda: ["anchors"])
     ensemble_seeds: list[int] = field(default_factory=lambda: [1, 2])  # extra models for the "models" set
     scales: list[int] = field(default_factory=lambda: [640, 800, 960])
     flips: bool = False
     # "per_instance": one point per instance per step (the paper); "global": as many points in all, spent
     # across instances by score, so confident instances get none and hard ones several (apis.active.allocation).
-    allocation: str = "per_instance"
+    allocation: Literal["per_instance", "global"] = "per_instance"
     max_points_per_instance: int = 5  # global: at most this many points of one instance per step
     min_point_distance: float = 3.0  # global: pixels between two points of one instance chosen in one step
 
@@ -195,12 +158,28 @@ class OracleConfig:
     # "simulated" answers from the GT masks inside `apis run`; "human" stores each step's questions and stops
     # until people have answered them (`apis annotate`, docs/annotate.md), and the measured seconds of their
     # answers replace point_cost_s.
-    kind: str = "simulated"
+    kind: Literal["simulated", "human"] = "simulated"
     point_cost_s: float = 0.9
     mask_cost_s: float = 79.2
     box_cost_s: float = 7.0
     flip_prob: float = 0.0
     unsure_rate: float = 0.0
+
+
+@dataclass
+class M0Loss:
+    """The ``loss.*`` keys ``apis run`` trains M0 with, over the ``loss`` section (which is ``apis train``'s)."""
+
+    points: float = 0.1  # the point-loss weight of M0 (the authors' code); 0 with loop.init=boxinst (no P0)
+
+
+@dataclass
+class FinetuneLoss:
+    """The ``loss.*`` keys ``apis run`` fine-tunes every later model with, over the ``loss`` section."""
+
+    points: float = 1.0  # the point-loss weight of fine-tuning
+    # Fine-tuning continues M0, whose BoxInst pairwise term has already been ramped up: no second warm-up.
+    pairwise_warmup_iters: int = 0
 
 
 @dataclass
@@ -211,17 +190,17 @@ class LoopConfig:
     finetune_iters: int = 30000
     finetune_lr: float = 0.01
     finetune_steps: list[int] = field(default_factory=lambda: [10000, 20000])
-    points_loss_m0: float = 0.1  # weight of the point loss for M0 (authors' code)
-    points_loss_finetune: float = 1.0
+    m0: M0Loss = field(default_factory=M0Loss)
+    finetune: FinetuneLoss = field(default_factory=FinetuneLoss)
     initial_run: str = ""  # another run dir with the same seed/data/M0 config: reuse its P0 and M0
     # Another run dir: train on the points its model chose (its ledger's answers of every step) instead of
-    # selecting; the transfer test (apis.active.transfer).
+    # selecting; the transfer test (apis.loop.transfer).
     points_from: str = ""
     # How M0 is trained: "points" (the paper's P0, one random point per instance) or "boxinst" (P'_s: M0 from
     # boxes alone with the BoxInst terms, loss.box > 0; no P0, so every instance has s points at step s).
-    init: str = "points"
+    init: Literal["points", "boxinst"] = "points"
     # Fine-tune with point-loss class weights that give the labelled points the object share of P0's random
-    # points (see apis.active.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
+    # points (see apis.loop.schedule.point_prior_weights). Off by default: the paper trains on points unweighted.
     point_prior_correction: bool = False
 
 
@@ -230,8 +209,8 @@ class AfisConfig:
     """AFIS, the paper's baseline: the seconds APIS spends on points spent on full masks instead
     (docs/design.md, "AFIS")."""
 
-    level: str = "none"  # "none" (APIS: points), "image" (buy every mask of chosen images) or "instance"
-    scorer: str = "random"  # which to buy first: "random", "mean-entropy" or "min-det-loss"
+    level: Literal["none", "image", "instance"] = "none"  # none (APIS: points), image (every mask of an image)
+    scorer: Literal["random", "mean-entropy", "min-det-loss"] = "random"  # which to buy first
 
 
 @dataclass
@@ -252,212 +231,12 @@ class ExperimentConfig:
     afis: AfisConfig = field(default_factory=AfisConfig)
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check ``value`` against a dataclass field type, converting int->float and str->inf."""
-    origin = typing.get_origin(annotation)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return _build(annotation, value, key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        (item_type,) = typing.get_args(annotation)
-        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(annotation):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key '{key}' has value {value!r} not of type {annotation}")
-    if annotation is float:
-        if isinstance(value, str) and value.lower() in ("inf", ".inf", "infinity"):
-            return float("inf")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif annotation is type(None) and value is None:
-        return None
-    raise ConfigError(f"config key '{key}' expects {getattr(annotation, '__name__', annotation)}, got {value!r}")
-
-
-def _build(cls: type, values: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            raise ConfigError(f"unknown config key '{full}'; allowed keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
-
-
-def _set_nested(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """``["a.b=1", "c=[1,2]"]`` -> nested dict, values parsed as YAML."""
-    tree: dict = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. solver.max_iter=100)")
-        key, raw = item.split("=", 1)
-        _set_nested(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    return tree
-
-
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def migrate(values: dict, version: int) -> dict:
-    """``values`` (a nested config dict written at ``version``) with the migrations since applied.
-
-    Raises:
-        ConfigError: ``version`` is not one this APIS knows.
-    """
-    if not (isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= CONFIG_VERSION):
-        raise ConfigError(f"config_version {version!r} is not one this APIS reads (1..{CONFIG_VERSION}); "
-                          "was it written by a newer APIS?")
-    migrated = dict(values)
-    for step in range(version, CONFIG_VERSION):
-        for dotted, old_value in MIGRATIONS[step].items():
-            *sections, key = dotted.split(".")
-            node = migrated
-            for section in sections:  # copies along the path: ``values`` is left as it was
-                if not isinstance(node.get(section, {}), dict):
-                    break  # not a mapping: building the config names the key
-                node[section] = node = dict(node.get(section, {}))
-            else:
-                node.setdefault(key, old_value)
-    return migrated
-
-
-def config_from_dict(values: dict, overrides: list[str] | None = None, default_version: int = CONFIG_VERSION
-                     ) -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig` from a nested dict, then ``overrides``.
-
-    ``values`` may carry ``config_version``; without one it is read as ``default_version`` (a stored config
-    without it predates versioning: pass :data:`~apis.config_versions.UNVERSIONED`).
-    """
-    values = dict(values)
-    values = migrate(values, values.pop("config_version", default_version))
-    cfg = _build(ExperimentConfig, _merge(values, parse_overrides(overrides or [])))
-    validate(cfg)
-    return cfg
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config and apply overrides.
-
-    ``path`` is a file or the name of a built-in config (:func:`find_config`); ``_base_: other.yaml`` chains
-    are resolved relative to the file (then among the built-in configs). A file without ``config_version`` is
-    read as written for this APIS.
-    """
-    if path is None:
-        return config_from_dict({}, overrides)
-    return _from_file(find_config(path), overrides, CONFIG_VERSION)
-
-
-def load_run_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """The config a run stored (``config.yaml``), migrated to this APIS (no ``config_version``: version 1).
-
-    Runs store absolute paths (:func:`absolute_paths`); a relative path in an older run's config is read, as
-    that run read it, against the current directory.
-    """
-    return absolute_paths(_from_file(Path(path), overrides, UNVERSIONED))
-
-
-# Config keys holding a path to a file or folder (docs/design.md, "Config versions"); model.backbone_weights
-# also takes names ("none", "imagenet", a bundled file), which have neither a folder nor a file suffix.
-PATH_KEYS = ("data.train_json", "data.val_json", "data.image_root", "data.val_image_root", "data.train_points",
-             "loop.initial_run", "loop.points_from", "model.backbone_weights")
-
-
-def absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> ExperimentConfig:
-    """``cfg`` with every relative path of :data:`PATH_KEYS` made absolute against ``base`` (default: the
-    current directory), so that a run's stored config means the same files from any directory."""
-    base = Path.cwd() if base is None else Path(base)
-    sections = {}
-    for key in PATH_KEYS:
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        is_path = key != "model.backbone_weights" or "/" in value or Path(value).suffix
-        if value and is_path and not Path(value).is_absolute():
-            sections.setdefault(section, {})[name] = os.path.normpath(base / value)
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)
-                                       for section, values in sections.items()})
-
-
-def _from_file(path: Path, overrides: list[str] | None, default_version: int) -> ExperimentConfig:
-    values = _read_yaml_with_base(path)
-    try:
-        return config_from_dict(values, overrides, default_version)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
-
-
-def _read_yaml_with_base(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    path = find_config(path)
-    if path.resolve() in chain:
-        raise ConfigError(f"{path}: its _base_ chain comes back to it ({' -> '.join(map(str, chain))})")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    base = values.pop("_base_", None)
-    if base is not None:
-        values = _merge(_read_yaml_with_base(path.parent / base, (*chain, path.resolve())), values)
-    return values
-
-
-def _check_choice(key: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}' is {value!r}; allowed values: {', '.join(map(str, allowed))}")
-
-
 def validate(cfg: ExperimentConfig) -> None:
-    """Value checks that types alone cannot express. Raises :class:`ConfigError`."""
-    _check_choice("model.depth", cfg.model.depth, (18, 34, 50, 101))
-    _check_choice("model.arch", cfg.model.arch, ("condinst", "mask_rcnn"))
-    _check_range("model.roi_samples_per_image", cfg.model.roi_samples_per_image, minimum=1)
+    """The rules between keys (a key's own type, choices and range are checked as it is read). Raises
+    :class:`ConfigError` naming the keys."""
     if cfg.model.arch == "mask_rcnn" and cfg.loss.full > 0:
         raise ConfigError(f"model.arch=mask_rcnn learns its masks from points and boxes (loss.points, loss.box), "
                           f"not from full masks; set loss.full=0 (got {cfg.loss.full})")
-    _check_choice("model.norm", cfg.model.norm, ("frozen_bn", "bn"))
-    _check_choice("model.dynamic_init", cfg.model.dynamic_init, ("fan_in", "zeros"))
-    _check_choice("model.mask_feature_stride", cfg.model.mask_feature_stride, (8, 4))
-    _check_choice("model.dynamic_activation", cfg.model.dynamic_activation, ("relu", "leaky_relu"))
-    _check_choice("loss.point_normalisation", cfg.loss.point_normalisation, ("point", "instance"))
-    _check_choice("oracle.kind", cfg.oracle.kind, ("simulated", "human"))
-    _check_choice("loop.init", cfg.loop.init, ("points", "boxinst"))
-    _check_choice("afis.level", cfg.afis.level, ("none", "image", "instance"))
-    _check_choice("afis.scorer", cfg.afis.scorer, ("random", "mean-entropy", "min-det-loss"))
     if cfg.afis.level != "none":
         if cfg.loss.full <= 0:
             raise ConfigError("config key 'afis.level' is set: AFIS trains on the masks it buys, which needs the "
@@ -468,45 +247,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.loop.init == "boxinst" and cfg.loss.box <= 0:
         raise ConfigError("config key 'loop.init' is 'boxinst': M0 learns masks from boxes alone, which needs the "
                           "BoxInst terms on (loss.box > 0, e.g. loss.box=1.0)")
-    for name in cfg.selection.sets:
-        _check_choice("selection.sets", name, ("anchors", "models", "scales"))
-    _check_choice("selection.allocation", cfg.selection.allocation, ("per_instance", "global"))
-    _check_range("selection.max_points_per_instance", cfg.selection.max_points_per_instance, minimum=1)
-    _check_range("selection.min_point_distance", cfg.selection.min_point_distance, minimum=0.0)
-    if not cfg.selection.sets:
-        raise ConfigError("config key 'selection.sets' must name at least one of: anchors, models, scales")
-    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise ConfigError(f"config key 'device' is {cfg.device!r}; allowed values: auto, cpu, cuda, cuda:N")
-    if cfg.loss.points < 0 or cfg.loss.full < 0 or cfg.loss.box < 0 or cfg.loss.full_bce < 0:
-        raise ConfigError("config keys 'loss.points', 'loss.full', 'loss.box', 'loss.full_bce' must be >= 0")
     if cfg.loss.full_bce > 0 and cfg.loss.full <= 0:
         raise ConfigError(f"config key 'loss.full_bce' is {cfg.loss.full_bce}: it adds to the full-mask loss, which "
                           "is off; set loss.full > 0 (e.g. loss.full=1.0) or loss.full_bce=0")
-    if cfg.loss.point_positive_weight <= 0 or cfg.loss.point_negative_weight <= 0:
-        raise ConfigError("config keys 'loss.point_positive_weight', 'loss.point_negative_weight' must be > 0")
-    if cfg.solver.batch_size < 1:
-        raise ConfigError("config key 'solver.batch_size' must be >= 1")
-    if list(cfg.solver.steps) != sorted(cfg.solver.steps):
-        raise ConfigError("config key 'solver.steps' must be increasing")
-    if list(cfg.loop.finetune_steps) != sorted(cfg.loop.finetune_steps):
-        raise ConfigError("config key 'loop.finetune_steps' must be increasing")
-    # Checked here, before any work: a bad schedule found by the optimiser (or after M0) names no key.
-    _check_range("solver.base_lr", cfg.solver.base_lr, minimum=0.0)
-    _check_range("loop.finetune_lr", cfg.loop.finetune_lr, minimum=0.0)
-    _check_range("solver.max_iter", cfg.solver.max_iter, minimum=1)
-    _check_range("loop.finetune_iters", cfg.loop.finetune_iters, minimum=1)
-    _check_range("loop.steps", cfg.loop.steps, minimum=0)
-    _check_range("solver.momentum", cfg.solver.momentum, minimum=0.0)
-    _check_range("solver.weight_decay", cfg.solver.weight_decay, minimum=0.0)
-    _check_range("solver.gamma", cfg.solver.gamma, minimum=0.0, strict=True)
-    _check_range("solver.warmup_iters", cfg.solver.warmup_iters, minimum=0)
-    if cfg.solver.keep_checkpoints is not None:
-        _check_range("solver.keep_checkpoints", cfg.solver.keep_checkpoints, minimum=1)
-    for key in ("point_cost_s", "mask_cost_s", "box_cost_s"):
-        _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0)
-    for key in ("flip_prob", "unsure_rate"):
-        _check_range(f"oracle.{key}", getattr(cfg.oracle, key), minimum=0.0, maximum=1.0)
-    _validate_ranges(cfg)
 
 
 # Keys whose value must be at least a minimum (and at most a maximum when given); each is checked at load, so a
@@ -526,7 +269,14 @@ _RANGES = {
     "data.hflip_prob": (0.0, 1.0), "data.num_workers": (0, None),
     "solver.warmup_factor": (0.0, 1.0), "solver.clip_grad_norm": (0.0, None), "solver.checkpoint_period": (1, None),
     "solver.log_period": (1, None),
-    "loop.points_loss_m0": (0.0, None), "loop.points_loss_finetune": (0.0, None),
+    "loop.m0.points": (0.0, None), "loop.finetune.points": (0.0, None),
+    "loop.finetune.pairwise_warmup_iters": (0, None),
+    "model.roi_samples_per_image": (1, None), "selection.max_points_per_instance": (1, None),
+    "selection.min_point_distance": (0.0, None), "solver.batch_size": (1, None), "solver.base_lr": (0.0, None),
+    "loop.finetune_lr": (0.0, None), "solver.max_iter": (1, None), "loop.finetune_iters": (1, None),
+    "loop.steps": (0, None), "solver.momentum": (0.0, None), "solver.weight_decay": (0.0, None),
+    "solver.warmup_iters": (0, None), "oracle.point_cost_s": (0.0, None), "oracle.mask_cost_s": (0.0, None),
+    "oracle.box_cost_s": (0.0, None), "oracle.flip_prob": (0.0, 1.0), "oracle.unsure_rate": (0.0, 1.0),
 }
 # List keys: at least one item (when the minimum length is 1), every item at least its minimum.
 _LIST_RANGES = {"data.min_size_train": (1, 1), "solver.steps": (0, 0), "loop.finetune_steps": (0, 0),
@@ -534,11 +284,14 @@ _LIST_RANGES = {"data.min_size_train": (1, 1), "solver.steps": (0, 0), "loop.fin
 
 
 def _value(cfg: ExperimentConfig, key: str) -> Any:
-    section, _, name = key.rpartition(".")
-    return getattr(getattr(cfg, section) if section else cfg, name)
+    value = cfg
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
 
 
-def _validate_ranges(cfg: ExperimentConfig) -> None:
+def check_values(cfg: ExperimentConfig) -> None:
+    """Each key's own range (and the few rules on one key a range cannot say), before :func:`validate`."""
     for key, (minimum, maximum) in _RANGES.items():
         _check_range(key, _value(cfg, key), minimum=minimum, maximum=maximum)
     for key, (min_length, minimum) in _LIST_RANGES.items():
@@ -561,6 +314,21 @@ def _validate_ranges(cfg: ExperimentConfig) -> None:
                           "than the 5 pyramid levels P3-P7")
     if not cfg.output_dir.strip():
         raise ConfigError("config key 'output_dir' is empty; name the run's folder")
+    if not cfg.selection.sets:
+        raise ConfigError("config key 'selection.sets' must name at least one of: anchors, models, scales")
+    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"config key 'device' is {cfg.device!r}; allowed values: auto, cpu, cuda, cuda:N")
+    if cfg.loss.points < 0 or cfg.loss.full < 0 or cfg.loss.box < 0 or cfg.loss.full_bce < 0:
+        raise ConfigError("config keys 'loss.points', 'loss.full', 'loss.box', 'loss.full_bce' must be >= 0")
+    if cfg.loss.point_positive_weight <= 0 or cfg.loss.point_negative_weight <= 0:
+        raise ConfigError("config keys 'loss.point_positive_weight', 'loss.point_negative_weight' must be > 0")
+    for key in ("solver.steps", "loop.finetune_steps"):
+        if list(_value(cfg, key)) != sorted(_value(cfg, key)):
+            raise ConfigError(f"config key '{key}' must be increasing")
+    # Checked here, before any work: a bad schedule found by the optimiser (or after M0) names no key.
+    _check_range("solver.gamma", cfg.solver.gamma, minimum=0.0, strict=True)
+    if cfg.solver.keep_checkpoints is not None:
+        _check_range("solver.keep_checkpoints", cfg.solver.keep_checkpoints, minimum=1)
 
 
 def _check_range(key: str, value: float, minimum: float, strict: bool = False, maximum: float | None = None
@@ -578,18 +346,6 @@ def to_dict(cfg: ExperimentConfig) -> dict:
     return {"config_version": CONFIG_VERSION, **dataclasses.asdict(cfg)}
 
 
-def dump_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
-    from apis.utils.io import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-RESUMABLE_KEYS = frozenset({"output_dir", "device", "data.num_workers", "loop.steps", "solver.keep_checkpoints"})
-"""Keys that may change between a run and its resumption: where it lives, what it runs on, more steps, and how
-many checkpoints it keeps on disk."""
-
-
 def flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """``{"solver.max_iter": 90000, ...}``, every value as it reads back from YAML."""
     def flatten(tree: dict, prefix: str) -> dict:
@@ -602,28 +358,3 @@ def flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
         return flat
 
     return flatten(yaml.safe_load(yaml.safe_dump(dataclasses.asdict(cfg))), "")
-
-
-def config_differences(old: ExperimentConfig, new: ExperimentConfig, ignore: Set[str] = frozenset()
-                       ) -> list[str]:
-    """``"key: old -> new"`` for every key (dotted, sorted) whose value differs, except those in ``ignore``."""
-    before, after = flat_config(old), flat_config(new)
-    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(before.keys() | after.keys())
-            if key not in ignore and before.get(key) != after.get(key)]
-
-
-def check_same_config(stored_path: str | Path, cfg: ExperimentConfig, may_change: Set[str] = RESUMABLE_KEYS
-                      ) -> None:
-    """Refuse to resume the run whose config is ``stored_path`` with a different ``cfg`` (nothing to do when
-    the file does not exist yet). Keys in ``may_change`` may differ.
-
-    Raises:
-        ConfigError: naming the file and each changed key with its stored and its new value.
-    """
-    stored_path = Path(stored_path)
-    if not stored_path.exists():
-        return
-    changed = config_differences(load_run_config(stored_path), cfg, may_change)
-    if changed:
-        raise ConfigError(f"{stored_path} was written by a run with a different config ({'; '.join(changed)}); "
-                          f"resume with the same config or choose another output_dir")

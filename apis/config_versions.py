@@ -11,7 +11,9 @@ To add a config key: give its dataclass field a default, then add one line here,
 mapping the key (dotted) to the value that reproduces the behaviour before it existed, e.g.
 ``3: {"loss.new_weight": 0.0},``. ``CONFIG_VERSION`` follows; save the config the new version writes as
 ``tests/fixtures/config_v<CONFIG_VERSION>.yaml`` (``dump_config(ExperimentConfig(), ...)``), and
-tests/test_config_versions.py checks that no key was left out.
+tests/test_config_versions.py checks that no key was left out. To rename a key, map its old dotted name to the
+new one in :data:`RENAMED` under the version that last had the old name: a stored config is read with the new
+name, and a config that gives the old one is told the new one.
 """
 
 from __future__ import annotations
@@ -36,7 +38,16 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     # Version 7: the mask branch worked at P3's stride only, the dynamic head on the whole image, and full masks
     # trained by Dice alone.
     7: {"model.mask_feature_stride": 8, "model.mask_head_window": False, "loss.full_bce": 0.0},
+    # Version 8: fine-tuning always started its BoxInst pairwise term at full weight (the loop set
+    # loss.pairwise_warmup_iters to 0; now loop.finetune.pairwise_warmup_iters).
+    8: {"loop.finetune.pairwise_warmup_iters": 0},
 }
+
+RENAMED: dict[int, dict[str, str]] = {
+    # Version 8: the point-loss weights of the loop's phases became sections over loss.* (loop.m0, loop.finetune).
+    8: {"loop.points_loss_m0": "loop.m0.points", "loop.points_loss_finetune": "loop.finetune.points"},
+}
+"""Keys renamed after a version: applied, old name to new, before that version's added keys."""
 
 CONFIG_VERSION = max(MIGRATIONS) + 1
 """The version this APIS writes: one after the last migration."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from apis.config import load_config
+from apis.config_loading import load_config
 
 DATA_DIR = Path("data/synth")
 CONFIG = "condinst_r18_cpu_synth.yaml"  # built in (apis/configs/): the demo runs from any directory
@@ -31,8 +31,8 @@ QUICK_OVERRIDES = ["solver.max_iter=30", "loop.finetune_iters=10", "data.max_tra
 def run_demo(out_dir: Path, quick: bool = False, steps: int = 3) -> str:
     """Run the demo into ``out_dir``; returns the comparison table (markdown)."""
     from apis.active.compare import compare_runs
-    from apis.active.loop import run_active_loop
     from apis.data.synth import make_synthetic_dataset
+    from apis.loop.run import run_active_loop
     from apis.report.html import write_report
 
     extra = QUICK_OVERRIDES if quick else []
@@ -63,8 +63,8 @@ def run_demo(out_dir: Path, quick: bool = False, steps: int = 3) -> str:
 
 def export_masks(run_dir: Path, out: Path) -> str:
     """Export ``run_dir``'s masks of its last step to ``out``; returns a line comparing them with the GT masks."""
-    from apis.active.mask_export import export_run_masks, masks_to_coco, open_run_step, write_coco
-    from apis.active.mask_quality import score_training_masks, summarise_quality
+    from apis.loop.mask_export import export_run_masks, masks_to_coco, open_run_step, write_coco
+    from apis.loop.mask_quality import score_training_masks, summarise_quality
 
     run = open_run_step(run_dir)
     write_coco(out, masks_to_coco(run.train_set, export_run_masks(run, progress=False)))
@@ -78,7 +78,7 @@ def _run_arm(overrides: list[str]) -> None:
     """One strategy's loop in a child process, on one core."""
     import torch
 
-    from apis.active.loop import run_active_loop
+    from apis.loop.run import run_active_loop
 
     torch.set_num_threads(1)
     run_active_loop(load_config(CONFIG, overrides))

@@ -35,10 +35,11 @@ from records import add_record_option, provenance, save
 
 def build_run(work: Path, questions: int) -> Path:
     """A synthetic dataset with enough instances and a run dir whose step 0 holds ``questions`` questions."""
-    from apis.active.loop import ActiveLearningRun, draw_initial_points
-    from apis.active.questions import QuestionQueue
-    from apis.config import load_config
+    from apis.config_loading import load_config
+    from apis.data.questions import QuestionQueue
     from apis.data.synth import make_synthetic_dataset
+    from apis.loop.asked_points import draw_initial_points
+    from apis.loop.run import ActiveLearningRun
 
     images = max(8, int(questions / 3.0) + 40)  # ~3.5 instances per 64 px image; checked below
     make_synthetic_dataset(work / "data", num_images=images, size=64, seed=0, val_fraction=0.02)
@@ -172,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     recording = provenance()
 
-    from apis.active.questions import QuestionQueue
+    from apis.data.questions import QuestionQueue
 
     run_dir = build_run(args.work, args.questions)
     names = [f"annotator-{i + 1}" for i in range(args.clients)]

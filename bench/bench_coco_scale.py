@@ -220,7 +220,7 @@ def stage_image_check(args: argparse.Namespace) -> dict:
 
 
 def run_config(args: argparse.Namespace):
-    from apis.config import load_config
+    from apis.config_loading import load_config
 
     return load_config(None, [f"data.train_json={args.train_json}", f"data.val_json={args.val_json}",
                               f"data.image_root={args.train_images}", f"data.val_image_root={args.val_images}",
@@ -229,7 +229,9 @@ def run_config(args: argparse.Namespace):
 
 
 def stage_ask_record(args: argparse.Namespace) -> dict:
-    from apis.active.loop import ActiveLearningRun, PointToAsk, draw_initial_points
+    from apis.data.questions import PointToAsk
+    from apis.loop.asked_points import draw_initial_points
+    from apis.loop.run import ActiveLearningRun
 
     start = time.perf_counter()
     run = ActiveLearningRun(run_config(args))
@@ -241,7 +243,7 @@ def stage_ask_record(args: argparse.Namespace) -> dict:
             if step:
                 questions = [PointToAsk(q.ann_id, q.image_id, q.x, q.y, "random") for q in questions]
             start = time.perf_counter()
-            run._ask_and_record(step, questions)
+            run.acquisition._ask_and_record(run, step, questions)
             seconds.append(time.perf_counter() - start)
             asked += len(questions)
             run.dir.finish_step(step, {"step": step, **run.labels, "seed": run.cfg.seed, "mask_AP": None,
@@ -255,7 +257,7 @@ def stage_ask_record(args: argparse.Namespace) -> dict:
 
 
 def stage_resume(args: argparse.Namespace) -> dict:
-    from apis.active.loop import ActiveLearningRun
+    from apis.loop.run import ActiveLearningRun
 
     start = time.perf_counter()
     run = ActiveLearningRun(run_config(args))

@@ -3,7 +3,7 @@ paste masks at image resolution, encode RLE) and, separately, the seconds of COC
 
 The first ``--warmup`` images are run once before timing (allocator and thread-pool start-up).
 
-    .venv/bin/python bench/bench_inference.py --config configs/condinst_r18_cpu_dsb.yaml \\
+    .venv/bin/python bench/bench_inference.py --config condinst_r18_cpu_dsb.yaml \\
         --checkpoint runs/.../model_final.pth [key=value ...]
 """
 
@@ -16,7 +16,7 @@ import time
 
 from records import add_record_option, provenance, save
 
-from apis.config import load_config
+from apis.config_loading import load_config
 from apis.data.coco import load_coco
 from apis.engine.inference import ground_truth_of, load_model, run_inference
 from apis.evaluation.coco_eval import evaluate
@@ -25,7 +25,7 @@ from apis.utils.device import resolve_device
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
+    parser.add_argument("--config", default="condinst_r18_cpu_dsb.yaml")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--warmup", type=int, default=2)
     add_record_option(parser, "inference")

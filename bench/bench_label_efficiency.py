@@ -14,7 +14,7 @@ end it writes ``curves.png`` and ``comparison.md`` into ``--out``, prints the pe
 paired difference of mask AP against ``--baseline`` per seed, with its 95 % t-interval and verdict
 (apis.evaluation.paired), and writes the record (every run's per-step metrics and the comparisons).
 
-    .venv/bin/python bench/bench_label_efficiency.py --config configs/condinst_r18_cpu_dsb.yaml \\
+    .venv/bin/python bench/bench_label_efficiency.py --config condinst_r18_cpu_dsb.yaml \\
         --seeds 0 1 2 --out runs/label_efficiency --record results/label_efficiency_dsb.json [key=value ...]
 """
 
@@ -34,8 +34,8 @@ from apis.active.compare import (
     plot_curves,
     read_run,
 )
-from apis.active.loop import run_active_loop
-from apis.config import load_config
+from apis.config_loading import load_config
+from apis.loop.run import run_active_loop
 from apis.utils.io import atomic_write_text
 
 
@@ -48,7 +48,7 @@ def arms_of(args: argparse.Namespace) -> dict[str, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
+    parser.add_argument("--config", default="condinst_r18_cpu_dsb.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=["entropy", "random"])
     parser.add_argument("--arm", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),

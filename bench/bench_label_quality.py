@@ -33,15 +33,15 @@ import numpy as np
 from records import add_record_option, provenance, save
 from tables import by_group_and_step, constraint_gain, label_quality_table
 
-from apis.active.mask_export import RunStep, open_run_step
-from apis.active.mask_quality import score_training_masks, summarise_quality
-from apis.active.run_dir import RunDirectory
-from apis.config import load_run_config
+from apis.config_loading import load_run_config
 from apis.data.coco import load_coco
 from apis.data.coords import box_pixel_range
 from apis.engine.inference import ground_truth_of
 from apis.evaluation.coco_eval import evaluate
 from apis.evaluation.results import encode_mask
+from apis.loop.mask_export import RunStep, open_run_step
+from apis.loop.mask_quality import score_training_masks, summarise_quality
+from apis.loop.run_dir import RunDirectory
 
 CONSTRAINTS = ("local", "threshold", "none")
 

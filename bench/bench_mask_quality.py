@@ -52,14 +52,15 @@ import numpy as np
 import torch
 from records import add_record_option, provenance, save
 
-from apis.active.loop import load_datasets, step_dir
-from apis.active.mask_quality import iou
 from apis.active.prediction import SelectionImages, iter_prediction_sets
 from apis.active.selection import crop_to_grid
-from apis.config import load_run_config
+from apis.config_loading import load_run_config
 from apis.data.dataset import collate
 from apis.data.transforms import resized_size
 from apis.engine.inference import load_model
+from apis.loop.mask_quality import iou
+from apis.loop.run import load_datasets
+from apis.loop.run_dir import step_dir
 from apis.modeling.mask_losses import box_masks_at_stride
 from apis.utils.device import resolve_device
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from records import add_record_option, provenance, save
 
-from apis.active.point_learning import final_point_accuracy
-from apis.active.run_dir import step_dir
 from apis.data.ledger import PointLedger
 from apis.engine.metrics_log import METRICS_FILE
+from apis.loop.point_learning import final_point_accuracy
+from apis.loop.run_dir import step_dir
 
 
 def step_rows(run_dir: Path, windows: int) -> list[dict]:

@@ -8,7 +8,7 @@ For a checkpoint, times in fresh subprocesses (so peak memory is per measurement
 each on the first ``--small`` images and on ``--images`` images, so one can see whether peak memory
 grows with the number of images (it should not: both stream image by image).
 
-    .venv/bin/python bench/bench_selection.py --config configs/condinst_r18_cpu_dsb.yaml \\
+    .venv/bin/python bench/bench_selection.py --config condinst_r18_cpu_dsb.yaml \\
         --checkpoint runs/.../model_final.pth --images 531 --small 100
 """
 
@@ -27,7 +27,7 @@ from records import add_record_option, provenance, save
 def measure(kind: str, config: str, checkpoint: str, images: int, overrides: list[str]) -> dict:
     from apis.active.prediction import select_with_models
     from apis.active.strategies import get_metric
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.data.coco import load_coco
     from apis.engine.inference import load_model, run_inference
     from apis.utils.device import resolve_device
@@ -50,7 +50,7 @@ def measure(kind: str, config: str, checkpoint: str, images: int, overrides: lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
+    parser.add_argument("--config", default="condinst_r18_cpu_dsb.yaml")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--images", type=int, default=531)
     parser.add_argument("--small", type=int, default=100)
@@ -77,7 +77,7 @@ def main() -> None:
               f"{r['seconds'] / r['images']:.3f} | {r['peak_rss_mib']:.0f} |")
     full = {r["kind"]: r for r in rows if r["images"] == max(x["images"] for x in rows)}
     print(f"\nselection / inference time: {full['selection']['seconds'] / full['inference']['seconds']:.2f}x")
-    from apis.config import load_config
+    from apis.config_loading import load_config
 
     save(args.record, "selection", recording, rows, arguments=args, config=load_config(args.config, args.overrides))
 

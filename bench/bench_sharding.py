@@ -15,7 +15,7 @@ Without ``--checkpoint`` the model is freshly initialised (seed 0): selection co
 weights (it depends on the GT boxes), and inference keeps ``model.detections_per_image`` detections of
 every image (``model.score_threshold=0``), the most a COCO evaluation reads.
 
-    .venv/bin/python bench/bench_sharding.py --config configs/condinst_r18_cpu_dsb.yaml --images 64 \\
+    .venv/bin/python bench/bench_sharding.py --config condinst_r18_cpu_dsb.yaml --images 64 \\
         --procs 1,2 data.min_size_test=256 data.max_size=512 selection.scales=[256]
 """
 
@@ -38,7 +38,8 @@ def child(args: argparse.Namespace) -> None:
 
     from apis.active.prediction import select_with_models
     from apis.active.strategies import get_metric
-    from apis.config import load_config, to_dict
+    from apis.config import to_dict
+    from apis.config_loading import load_config
     from apis.data.coco import load_coco
     from apis.data.ledger import Answer, PointLedger
     from apis.data.simulated_oracle import SimulatedOracle
@@ -111,7 +112,7 @@ def _row(kind: str, procs: int, images: int, seconds: float, outputs: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/condinst_r18_cpu_dsb.yaml")
+    parser.add_argument("--config", default="condinst_r18_cpu_dsb.yaml")
     parser.add_argument("--checkpoint", default="", help="default: a freshly initialised model (seed 0)")
     parser.add_argument("--images", type=int, default=48, help="the first N training images")
     parser.add_argument("--procs", default="1,2", help="process counts, comma-separated")

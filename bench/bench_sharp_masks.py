@@ -32,9 +32,10 @@ from bench_supervision import ROWS, row_dir, run_row  # noqa: E402
 from records import add_record_option, provenance, save  # noqa: E402
 from tables import SIZE_BUCKETS, sharp_masks_table  # noqa: E402
 
-from apis.active.loop import load_datasets  # noqa: E402
-from apis.config import ConfigError, load_config  # noqa: E402
+from apis.config import ConfigError  # noqa: E402
+from apis.config_loading import load_config  # noqa: E402
 from apis.evaluation.paired import paired_comparison  # noqa: E402
+from apis.loop.run import load_datasets  # noqa: E402
 from apis.utils.device import resolve_device  # noqa: E402
 from apis.utils.io import atomic_write_json  # noqa: E402
 

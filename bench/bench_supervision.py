@@ -6,7 +6,7 @@ instance (labelled by the simulated oracle), with and without the box terms. Eac
 Each (row, seed) trains into ``--out/<row>/seed<K>`` and resumes when run again; a finished one keeps
 its metrics in ``eval.json`` and is not recomputed, so the benchmark can run in pieces.
 
-    .venv/bin/python bench/bench_supervision.py [key=value ...] --config configs/condinst_r18_cpu_synth.yaml \\
+    .venv/bin/python bench/bench_supervision.py [key=value ...] --config condinst_r18_cpu_synth.yaml \\
         --out runs/supervision_synth --seeds 0 1 2
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from records import add_record_option, provenance, save
 
 from apis.active.compare import markdown
-from apis.config import load_config
+from apis.config_loading import load_config
 from apis.engine.inference import evaluate_checkpoint
 from apis.engine.trainer import train
 from apis.report.supervision import REFERENCE, supervision_table
@@ -64,7 +64,7 @@ def run_row(name: str, seed: int, config: str, out: Path, overrides: list[str], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/condinst_r18_cpu_synth.yaml")
+    parser.add_argument("--config", default="condinst_r18_cpu_synth.yaml")
     parser.add_argument("--out", type=Path, default=Path("runs/supervision"))
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])

@@ -60,9 +60,9 @@ def _step_fn(name: str, size: int, batch: int):
     data, num_classes = _batch(size, batch)
     if name == "condinst":
         from apis.config import LossConfig, ModelConfig
-        from apis.modeling.condinst import build_condinst
+        from apis.modeling.condinst import CondInst
 
-        model = build_condinst(ModelConfig(depth=50, norm="bn", num_classes=num_classes), LossConfig(points=1.0))
+        model = CondInst.from_config(ModelConfig(depth=50, norm="bn", num_classes=num_classes), LossConfig(points=1.0))
         targets = [{k: v for k, v in t.items() if k != "masks"} for t in data.targets]
 
         def step():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DSB2018 at the full size of configs/condinst_r18_cpu_dsb.yaml (531 train / 133 val images, short edge 320-384,
+# DSB2018 at the full size of condinst_r18_cpu_dsb.yaml (531 train / 133 val images, short edge 320-384,
 # M0 900 iterations, steps of 300) on one CUDA GPU, every run side by side (an R-18 at this size leaves a big GPU
 # mostly idle, so a dozen small trainings share it). Two benchmarks, with the config's gradient clipping (norm 5):
 #   1. bench/bench_supervision.py: full masks, boxes + 1 point + box terms, boxes only (BoxInst) for every seed,
@@ -27,7 +27,7 @@ RUNS=${RUNS:-runs/dsb_gpu}
 DEADLINE=${DEADLINE:-0}
 SEEDS=${SEEDS:-0 1 2}
 RECORDS=${RECORDS:-results}
-CONFIG=configs/condinst_r18_cpu_dsb.yaml
+CONFIG=condinst_r18_cpu_dsb.yaml
 COMMON=("device=${DEVICE:-cuda}" "data.train_json=$DSB/annotations/train.json"
         "data.val_json=$DSB/annotations/val.json" "$@")
 mkdir -p "$RUNS/logs" "$RUNS/records"

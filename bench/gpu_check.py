@@ -55,7 +55,7 @@ def main() -> None:
 
     from apis.active.prediction import select_with_models
     from apis.active.strategies import get_metric
-    from apis.config import load_config
+    from apis.config_loading import load_config
     from apis.data.coco import load_coco
     from apis.engine.inference import evaluate_checkpoint
     from apis.engine.metrics_log import read_metrics

@@ -1,5 +1,5 @@
-"""Fixtures shared by every test package: one CPU thread, a tiny synthetic dataset, tiny finished loop runs,
-headless Chromium, full disks (real and simulated)."""
+"""Fixtures shared by every test package: one CPU thread, a tiny synthetic dataset, tiny configs and finished loop
+runs, each test's own copy of the metric registry, headless Chromium, full disks (real and simulated)."""
 
 import os
 import shutil
@@ -86,9 +86,9 @@ def human_run(synth_dir, tmp_path):
     stored (``apis run`` stopped at step 0, waiting). ``sections`` update the settings' sections."""
     import yaml
 
-    from apis.active.loop import run_active_loop
-    from apis.active.questions import AnswersPending
-    from apis.config import load_config
+    from apis.config_loading import load_config
+    from apis.data.questions import AnswersPending
+    from apis.loop.run import run_active_loop
 
     def make(name: str = "human", **sections) -> tuple[Path, Path]:
         settings = {key: dict(value) if isinstance(value, dict) else value for key, value in HUMAN_RUN_SETTINGS.items()}
@@ -127,11 +127,29 @@ def tiny_overrides():
     return _tiny_overrides
 
 
+@pytest.fixture
+def tiny_config(synth_dir, tmp_path):
+    """``(name="run", *extra) -> ExperimentConfig`` of a tiny CPU run in ``tmp_path / name``."""
+    from apis.config_loading import load_config
+
+    def make(name="run", *extra):
+        return load_config(None, _tiny_overrides(synth_dir, tmp_path / name, *extra))
+    return make
+
+
+@pytest.fixture(autouse=True)
+def metric_registry(monkeypatch):
+    """A copy of the metric registry for each test: metrics a test registers are gone after it."""
+    from apis.active import strategies
+
+    monkeypatch.setattr(strategies, "_REGISTRY", dict(strategies._REGISTRY))
+
+
 @pytest.fixture(scope="session")
 def finished_runs(synth_dir, tmp_path_factory):
     """An entropy run (P0..P2) and a random run sharing its P0 and M0, finished once per session."""
-    from apis.active.loop import run_active_loop
-    from apis.config import load_config
+    from apis.config_loading import load_config
+    from apis.loop.run import run_active_loop
 
     root = tmp_path_factory.mktemp("runs")
     entropy = load_config(None, _tiny_overrides(synth_dir, root / "entropy"))

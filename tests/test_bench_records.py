@@ -21,7 +21,7 @@ from records import (  # noqa: E402
     write_record,
 )
 
-from apis.config import load_config  # noqa: E402
+from apis.config_loading import load_config  # noqa: E402
 from apis.evaluation.paired import paired_comparison  # noqa: E402
 from apis.utils.io import strict_json  # noqa: E402
 

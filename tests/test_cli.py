@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from apis.cli import main
-from apis.config import load_config, to_dict
+from apis.config import to_dict
+from apis.config_loading import load_config
 from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.engine.checkpoint import save_checkpoint
 from apis.evaluation.coco_eval import evaluate
@@ -225,7 +226,7 @@ def snapshot(folder):
 
 @pytest.mark.parametrize("media", ["writable", "read-only"])
 def test_read_only_commands_write_nothing_to_the_run_directory(human_run, tmp_path, monkeypatch, capsys, media):
-    from apis.active.questions import QuestionQueue
+    from apis.data.questions import QuestionQueue
 
     _, run_dir = human_run()
     with QuestionQueue(run_dir / "ledger.sqlite") as queue:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from apis.config import ConfigError, ExperimentConfig, absolute_paths, dump_config, load_config, parse_overrides
+from apis.config import ConfigError, ExperimentConfig
+from apis.config_loading import absolute_paths, dump_config, load_config, parse_overrides
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
@@ -27,7 +28,10 @@ def test_base_chain_and_dump_round_trip(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["solver.max_itr=3"], "unknown config key 'solver.max_itr'; allowed keys here: .*max_iter"),
     (["model.depth=20"], "'model.depth' is 20; allowed values: 18, 34, 50, 101"),
-    (["selection.sets=[anchors,pixels]"], "'selection.sets' is 'pixels'; allowed values: anchors, models, scales"),
+    (["selection.sets=[anchors,pixels]"],
+     r"'selection.sets\[1\]' is 'pixels'; allowed values: anchors, models, scales"),
+    (["model.depth=50.0"], "'model.depth' is 50.0; allowed values: 18, 34, 50, 101"),
+    (["loop.init=true"], "'loop.init' is True; allowed values: points, boxinst"),
     (["solver.batch_size=abc"], "'solver.batch_size' expects int, got 'abc'"),
     (["device=tpu"], "'device' is 'tpu'"),
     (["model.dynamic_activation=gelu"], "'model.dynamic_activation' is 'gelu'; allowed values: relu, leaky_relu"),

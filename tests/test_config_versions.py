@@ -5,17 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apis.config import (
-    ConfigError,
-    ExperimentConfig,
-    check_same_config,
-    dump_config,
-    flat_config,
-    load_config,
-    load_run_config,
-    migrate,
-)
-from apis.config_versions import CONFIG_VERSION, MIGRATIONS
+from apis.config import ConfigError, ExperimentConfig, flat_config
+from apis.config_loading import check_same_config, dump_config, load_config, load_run_config, migrate
+from apis.config_versions import CONFIG_VERSION, MIGRATIONS, RENAMED
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -38,7 +30,8 @@ def test_a_written_config_of_every_version_is_kept():
 def test_every_key_is_in_the_written_config_or_added_by_a_migration(version):
     written = yaml.safe_load((FIXTURES / f"config_v{version}.yaml").read_text())
     assert written.get("config_version", 1) == version
-    keys = flat_keys(written) - {"config_version"}
+    renamed = {old: new for step in range(version, CONFIG_VERSION) for old, new in RENAMED.get(step, {}).items()}
+    keys = {renamed.get(key, key) for key in flat_keys(written) - {"config_version"}}
     added = {key for step in range(version, CONFIG_VERSION) for key in MIGRATIONS[step]}
     current = set(flat_config(ExperimentConfig()))
     assert not current - keys - added, (
@@ -47,13 +40,19 @@ def test_every_key_is_in_the_written_config_or_added_by_a_migration(version):
     assert not keys - current, f"keys removed without a migration: {sorted(keys - current)}"
 
 
-def test_a_run_config_without_version_reads_with_the_values_before_the_keys_existed():
+def test_a_run_config_without_version_reads_with_the_values_before_the_keys_existed(tmp_path):
     old = load_run_config(FIXTURES / "config_v1.yaml")
     assert (old.model.dynamic_init, old.model.dynamic_activation) == ("zeros", "relu")
     assert (old.loss.point_positive_weight, old.loss.point_negative_weight) == (1.0, 1.0)
     assert old.loop.point_prior_correction is False
-    # A config file a person writes is read as written for this APIS: missing keys take today's defaults.
-    assert load_config(FIXTURES / "config_v1.yaml").model.dynamic_init == "fan_in"
+    # A config file a person writes is read as written for this APIS: missing keys take today's defaults, and a
+    # key of an older name is refused, naming its name now.
+    written = yaml.safe_load((FIXTURES / "config_v1.yaml").read_text())
+    del written["loop"]["points_loss_m0"], written["loop"]["points_loss_finetune"]
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(written))
+    assert load_config(tmp_path / "mine.yaml").model.dynamic_init == "fan_in"
+    with pytest.raises(ConfigError, match="'loop.points_loss_m0' is now 'loop.m0.points'"):
+        load_config(FIXTURES / "config_v1.yaml")
     assert load_run_config(FIXTURES / f"config_v{CONFIG_VERSION}.yaml") == ExperimentConfig()
 
 
@@ -92,3 +91,16 @@ def test_check_same_config_names_each_changed_key_with_both_values(tmp_path):
     with pytest.raises(ConfigError, match=r"different config \(seed: 1 -> 2; solver.base_lr: 0.02 -> 0.01\)"):
         check_same_config(stored, load_config(None, ["seed=2"]))
     check_same_config(stored, load_config(None, ["seed=2"]), may_change={"seed", "solver.base_lr"})
+
+
+def test_a_renamed_key_reads_under_its_new_name_and_its_old_name_is_told_the_new_one(tmp_path):
+    """Version 7 set the loop's point-loss weights as loop.points_loss_m0 / loop.points_loss_finetune; a run of then
+    resumes with them as loop.m0.points / loop.finetune.points, and fine-tuning's pairwise warm-up at 0 as it was."""
+    written = yaml.safe_load((FIXTURES / "config_v7.yaml").read_text())
+    written["loop"].update(points_loss_m0=0.3, points_loss_finetune=0.7)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(written))
+    old = load_run_config(tmp_path / "config.yaml")
+    assert (old.loop.m0.points, old.loop.finetune.points, old.loop.finetune.pairwise_warmup_iters) == (0.3, 0.7, 0)
+    assert written["loop"]["points_loss_m0"] == 0.3  # the caller's dict is left alone
+    with pytest.raises(ConfigError, match="config key 'loop.points_loss_m0' is now 'loop.m0.points'"):
+        load_config(None, ["loop.points_loss_m0=0.2"])

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from apis.config import BUILTIN_CONFIGS, ConfigError, builtin_configs, find_config, load_config
+from apis.config import ConfigError
+from apis.config_loading import BUILTIN_CONFIGS, builtin_configs, find_config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = BUILTIN_CONFIGS
@@ -92,7 +93,7 @@ def test_cpu_configs_scale_the_paper_schedule(name, num_classes, factor):
     # Including BoxInst's pairwise warm-up (left at 10k, the term would be ~off for the whole schedule).
     assert round(cfg.loss.pairwise_warmup_iters * factor, -3) == paper.loss.pairwise_warmup_iters == 10000
     # The recipe: box terms with the points, point weight 0.1 (chosen by the sweep in docs/benchmarks.md).
-    assert (cfg.loss.box, cfg.loop.points_loss_m0, cfg.loop.points_loss_finetune) == (1.0, 0.1, 0.1)
+    assert (cfg.loss.box, cfg.loop.m0.points, cfg.loop.finetune.points) == (1.0, 0.1, 0.1)
     assert cfg.model.dynamic_activation == "leaky_relu"
     if name == "condinst_r18_cpu_synth.yaml":  # measured on the synthetic data only so far
         assert cfg.loss.point_normalisation == "instance"
@@ -162,3 +163,23 @@ def test_demo_config_starts_from_the_bundled_source_backbone():
     assert torch.equal(backbone.fpn.layer_blocks[0][0].weight, stored["fpn.layer_blocks.0.0.weight"].float())
     record = json.loads(weights.with_name(weights.name + ".json").read_text())
     assert "--family source" in record["made_by"] and "synth_source" in record["source_train_json"]
+
+
+@pytest.mark.parametrize("name", builtin_configs())
+def test_a_shipped_config_lists_only_what_it_changes(name):
+    """Every key a shipped config sets changes the config of its ``_base_`` (or the defaults), so that the file
+    reads as what it changes."""
+    import yaml
+
+    from apis.config import flat_config
+
+    written = yaml.safe_load((CONFIGS / name).read_text())
+    base = written.pop("_base_", None)
+    reference = flat_config(load_config(CONFIGS / base) if base else load_config(None))
+    own = flat_config(load_config(CONFIGS / name))
+
+    def keys(tree, prefix=""):
+        for key, value in tree.items():
+            yield from keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+
+    assert [key for key in keys(written) if reference.get(key) == own[key]] == []

@@ -76,7 +76,7 @@ def test_the_installed_package_runs_from_any_directory(installed):
     location = _run([python, "-c", "import apis; print(apis.__file__)"], cwd=work).strip()
     assert Path(location).is_relative_to(python.parents[1]), location  # the wheel's copy, not this checkout
     assert _run([python.parent / "apis", "--version"], cwd=work).strip() == f"apis {apis.__version__}"
-    found = _run([python, "-c", "from apis.config import find_config; from apis.demo import CONFIG; "
+    found = _run([python, "-c", "from apis.config_loading import find_config; from apis.demo import CONFIG; "
                   "print(find_config(CONFIG))"], cwd=work).strip()
     assert Path(found).is_relative_to(python.parents[1]) and Path(found).name == "condinst_r18_cpu_synth.yaml"
 

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from apis.config import flat_config, load_config
+from apis.config import flat_config
+from apis.config_loading import load_config
 
 # Every value the paper fixes, written from the paper (section in brackets) and CondInst's defaults.
 PAPER = {
@@ -18,6 +19,7 @@ PAPER = {
     "model.fpn_channels": 256, "model.head_convs": 4, "model.mask_branch_channels": 128, "model.mask_channels": 8,
     "model.dynamic_channels": 8, "model.dynamic_layers": 3, "model.dynamic_activation": "relu",
     "model.dynamic_init": "zeros", "model.mask_out_stride": 4, "model.max_proposals": 500,
+    "model.mask_feature_stride": 8, "model.mask_head_window": False,
     "model.centre_sampling_radius": 1.5, "model.size_ranges": [0, 64, 128, 256, 512, math.inf],
     "model.score_threshold": 0.05, "model.pre_nms_top_k": 1000, "model.nms_threshold": 0.6,
     "model.detections_per_image": 100, "model.mask_threshold": 0.5,
@@ -25,9 +27,9 @@ PAPER = {
     # Points only, PointSup's loss (Sec. 4.1: "the same training protocol as PointSup"): BCE at the labelled
     # points averaged over all of them, no point augmentation, no class weights; weight 0.1 for M0 and 1.0 when
     # fine-tuning (the authors' code); neither box terms nor masks.
-    "loss.points": 0.1, "loss.full": 0.0, "loss.box": 0.0, "loss.point_normalisation": "point",
+    "loss.points": 0.1, "loss.full": 0.0, "loss.full_bce": 0.0, "loss.box": 0.0, "loss.point_normalisation": "point",
     "loss.points_per_iter": -1, "loss.point_positive_weight": 1.0, "loss.point_negative_weight": 1.0,
-    "loop.points_loss_m0": 0.1, "loop.points_loss_finetune": 1.0, "loop.point_prior_correction": False,
+    "loop.m0.points": 0.1, "loop.finetune.points": 1.0, "loop.point_prior_correction": False,
     # COCO 2017, the full splits.
     "model.num_classes": 80, "data.max_train_images": 0, "data.max_val_images": 0,
     # P0: one random point per instance (Sec. 3.1); M0 "trained for 90k iterations with the initial learning
@@ -58,6 +60,7 @@ NOT_THE_PAPERS = {
     # Used only by what is off here: box terms (loss.box 0), Mask R-CNN, the other prediction sets, the global
     # budget, AFIS.
     "loss.pairwise_weight", "loss.pairwise_dilation", "loss.pairwise_colour_threshold", "loss.pairwise_warmup_iters",
+    "loop.finetune.pairwise_warmup_iters",
     "model.roi_samples_per_image", "selection.ensemble_seeds", "selection.scales", "selection.flips",
     "selection.max_points_per_instance", "selection.min_point_distance", "afis.scorer",
 }
@@ -72,7 +75,7 @@ SIZES_AND_SCHEDULE = {
     "solver.amp",  # mixed precision is a CUDA speed setting; on the CPU these configs run in fp32 either way
 }
 # What the recipe changes on top of the paper (docs/design.md, "Training from boxes and a few points").
-RECIPE = {"loss.box", "loss.point_normalisation", "loop.points_loss_finetune", "model.dynamic_activation",
+RECIPE = {"loss.box", "loss.point_normalisation", "loop.finetune.points", "model.dynamic_activation",
           "model.dynamic_init", "solver.clip_grad_norm"}
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from apis.active.strategies import available_metrics, get_metric
-from apis.config import ExperimentConfig, load_run_config
+from apis.config import ExperimentConfig
+from apis.config_loading import load_run_config
 from apis.evaluation.paired import PairedComparison, paired_comparison, sample_sd
 from apis.utils.io import atomic_save_png, atomic_write_text
 

@@ -3,8 +3,9 @@
 The set of one instance holds K mask probability maps over its box's candidate pixels (docs/design.md,
 "The method"):
 
-* ``anchors``: the locations that training-time assignment gives to the GT (one forward pass); with Mask
-  R-CNN, its positive proposals (:mod:`apis.active.proposal_sets`);
+* ``anchors``: the members the model itself gives the GT in one forward pass: CondInst's locations that
+  training-time assignment gives it (:mod:`apis.modeling.anchor_sets`), Mask R-CNN's positive proposals
+  (:meth:`apis.modeling.mask_rcnn.MaskRCNNPoints.prediction_sets`);
 * ``scales``: the same at every short edge in ``selection.scales`` (and mirrored, with ``flips``);
 * ``models``: the same from every model of the ensemble (one checkpoint per seed).
 
@@ -22,7 +23,6 @@ import torch
 from tqdm import tqdm
 
 from apis.active.allocation import allocate, ranked_points
-from apis.active.proposal_sets import proposal_prediction_sets
 from apis.active.selection import combine_sets, crop_to_grid, select_point
 from apis.active.strategies import PointMetric
 from apis.config import ExperimentConfig
@@ -30,15 +30,10 @@ from apis.data.coco import CocoDataset, GroundTruthMasks
 from apis.data.dataset import collate, image_to_tensor
 from apis.data.transforms import ResizeFlip, resized_size
 from apis.engine.distributed import DistributedContext, all_gather_objects, in_dataset_order, shard_images
-from apis.modeling.condinst import CondInst, NetworkOutputs
-from apis.modeling.inputs import check_batch
-from apis.modeling.mask_rcnn import MaskRCNNPoints
-from apis.modeling.postprocess import sample_box_grid, to_original_boxes
+from apis.modeling.build import InstanceModel
 from apis.structures import PredictionSet, SelectedPoint
 
 logger = logging.getLogger(__name__)
-
-MEMBERS_PER_CHUNK = 128  # mask maps held at once (bounds memory on crowded images)
 
 
 def views(cfg: ExperimentConfig) -> list[tuple[int, bool]]:
@@ -94,76 +89,10 @@ def _unflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def anchor_prediction_sets(model: CondInst, images: torch.Tensor, image_sizes: list[tuple[int, int]],
-                           targets: list[dict], original_sizes: list[tuple[int, int]],
-                           scale_factors: list[tuple[float, float]]) -> list[dict[int, PredictionSet]]:
-    """The anchor prediction sets of one batch: per image, ``ann_id -> PredictionSet``.
-
-    The members of a GT are the locations that training-time assignment gives it (all of them, no
-    proposal cap). Each member's mask probability is sampled at the pixel centres of the GT's candidate
-    grid (``box_pixel_range`` in ORIGINAL coordinates, ``boxes / scale_factors``); member boxes (original
-    frame) and scores ``sqrt(sigmoid(cls of the GT's class) * sigmoid(ctr))`` come along.
-
-    Args:
-        model: a CondInst in eval mode (no gradient is recorded).
-        images: ``[B, 3, Hp, Wp]`` as for :meth:`CondInst.predict`; ``image_sizes`` their valid ``(h, w)``.
-        targets: per image ``boxes [N, 4]`` (resized frame), ``labels [N]`` and ``ann_ids [N]``.
-        original_sizes: ``(H, W)`` of each stored image.
-        scale_factors: ``(sx, sy) = resized / original`` of each image.
-    """
-    if model.training:
-        raise RuntimeError("prediction sets are pure inference: call model.eval() first")
-    check_batch(images, image_sizes, targets=targets, original_sizes=original_sizes, scale_factors=scale_factors)
-    for index, target in enumerate(targets):
-        missing = {"boxes", "labels", "ann_ids"} - set(target)
-        if missing:
-            raise ValueError(f"prediction sets: target of image {index} lacks {sorted(missing)}")
-    outputs = model(images)
-    gt_index, _ = model.assign(outputs, [target["boxes"] for target in targets])
-    return [_image_anchor_sets(model, outputs, image, targets[image], gt_index[image], original_sizes[image],
-                               scale_factors[image])
-            for image in range(images.shape[0])]
-
-
-def _image_anchor_sets(model: CondInst, outputs: NetworkOutputs, image: int, target: dict, gt_index: torch.Tensor,
-                       original_size: tuple[int, int], scale: tuple[float, float]) -> dict[int, PredictionSet]:
-    head = outputs.head
-    members = torch.nonzero(gt_index >= 0).squeeze(1)
-    members = members[torch.argsort(gt_index[members], stable=True)]  # grouped by GT
-    counts = torch.bincount(gt_index[members], minlength=len(target["boxes"])).tolist()
-    starts = [0]
-    for count in counts:
-        starts.append(starts[-1] + count)
-    original_boxes = to_original_boxes(target["boxes"].float(), scale, original_size).tolist()
-    labels = target["labels"].tolist()
-    ann_ids = [int(a) for a in target["ann_ids"]]
-
-    sets = {}
-    first = 0
-    while first < len(counts):
-        last = first + 1  # GTs [first, last) share one pass of the dynamic head
-        while last < len(counts) and starts[last + 1] - starts[first] <= MEMBERS_PER_CHUNK:
-            last += 1
-        chunk = members[starts[first]:starts[last]]
-        logits = model.mask_logits(outputs, torch.full_like(chunk, image), chunk)
-        boxes = to_original_boxes(model.decode_boxes(outputs, image, chunk), scale, original_size)
-        for g in range(first, last):
-            rows = slice(starts[g] - starts[first], starts[g + 1] - starts[first])
-            locations = chunk[rows]
-            origin, member_logits = sample_box_grid(logits[rows], model.mask_stride, original_boxes[g], scale,
-                                                    original_size)
-            scores = (head.class_logits[image, locations, labels[g]].float().sigmoid()
-                      * head.centreness_logits[image, locations].float().sigmoid()).sqrt()
-            sets[ann_ids[g]] = PredictionSet(ann_id=ann_ids[g], origin=origin, probs=member_logits.sigmoid().cpu(),
-                                             boxes=boxes[rows].cpu(), scores=scores.cpu())
-        first = last
-    return sets
-
-
-@torch.no_grad()
-def image_prediction_sets(models: list[CondInst | MaskRCNNPoints], samples: list[dict], device: torch.device
+def image_prediction_sets(models: Sequence[InstanceModel], samples: list[dict], device: torch.device
                           ) -> dict[int, PredictionSet]:
-    """Every model on every view of one image, combined per instance along K."""
+    """Every model on every view of one image, combined per instance along K (each model's sets:
+    :meth:`~apis.modeling.condinst.CondInst.prediction_sets`, whatever its architecture)."""
     parts: dict[int, list[PredictionSet]] = {}
     for sample in samples:
         batch = collate([sample])
@@ -171,9 +100,8 @@ def image_prediction_sets(models: list[CondInst | MaskRCNNPoints], samples: list
         targets = [{k: v.to(device) for k, v in batch.targets[0].items()}]
         height, width = sample["original_size"]
         for model in models:
-            member_sets = proposal_prediction_sets if isinstance(model, MaskRCNNPoints) else anchor_prediction_sets
-            (sets,) = member_sets(model, images, batch.image_sizes, targets, [sample["original_size"]],
-                                  [sample["scale"]])
+            (sets,) = model.prediction_sets(images, batch.image_sizes, targets, [sample["original_size"]],
+                                            [sample["scale"]])
             for ann_id, pred in sets.items():
                 pred = unflip(pred, width) if sample["flip"] else pred
                 parts.setdefault(ann_id, []).append(_to_cpu(pred))
@@ -195,7 +123,7 @@ def _keep_views(samples: list[dict]) -> list[dict]:
     return samples
 
 
-def iter_prediction_sets(models: list[CondInst | MaskRCNNPoints], cfg: ExperimentConfig, dataset: CocoDataset,
+def iter_prediction_sets(models: Sequence[InstanceModel], cfg: ExperimentConfig, dataset: CocoDataset,
                          device: torch.device, progress: bool = True, desc: str = "selecting"
                          ) -> Iterator[dict[int, PredictionSet]]:
     """Per image (in dataset order), ``{ann_id: PredictionSet}``; images are read by worker processes.

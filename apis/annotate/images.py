@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from apis.active.questions import Question, QuestionError
 from apis.data.coco import CocoDataset, image_to_rgb
+from apis.data.questions import Question, QuestionError
 
 
 class ImageOutsideRoot(QuestionError):

@@ -56,7 +56,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from apis.active.questions import (
+from apis.annotate.images import ImageOutsideRoot, QuestionImages
+from apis.data.coco import CocoDataset
+from apis.data.questions import (
     MAX_ID,
     QuestionConflict,
     QuestionError,
@@ -64,8 +66,6 @@ from apis.active.questions import (
     QuestionQueue,
     check_annotator,
 )
-from apis.annotate.images import ImageOutsideRoot, QuestionImages
-from apis.data.coco import CocoDataset
 from apis.utils.io import WriteFailed
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 @dataclass(frozen=True)
 class Access:
     """The shared token (None: named annotators only). Named annotators' tokens are random secrets kept in the
-    run's ledger as hashes (:meth:`~apis.active.questions.QuestionQueue.add_annotator_tokens`), never derived
+    run's ledger as hashes (:meth:`~apis.data.questions.QuestionQueue.add_annotator_tokens`), never derived
     from the shared one."""
 
     shared: str | None

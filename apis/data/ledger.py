@@ -6,8 +6,8 @@ candidate boxes of the instances live in ``instances`` so that an answer can be 
 is stored. ``P(s)``, the point set of step ``s``, is every answer with ``step <= s``.
 
 Schema version 2 adds the tables of questions waiting for people (``ledger_info``, ``questions``,
-``responses``, ``leases``; used by :mod:`apis.active.questions`). Schema version 3 adds ``masks``: the full
-masks an AFIS run bought (:mod:`apis.active.afis`), one row per instance with its step and cost. Schema version 4
+``responses``, ``leases``; used by :mod:`apis.data.questions`). Schema version 3 adds ``masks``: the full
+masks an AFIS run bought (:mod:`apis.loop.bought_masks`), one row per instance with its step and cost. Schema version 4
 adds ``annotator_tokens``: the SHA-256 of each named annotator's random token for ``apis annotate``, never the
 token itself. An older ledger is upgraded in place when opened for writing: the new tables are created empty
 and nothing stored before changes; opened read-only it reads as having no masks and no named tokens. A ledger
@@ -77,7 +77,7 @@ CREATE INDEX IF NOT EXISTS answers_by_step_and_label ON answers (step, annotator
 # alone, without reading the table (ten COCO steps, 8.3 M answers: about a second, docs/scaling.md). Ledgers
 # made before it have an index on ``step`` alone and get this one the first time they are opened for writing.
 
-# Version 2: questions put to people (apis.active.questions). A question is one (instance, point) of a step;
+# Version 2: questions put to people (apis.data.questions). A question is one (instance, point) of a step;
 # each person's answer to it is a row of ``responses`` (an undone one keeps its row, with ``undone_at`` set);
 # a lease hands a question to one annotator until ``expires_at`` (unix seconds). When every question of a
 # step has its answers, they are merged into one ``answers`` row each, the table training reads.
@@ -122,7 +122,7 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (question_id, annotator)
 );
 """
-# Version 3: full masks bought by an AFIS run (apis.active.afis); the mask itself is the dataset's GT mask.
+# Version 3: full masks bought by an AFIS run (apis.loop.bought_masks); the mask itself is the dataset's GT mask.
 _SCHEMA_V3 = """
 CREATE TABLE IF NOT EXISTS masks (
     ann_id INTEGER PRIMARY KEY REFERENCES instances (ann_id),
@@ -134,7 +134,7 @@ CREATE TABLE IF NOT EXISTS masks (
     cost_s REAL NOT NULL CHECK (cost_s >= 0)
 );
 """
-# Version 4: the named annotators of `apis annotate` (apis.active.questions): each one's token is a random secret
+# Version 4: the named annotators of `apis annotate` (apis.data.questions): each one's token is a random secret
 # shown once; only its SHA-256 is kept, so the ledger (or a backup of it) cannot be used to log in.
 _SCHEMA_V4 = """
 CREATE TABLE IF NOT EXISTS annotator_tokens (
@@ -498,7 +498,7 @@ class PointLedger:
 
     def _check(self, points: Sequence) -> None:
         """Raise ValueError at the first of ``points`` (answers, or anything with ``ann_id``, ``image_id``, ``x``,
-        ``y``, such as the questions of :mod:`apis.active.questions`) that is not a candidate point of a
+        ``y``, such as the questions of :mod:`apis.data.questions`) that is not a candidate point of a
         registered instance, naming it. The instances are read in one pass, not one query per point."""
         instances = self._instance_rows({point.ann_id for point in points})
         for point in points:

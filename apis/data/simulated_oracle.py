@@ -2,7 +2,7 @@
 
 It labels the random points of PointSup-style training (``data.random_points_per_instance``) and is the
 default oracle of the active loop, which accepts anything with the same ``name`` and ``answer``
-(:class:`apis.active.oracle.Oracle`). Labels: 1 = on the object, 0 = background, -1 = unsure (ignored by
+(:class:`apis.loop.oracle.Oracle`). Labels: 1 = on the object, 0 = background, -1 = unsure (ignored by
 the point loss). Points are integer pixel indices ``(x, y)`` in the original image (x = column, y = row).
 """
 

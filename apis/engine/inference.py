@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from apis.config import ConfigError, ExperimentConfig, config_from_dict
+from apis.config import ConfigError, ExperimentConfig
+from apis.config_loading import config_from_dict
 from apis.config_versions import UNVERSIONED
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.dataset import InferenceDataset, collate

@@ -24,7 +24,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from apis.config import ExperimentConfig, load_config
+from apis.config import ExperimentConfig
+from apis.config_loading import load_config
 from apis.data.coco import image_to_rgb, load_coco
 from apis.data.dataset import collate, image_to_tensor
 from apis.data.transforms import inference_transform

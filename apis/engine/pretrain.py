@@ -21,7 +21,7 @@ from apis.config import ExperimentConfig, to_dict
 from apis.engine.checkpoint import load_model_weights, save_checkpoint
 from apis.engine.trainer import train
 from apis.modeling.backbone import backbone_state_dict
-from apis.modeling.condinst import build_condinst
+from apis.modeling.condinst import CondInst
 from apis.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def export_backbone(checkpoint: str | Path, cfg: ExperimentConfig, out: str | Pa
     ``half`` stores floating-point tensors as float16: half the size (23 MB for ResNet-18), for a file that
     ships with a package; loading casts them back to float32.
     """
-    model = build_condinst(cfg.model, cfg.loss)
+    model = CondInst.from_config(cfg.model, cfg.loss)
     load_model_weights(model, checkpoint)  # names any missing or misshapen parameter
     state = backbone_state_dict(model.backbone)
     if half:

@@ -36,16 +36,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from apis.config import (
-    RESUMABLE_KEYS,
-    ConfigError,
-    ExperimentConfig,
-    SolverConfig,
-    absolute_paths,
-    check_same_config,
-    dump_config,
-    to_dict,
-)
+from apis.config import ConfigError, ExperimentConfig, SolverConfig, to_dict
+from apis.config_loading import RESUMABLE_KEYS, absolute_paths, check_same_config, dump_config
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.dataset import InfiniteSampler, TrainingDataset, collate, random_points
 from apis.data.points import InstancePoints, read_pointsup

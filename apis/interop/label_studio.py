@@ -30,7 +30,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from apis.active.questions import (
+from apis.data.coco import CocoDataset
+from apis.data.ledger import utc_now
+from apis.data.questions import (
     LABEL_NAMES,
     LABELS,
     NewResponse,
@@ -40,8 +42,6 @@ from apis.active.questions import (
     QuestionQueue,
     check_annotator,
 )
-from apis.data.coco import CocoDataset
-from apis.data.ledger import utc_now
 from apis.utils.io import atomic_write_json, atomic_write_text
 
 # The image on the left, the question and the choices beside it (a laptop screen is wider than tall). The point is a

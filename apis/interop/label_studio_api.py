@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from apis.active.human import HumanRun
-from apis.active.questions import QuestionError, QuestionQueue
 from apis.config import ConfigError
+from apis.data.questions import QuestionError, QuestionQueue
 from apis.interop.label_studio import LABEL_CONFIG, MODEL_VERSION, ImportSummary, store_answers, task_of
+from apis.loop.human import HumanRun
 from apis.utils.errors import ApisError
 
 STORAGE_TITLE = "apis images (never sync: tasks come from apis label-studio push)"

@@ -2,10 +2,9 @@
 from points; :func:`build_model` builds the one ``model.arch`` names."""
 
 from apis.modeling.build import build_model
-from apis.modeling.condinst import CondInst, NetworkOutputs, build_condinst
+from apis.modeling.condinst import CondInst, NetworkOutputs
 from apis.modeling.condinst_loss import CondInstLoss
 from apis.modeling.mask_rcnn import MaskRCNNPoints
 from apis.modeling.postprocess import Detections
 
-__all__ = ["CondInst", "CondInstLoss", "Detections", "MaskRCNNPoints", "NetworkOutputs", "build_condinst",
-           "build_model"]
+__all__ = ["CondInst", "CondInstLoss", "Detections", "MaskRCNNPoints", "NetworkOutputs", "build_model"]

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from apis.config import LossConfig, ModelConfig
 
 InstanceModel = CondInst | MaskRCNNPoints
-"""What the trainer, inference and the active loop take: both have ``losses_and_stats`` and ``predict``."""
+"""What the trainer, inference and the active loop take: both have ``losses_and_stats``, ``predict`` and
+``prediction_sets`` (each instance's members, for point selection)."""
 
 
 def build_model(model: ModelConfig, loss: LossConfig | None = None) -> InstanceModel:

@@ -8,7 +8,7 @@ from the config dataclasses, ``CondInst.from_config(cfg.model, cfg.loss)``. One 
 * :meth:`CondInst.predict`: detections with masks at original resolution.
 
 :meth:`CondInst.assign`, :meth:`CondInst.mask_logits` and :meth:`CondInst.decode_boxes` are the steps in
-between; :mod:`apis.active.prediction` builds the active loop's prediction sets from them.
+between; :meth:`CondInst.prediction_sets` builds the active loop's prediction sets from them.
 
 Inputs everywhere: ``images [B, 3, Hp, Wp]`` float RGB in 0..255, padded bottom/right to a multiple of 32,
 and ``image_sizes`` = ``(h, w)`` of each image's valid (resized, unpadded) area. Training targets are
@@ -22,6 +22,7 @@ docs/design.md, "Coordinates"):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from apis.modeling.anchor_sets import anchor_prediction_sets
 from apis.modeling.backbone import build_backbone
 from apis.modeling.condinst_loss import CondInstLoss
 from apis.modeling.dynamic_mask_head import DynamicMaskHead, fan_in_parameters, sizes_of_interest, window_radii
@@ -37,6 +39,7 @@ from apis.modeling.fcos import FCOSHead, HeadOutputs, assign_locations, level_lo
 from apis.modeling.inputs import check_batch, check_targets
 from apis.modeling.mask_branch import MaskBranch
 from apis.modeling.postprocess import Detections, paste_masks, select_detections, to_original_boxes
+from apis.structures import PredictionSet
 
 if TYPE_CHECKING:
     from apis.config import LossConfig, ModelConfig
@@ -136,13 +139,7 @@ class CondInst(nn.Module):
     @classmethod
     def from_config(cls, model: ModelConfig, loss: LossConfig | None = None) -> CondInst:
         """CondInst as ``model`` (``cfg.model``) describes, training with the losses of ``loss`` (``cfg.loss``)."""
-        criterion = None if loss is None else CondInstLoss(
-            focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma, points=loss.points, full=loss.full,
-            full_bce=loss.full_bce, box=loss.box, pairwise_weight=loss.pairwise_weight,
-            pairwise_dilation=loss.pairwise_dilation,
-            pairwise_colour_threshold=loss.pairwise_colour_threshold, pairwise_warmup_iters=loss.pairwise_warmup_iters,
-            points_per_iter=loss.points_per_iter, point_positive_weight=loss.point_positive_weight,
-            point_negative_weight=loss.point_negative_weight, point_normalisation=loss.point_normalisation)
+        criterion = None if loss is None else CondInstLoss(**dataclasses.asdict(loss))  # every loss key, by name
         return cls(
             model.num_classes, depth=model.depth, backbone_weights=model.backbone_weights, norm=model.norm,
             fpn_channels=model.fpn_channels, head_convs=model.head_convs,
@@ -273,12 +270,16 @@ class CondInst(nn.Module):
             results.append(Detections(boxes, found.scores, found.labels, masks))
         return results
 
+    def prediction_sets(self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict],
+                        original_sizes: list[tuple[int, int]], scale_factors: list[tuple[float, float]]
+                        ) -> list[dict[int, PredictionSet]]:
+        """Per image, ``ann_id -> PredictionSet`` of each GT in ``targets``: the locations training assigns to it
+        (:func:`apis.modeling.anchor_sets.anchor_prediction_sets`, which has the arguments; call ``eval()``
+        first)."""
+        return anchor_prediction_sets(self, images, image_sizes, targets, original_sizes, scale_factors)
+
 
 def resize_scale(image_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[float, float]:
     """``(sx, sy) = resized / original`` from the resized ``(h, w)`` and the original ``(H, W)``."""
     return image_size[1] / original_size[1], image_size[0] / original_size[0]
 
-
-def build_condinst(model: ModelConfig, loss: LossConfig | None = None) -> CondInst:
-    """:meth:`CondInst.from_config`, under the builder name scripts written before it use."""
-    return CondInst.from_config(model, loss)

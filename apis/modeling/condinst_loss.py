@@ -31,7 +31,8 @@ MASKS_PER_CHUNK = 16  # full loss: GT masks converted to float at once
 
 
 class CondInstLoss:
-    """Weights of CondInst's losses; a mask loss with weight 0 is off.
+    """Weights of CondInst's losses; a mask loss with weight 0 is off. The keywords are the fields of
+    :class:`apis.config.LossConfig`, which :meth:`apis.modeling.condinst.CondInst.from_config` passes whole.
 
     Args:
         focal_alpha: FCOS classification focal loss alpha.

@@ -18,8 +18,8 @@ image's L*a*b* values pooled onto each RoI's grid (:func:`roi_colour_similarity`
 Entry points, as CondInst's (:mod:`apis.modeling.condinst`: the same images, image sizes and targets):
 ``model(images)`` -> the feature pyramid; :meth:`MaskRCNNPoints.losses_and_stats`; :meth:`MaskRCNNPoints.predict`
 -> :class:`~apis.modeling.postprocess.Detections` in original coordinates; and
-:meth:`MaskRCNNPoints.gt_proposals`, the positive proposals of given GT boxes with their masks, from which the
-active loop builds its prediction sets.
+:meth:`MaskRCNNPoints.gt_proposals`, the positive proposals of given GT boxes with their masks, from which
+:meth:`MaskRCNNPoints.prediction_sets` builds the active loop's prediction sets.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from apis.modeling.mask_losses import (
     weighted_point_bce,
 )
 from apis.modeling.postprocess import Detections, to_original_boxes
+from apis.structures import PredictionSet
 
 if TYPE_CHECKING:
     from apis.config import LossConfig, ModelConfig
@@ -461,3 +462,33 @@ class MaskRCNNPoints(nn.Module):
             results.append(ProposalMembers(boxes, gt, logits[rows], scores))
             start += len(boxes)
         return results
+
+    @torch.no_grad()
+    def prediction_sets(self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict],
+                        original_sizes: list[tuple[int, int]], scale_factors: list[tuple[float, float]]
+                        ) -> list[dict[int, PredictionSet]]:
+        """Per image, ``ann_id -> PredictionSet`` of each GT in ``targets``: its positive proposals
+        (:meth:`gt_proposals`), the analogue of CondInst's anchors set (arguments as
+        :meth:`apis.modeling.condinst.CondInst.prediction_sets`). Each member's mask, predicted in its own box
+        frame for the GT's class, is pasted onto the GT's candidate grid (zero outside the member's box), so the
+        metrics read it exactly as CondInst's; member boxes are the proposals (original frame), scores the box
+        head's probability of the GT's class."""
+        if self.training:
+            raise RuntimeError("prediction sets are pure inference: call model.eval() first")
+        check_batch(images, image_sizes, targets=targets, original_sizes=original_sizes, scale_factors=scale_factors)
+        members = self.gt_proposals(images, image_sizes, [t["boxes"] for t in targets],
+                                    [t["labels"] for t in targets])
+        sets = []
+        for target, found, original_size, scale in zip(targets, members, original_sizes, scale_factors):
+            original_gt = to_original_boxes(target["boxes"].float(), scale, original_size).tolist()
+            image_sets = {}
+            for g, ann_id in enumerate(int(a) for a in target["ann_ids"]):
+                rows = found.gt_index == g
+                origin, logits = box_grid_logits(found.logits[rows], found.boxes[rows], original_gt[g], scale,
+                                                 original_size)
+                image_sets[ann_id] = PredictionSet(
+                    ann_id=ann_id, origin=origin, probs=logits.sigmoid().cpu(),
+                    boxes=to_original_boxes(found.boxes[rows].float(), scale, original_size).cpu(),
+                    scores=found.scores[rows].float().cpu())
+            sets.append(image_sets)
+        return sets

@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from apis.active.prediction import SelectionImages, image_prediction_sets, views
-from apis.active.run_dir import RunDirectory, RunDirectoryError
-from apis.active.schedule import member_seeds
 from apis.active.selection import crop_to_grid
 from apis.active.strategies import PointMetric, get_metric
-from apis.config import ConfigError, ExperimentConfig, load_run_config
+from apis.config import ConfigError, ExperimentConfig
+from apis.config_loading import load_run_config
 from apis.data.coco import CocoDataset, load_coco
 from apis.data.ledger import PointLedger
 from apis.data.points import UNSURE
+from apis.loop.run_dir import RunDirectory, RunDirectoryError
+from apis.loop.schedule import member_seeds
 from apis.structures import PredictionSet
 from apis.utils.io import atomic_save_png
 

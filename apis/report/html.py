@@ -2,7 +2,7 @@
 
 Everything is inside the file (pictures as base64 PNG, the style inline), so it can be mailed or archived
 and opens without the run directories: the curves and the per-step table of :mod:`apis.active.compare`,
-the point accuracy during training (:mod:`apis.active.point_learning`), the statistics of the selected
+the point accuracy during training (:mod:`apis.loop.point_learning`), the statistics of the selected
 points, the supervision table when given one (:mod:`apis.report.supervision`), and pictures of one step of
 each strategy (:mod:`apis.report.gallery`).
 """
@@ -29,9 +29,9 @@ from apis.active.compare import (
     step_stat,
     table_rows,
 )
-from apis.active.point_learning import point_accuracy_curve
 from apis.config import ConfigError
 from apis.evaluation.paired import sample_sd
+from apis.loop.point_learning import point_accuracy_curve
 from apis.report.gallery import draw_image, step_views
 from apis.report.supervision import read_supervision, supervision_table
 from apis.report.training_masks import step_mask_quality

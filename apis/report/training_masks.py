@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apis.active.mask_export import open_run_step
-from apis.active.mask_quality import score_training_masks, summarise_quality
-from apis.active.run_dir import RunDirectory
+from apis.loop.mask_export import open_run_step
+from apis.loop.mask_quality import score_training_masks, summarise_quality
+from apis.loop.run_dir import RunDirectory
 
 
 def step_mask_quality(run_dir: Path, max_images: int, device: str | None) -> list[dict]:

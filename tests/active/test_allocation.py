@@ -29,6 +29,17 @@ def test_ranked_points_are_best_first_and_keep_their_distance():
     assert [(p.x, p.y) for p in apart] == [(10, 20), (13, 20)]
 
 
+def test_the_distance_is_euclidean_on_the_diagonal_too():
+    """Rows and columns both count: the second best pixel is one row and one column away, sqrt(2) < 2 pixels, so it
+    is skipped; the third is two rows and one column away, sqrt(5) >= 2, and taken."""
+    pred = instance(1, [[0.5, 0.9, 0.9], [0.9, 0.48, 0.9], [0.9, 0.45, 0.9]])
+    points = ranked_points(pred, ENTROPY, np.random.default_rng(0), max_points=2, min_distance=2.0)
+    assert [(p.x, p.y) for p in points] == [(10, 20), (11, 22)]
+    # At a distance of 1.4 the diagonal neighbour (1.414 away) keeps its distance.
+    points = ranked_points(pred, ENTROPY, np.random.default_rng(0), max_points=2, min_distance=1.4)
+    assert [(p.x, p.y) for p in points] == [(10, 20), (11, 21)]
+
+
 def test_ranked_points_leave_out_asked_pixels_and_stop_at_max_points():
     pred = instance(1, [[0.5, 0.5], [0.5, 0.5]])
     points = ranked_points(pred, ENTROPY, np.random.default_rng(0), max_points=2, min_distance=0.0,
@@ -83,8 +94,7 @@ def test_allocation_is_seeded_and_uniform_over_ties_with_random_metric():
 
 
 def test_several_questions_of_one_instance_in_one_step_are_posted_answered_and_merged(tmp_path):
-    from apis.active.loop import PointToAsk
-    from apis.active.questions import QuestionQueue
+    from apis.data.questions import PointToAsk, QuestionQueue
 
     with QuestionQueue(tmp_path / "ledger.sqlite") as queue:
         queue.register_instances([(5, 1, (0.0, 0.0, 8.0, 8.0), 10, 10)])

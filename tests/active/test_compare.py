@@ -5,7 +5,7 @@ import json
 import pytest
 
 from apis.active.compare import compare_runs, comparisons_markdown, group_runs, markdown_table, paired_comparisons
-from apis.config import dump_config, load_config
+from apis.config_loading import dump_config, load_config
 
 
 def _run(tmp_path, name, strategy, aps, seed=0):

@@ -1,111 +1,23 @@
-"""Prediction sets from CondInst's outputs: anchors, scales (with flips), models, and their combination."""
+"""Prediction sets over a dataset: views (scales, flips), models, their combination, and selection with them."""
 
 import pytest
 import torch
 
-from apis.active import prediction
 from apis.active.prediction import (
     SelectionImages,
-    anchor_prediction_sets,
     image_prediction_sets,
     select_with_models,
     unflip,
     views,
 )
 from apis.active.strategies import get_metric
-from apis.config import ModelConfig, load_config, to_dict
+from apis.config import to_dict
+from apis.config_loading import load_config
 from apis.data.coco import load_coco
-from apis.data.coords import box_pixel_range
 from apis.data.dataset import collate
 from apis.engine.checkpoint import save_checkpoint
 from apis.modeling.condinst import CondInst
-from apis.modeling.fcos import assign_locations, level_locations
-from apis.modeling.postprocess import sample_box_grid
 from apis.structures import PredictionSet
-
-HEIGHT, WIDTH = 64, 96
-STRIDES = (8, 16, 32, 64, 128)
-
-
-def tiny_model(seed=0, **kwargs):
-    """A ResNet-18 CondInst built with plain keyword arguments, in eval mode."""
-    torch.manual_seed(seed)
-    settings = dict(depth=18, norm="bn", fpn_channels=32, mask_branch_channels=16, head_convs=1) | kwargs
-    return CondInst(num_classes=3, **settings).eval()
-
-
-def batch():
-    """Two images of 64 x 96 (valid 60 x 90 and 64 x 80): two instances, then none."""
-    torch.manual_seed(0)
-    images = torch.rand(2, 3, HEIGHT, WIDTH) * 255
-    first = {"boxes": torch.tensor([[10.0, 12.0, 38.0, 40.0], [50.0, 30.0, 86.0, 58.0]]),
-             "labels": torch.tensor([0, 2]), "ann_ids": torch.tensor([11, 12])}
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-             "ann_ids": torch.zeros(0, dtype=torch.int64)}
-    return images, [(60, 90), (64, 80)], [first, empty]
-
-
-def test_anchor_sets_follow_the_assignment_and_the_box_grid():
-    model = tiny_model()
-    images, sizes, targets = batch()
-    targets[0]["boxes"] = torch.cat([targets[0]["boxes"], torch.tensor([[30.0, 30.0, 31.0, 31.0]])])
-    targets[0]["labels"] = torch.tensor([0, 2, 1])
-    targets[0]["ann_ids"] = torch.tensor([11, 12, 13])
-    originals = [(120, 180), (64, 80)]
-    scales = [(90 / 180, 60 / 120), (1.0, 1.0)]
-    running_mean = model.mask_branch.refine[0][1].running_mean.clone()
-    sets = anchor_prediction_sets(model, images, sizes, targets, originals, scales)
-    assert torch.equal(model.mask_branch.refine[0][1].running_mean, running_mean)
-    assert sets[1] == {}
-    assert set(sets[0]) == {11, 12, 13}
-
-    pyramid_sizes = [(HEIGHT // s, WIDTH // s) for s in (8, 16, 32)] + [(1, 2), (1, 1)]  # P6, P7: stride-2 convs
-    locations, levels = level_locations(pyramid_sizes, STRIDES, torch.device("cpu"))
-    gt_index, _ = assign_locations(locations, levels, targets[0]["boxes"], STRIDES, ModelConfig().size_ranges, 1.5)
-    for g, ann_id in enumerate([11, 12, 13]):
-        found = sets[0][ann_id]
-        x0, y0, x1, y1 = (targets[0]["boxes"][g] * 2).tolist()
-        xs, ys, xe, ye = box_pixel_range(x0, y0, x1, y1, 180, 120)
-        members = int((gt_index == g).sum())
-        assert found.ann_id == ann_id and found.origin == (xs, ys)
-        assert found.probs.shape == (members, ye - ys, xe - xs)
-        assert found.boxes.shape == (members, 4) and found.scores.shape == (members,)
-        assert ((found.probs >= 0) & (found.probs <= 1)).all()
-    assert sets[0][13].probs.shape[0] == 0  # 1-pixel box: no location strictly inside its centre region
-
-    model.train()
-    with pytest.raises(RuntimeError, match="eval"):
-        anchor_prediction_sets(model, images, sizes, targets, originals, scales)
-
-
-@pytest.mark.parametrize("chunk", [3, 128])
-def test_anchor_set_members_match_a_direct_computation(monkeypatch, chunk):
-    """Members of each GT, their probabilities and scores, whether GTs share a dynamic-head pass (128) or
-    each needs its own (3 < members per GT)."""
-    model = tiny_model()
-    images, sizes, targets = batch()
-    originals = [(120, 180), (64, 80)]
-    scales = [(0.5, 0.5), (1.0, 1.0)]
-    monkeypatch.setattr(prediction, "MEMBERS_PER_CHUNK", chunk)
-    sets = anchor_prediction_sets(model, images, sizes, targets, originals, scales)[0]
-    with torch.no_grad():
-        outputs = model(images)
-        gt_index, _ = model.assign(outputs, [t["boxes"] for t in targets])
-        for g, ann_id in enumerate([11, 12]):
-            members = torch.nonzero(gt_index[0] == g).squeeze(1)
-            logits = model.dynamic_head(outputs.mask_features, outputs.head.controller[0, members],
-                                        outputs.locations[members], outputs.levels[members],
-                                        torch.zeros_like(members))
-            box = (targets[0]["boxes"][g] * 2).tolist()
-            origin, grid = sample_box_grid(logits, 4, box, (0.5, 0.5), (120, 180))
-            label = int(targets[0]["labels"][g])
-            scores = (outputs.head.class_logits[0, members, label].sigmoid()
-                      * outputs.head.centreness_logits[0, members].sigmoid()).sqrt()
-            found = sets[ann_id]
-            assert found.origin == origin
-            assert torch.allclose(found.probs, grid.sigmoid(), atol=1e-6)
-            assert torch.allclose(found.scores, scores, atol=1e-6)
-            assert len(members) > 3
 
 
 def test_views_are_the_test_size_or_every_scale_with_its_mirror():
@@ -142,27 +54,32 @@ def test_selection_views_mirror_the_image_and_its_boxes(synth_dir):
     assert (plain["flip"], mirrored["flip"]) == (False, True)
 
 
-def test_image_sets_concatenate_views_then_models_and_unflip_mirrored_views(monkeypatch):
+def test_image_sets_concatenate_views_then_models_and_unflip_mirrored_views():
     """K = views x models members, in that order; a mirrored view is brought back to the original grid, and
     a view whose grid lands elsewhere (a tiny box mirrored one pixel off) is left out."""
     width = 20
     ramp = torch.arange(4.0) / 10  # along x on the original grid (13..16)
 
-    def fake_anchor_sets(model, images, image_sizes, targets, original_sizes, scale_factors):
-        view = int(images[0, 0, 0, 0])
-        level = ramp + 0.01 * (model + 2 * view)
-        if view == 1:  # mirrored: the grid is at x' = 20 - 17 = 3..6 and the ramp runs the other way
-            return [{5: PredictionSet(5, (3, 2), level.flip(0).expand(1, 3, 4).clone())}]
-        origin = (12, 2) if view == 2 else (13, 2)
-        return [{5: PredictionSet(5, origin, level.expand(1, 3, 4).clone())}]
+    class FakeModel:
+        """Model ``index``: one member per view, a ramp raised by ``0.01 * (index + 2 * view)``."""
 
-    monkeypatch.setattr(prediction, "anchor_prediction_sets", fake_anchor_sets)
+        def __init__(self, index):
+            self.index = index
+
+        def prediction_sets(self, images, image_sizes, targets, original_sizes, scale_factors):
+            view = int(images[0, 0, 0, 0])
+            level = ramp + 0.01 * (self.index + 2 * view)
+            if view == 1:  # mirrored: the grid is at x' = 20 - 17 = 3..6 and the ramp runs the other way
+                return [{5: PredictionSet(5, (3, 2), level.flip(0).expand(1, 3, 4).clone())}]
+            origin = (12, 2) if view == 2 else (13, 2)
+            return [{5: PredictionSet(5, origin, level.expand(1, 3, 4).clone())}]
 
     def sample(view, flip):
         return {"image": torch.full((3, 10, width), float(view)), "target": {"boxes": torch.zeros(1, 4)},
                 "image_id": 1, "original_size": (10, width), "scale": (1.0, 1.0), "flip": flip}
 
-    sets = image_prediction_sets([0, 1], [sample(0, False), sample(1, True), sample(2, False)], torch.device("cpu"))
+    sets = image_prediction_sets([FakeModel(0), FakeModel(1)], [sample(0, False), sample(1, True), sample(2, False)],
+                                 torch.device("cpu"))
     combined = sets[5]
     assert combined.origin == (13, 2) and combined.k == 4
     for k, (view, model) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
@@ -199,8 +116,8 @@ def test_models_set_holds_every_member_of_every_model(two_checkpoints):
     for (sample,) in SelectionImages(dataset, [(64, False)], 96):
         batch = collate([sample])
         for model in models:
-            (sets,) = anchor_prediction_sets(model, batch.images, batch.image_sizes, batch.targets,
-                                             [sample["original_size"]], [sample["scale"]])
+            (sets,) = model.prediction_sets(batch.images, batch.image_sizes, batch.targets,
+                                            [sample["original_size"]], [sample["scale"]])
             for ann_id, pred in sets.items():
                 expected_k[ann_id] = expected_k.get(ann_id, 0) + pred.k
     assert sorted(p.ann_id for p in points) == sorted(inst.ann_id for inst in dataset.instances())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from apis.active.questions import QuestionQueue
+from apis.data.questions import QuestionQueue
 
 TOKEN = "browser-test-secret"
 KEYS = {"y": 1, "n": 0, "u": -1}

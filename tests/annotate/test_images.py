@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from apis.active.questions import Question
 from apis.annotate.images import ImageOutsideRoot, QuestionImages
 from apis.data.coco import load_coco
+from apis.data.questions import Question
 
 
 def question_on(dataset, instance, x=None, y=None):

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.testclient import TestClient
 
-from apis.active.human import open_human_run
-from apis.active.questions import QuestionQueue
 from apis.annotate.server import MAX_BODY_BYTES, Access, AnnotationApp, TokenThrottle
 from apis.cli import main
+from apis.data.questions import QuestionQueue
+from apis.loop.human import open_human_run
 
 SECRET = "s3cret-token"
 LEASE_S = 60.0

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from apis.active.oracle import Oracle
 from apis.data.coco import DatasetError, coco_from_dict, load_coco
 from apis.data.points import UNSURE
 from apis.data.simulated_oracle import SimulatedOracle
 from apis.data.synth import make_synthetic_dataset
+from apis.loop.oracle import Oracle
 
 DSB_VAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "dsb2018_nuclei" / "annotations" / "val.json"
 

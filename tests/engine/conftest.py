@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from apis.config import ExperimentConfig, load_config
+from apis.config import ExperimentConfig
+from apis.config_loading import load_config
 
 # The real model, as small as it gets: these tests check the engine, not accuracy.
 TINY_MODEL = ["model.depth=18", "model.fpn_channels=32", "model.mask_branch_channels=16", "model.head_convs=1",

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
     torch.set_num_threads(1)
-    from apis.config import load_config
+    from apis.config_loading import load_config
     import apis.engine.trainer as trainer
 
     out, *overrides = sys.argv[1:]

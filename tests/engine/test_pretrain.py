@@ -8,7 +8,7 @@ from apis.engine.checkpoint import load_checkpoint
 from apis.engine.pretrain import export_backbone, full_mask_config, pretrain
 from apis.engine.trainer import train
 from apis.modeling.backbone import build_backbone
-from apis.modeling.condinst import build_condinst
+from apis.modeling.condinst import CondInst
 
 
 def test_pretrain_writes_a_backbone_that_a_target_model_starts_from(tmp_path, tiny_config):
@@ -22,7 +22,7 @@ def test_pretrain_writes_a_backbone_that_a_target_model_starts_from(tmp_path, ti
     trained = load_checkpoint(tmp_path / "source_run" / "model_final.pth")["model"]
 
     target = tiny_config(tmp_path / "target_run", f"model.backbone_weights={out}")
-    model = build_condinst(target.model, target.loss)
+    model = CondInst.from_config(target.model, target.loss)
     # The target model's backbone and FPN are the source model's, its heads are new.
     assert torch.equal(model.backbone.layer4[1].conv2.weight, trained["backbone.layer4.1.conv2.weight"])
     assert torch.equal(model.backbone.stem[1].running_mean, trained["backbone.stem.1.running_mean"])

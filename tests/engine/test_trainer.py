@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from apis.config import ConfigError, config_from_dict
+from apis.config import ConfigError
+from apis.config_loading import config_from_dict
 from apis.data.coco import load_coco
 from apis.data.points import InstancePoints
 from apis.engine import checkpoint

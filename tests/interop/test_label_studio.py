@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from apis.active.human import open_human_run
-from apis.active.questions import QuestionConflict, QuestionError, QuestionQueue
 from apis.cli import main
+from apis.data.questions import QuestionConflict, QuestionError, QuestionQueue
 from apis.interop.label_studio import export_tasks, read_answers, store_answers
+from apis.loop.human import open_human_run
 
 LABELS = ["yes", "no", "unsure"]
 

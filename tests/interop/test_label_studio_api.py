@@ -11,11 +11,11 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
-from apis.active.human import open_human_run
-from apis.active.questions import QuestionQueue
 from apis.cli import main
+from apis.data.questions import QuestionQueue
 from apis.interop.label_studio import POINT_SIZE_PERCENT
 from apis.interop.label_studio_api import default_title, watch
+from apis.loop.human import open_human_run
 
 BOB_EMAIL, BOB_PASSWORD = "bob@example.org", "bob-test-password"
 LABELS = ("yes", "no", "unsure")

@@ -7,12 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apis.config import ConfigError, LossConfig, ModelConfig, load_config
+from apis.config import ConfigError, LossConfig, ModelConfig
+from apis.config_loading import load_config
 from apis.data.coords import box_pixel_range
 from apis.modeling.build import build_model
 from apis.modeling.condinst import CondInst
 from apis.modeling.mask_rcnn import (
     MaskRCNNPoints,
+    ProposalMembers,
     box_grid_logits,
     gt_box_cells,
     loss_mask_points,
@@ -234,3 +236,50 @@ def test_box_terms_train_the_mask_head_in_each_roi_frame():
     torch.manual_seed(1)
     full = model.losses_and_stats(images, sizes, targets, iteration=10)[0]["loss_mask_box_pairwise"].detach()
     assert float(full) > 0 and float(half) == pytest.approx(0.5 * float(full), rel=1e-5)
+
+
+def test_proposal_sets_paste_each_members_mask_onto_its_gts_grid(monkeypatch):
+    """Mask R-CNN's prediction sets from hand-made members (constant mask logits, known boxes): GT 0 has itself
+    and one proposal, GT 1 itself. At scale 1/2 a member's mask is its constant inside the member's box (in the
+    original frame, twice the resized one) and 0 outside; boxes come back in the original frame, scores as the
+    box head gave them."""
+    model = _tiny().eval()
+    images, sizes, targets = _batch()
+    boxes = torch.tensor([[5.0, 5.0, 30.0, 40.0], [10.0, 10.0, 20.0, 20.0], [40.0, 10.0, 70.0, 50.0]])
+    members = ProposalMembers(boxes=boxes, gt_index=torch.tensor([0, 0, 1]),
+                              logits=torch.tensor([2.0, -1.0, 0.5])[:, None, None].expand(3, 28, 28).clone(),
+                              scores=torch.tensor([0.9, 0.8, 0.7]))
+    nothing = ProposalMembers(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 28, 28),
+                              torch.zeros(0))
+    monkeypatch.setattr(model, "gt_proposals", lambda *args: [members, nothing])
+    sets = model.prediction_sets(images, sizes, targets, [(120, 180), (64, 80)], [(0.5, 0.5), (1.0, 1.0)])
+    assert sets[1] == {} and sorted(sets[0]) == [1, 2]
+    first, second = sets[0][1], sets[0][2]
+    # GT 0 is (10, 10)-(60, 80) in the original frame: pixels 10..59 x 10..79, all inside its own box.
+    assert first.origin == (10, 10) and first.probs.shape == (2, 70, 50)
+    assert torch.allclose(first.probs[0], torch.sigmoid(torch.tensor(2.0)).expand(70, 50))
+    # The proposal is (20, 20)-(40, 40): pixel centres x + 0.5 in [20, 40] are columns 20..39 (grid 10..29).
+    inside = torch.zeros(70, 50, dtype=torch.bool)
+    inside[10:30, 10:30] = True
+    assert torch.allclose(first.probs[1][inside], torch.sigmoid(torch.tensor(-1.0)))
+    assert (first.probs[1][~inside] == 0).all()
+    assert torch.equal(first.boxes, boxes[:2] * 2) and torch.equal(first.scores, torch.tensor([0.9, 0.8]))
+    assert second.origin == (80, 20) and second.k == 1 and torch.equal(second.boxes, boxes[2:] * 2)
+    assert torch.allclose(second.probs, torch.sigmoid(torch.tensor(0.5)))
+
+    model.train()
+    with pytest.raises(RuntimeError, match="eval"):
+        model.prediction_sets(images, sizes, targets, [(120, 180), (64, 80)], [(0.5, 0.5), (1.0, 1.0)])
+
+
+def test_proposal_sets_of_a_real_model_hold_the_gt_proposals():
+    """Without hand-made members: each GT's set has as many members as its proposals, the GT box first."""
+    model = _tiny().eval()
+    images, sizes, targets = _batch()
+    (members, _) = model.gt_proposals(images, sizes, [t["boxes"] for t in targets], [t["labels"] for t in targets])
+    sets = model.prediction_sets(images, sizes, targets, [(60, 90), (64, 80)], [(1.0, 1.0), (1.0, 1.0)])
+    for g, ann_id in enumerate((1, 2)):
+        found = sets[0][ann_id]
+        assert found.k == int((members.gt_index == g).sum()) and torch.equal(found.boxes[0], targets[0]["boxes"][g])
+        assert found.origin == box_pixel_range(*targets[0]["boxes"][g].tolist(), 90, 60)[:2]
+        assert ((found.probs >= 0) & (found.probs <= 1)).all()

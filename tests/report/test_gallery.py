@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from apis.active.run_dir import RunDirectoryError
 from apis.active.strategies import binary_entropy
 from apis.cli import main
 from apis.data.ledger import PointLedger
+from apis.loop.run_dir import RunDirectoryError
 from apis.report.gallery import show_step, step_views
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -66,8 +66,8 @@ def test_report_without_the_training_mask_curve(finished_runs, tmp_path):
 
 
 def test_the_training_mask_curve_is_the_exported_masks_quality(finished_runs):
-    from apis.active.mask_export import open_run_step
-    from apis.active.mask_quality import score_training_masks, summarise_quality
+    from apis.loop.mask_export import open_run_step
+    from apis.loop.mask_quality import score_training_masks, summarise_quality
     from apis.report.training_masks import step_mask_quality
 
     run_dir = finished_runs["entropy"][0].output_dir
