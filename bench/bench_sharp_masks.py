@@ -6,7 +6,8 @@ stride, the input size...). For every (lever, supervision row, seed) this trains
 mask and box AP, and scores the masks on the *true* boxes as ``bench/bench_mask_quality.py`` does (mIoU against
 a mask that fills the box, by object size). Each (lever, row, seed) trains into ``--out/<lever>/<row>/seed<K>``
 and is not retrained when run again, so the benchmark runs in resumable pieces (one process per core: give
-each process its own ``--levers`` / ``--seeds``; ``--record`` then gathers what is finished).
+each process its own ``--levers`` / ``--seeds``; ``--collect`` then trains nothing and records what is finished,
+naming what is not).
 
 Per row the record carries ``mask_AP75``, ``box_AP75``, ``miou_minus_box_fill`` and the seconds per training
 iteration; its comparisons pair, seed by seed, each lever's mIoU with box fill's and with the baseline's, and its
@@ -95,8 +96,8 @@ def seconds_per_iteration(folder: Path) -> float:
 
 
 def comparisons(rows: list[dict]) -> list[dict]:
-    """Seed by seed, per (row, lever): mIoU against box fill; and per lever but the baseline, mIoU and mask AP75
-    against the baseline's."""
+    """Seed by seed, per (row, lever): mIoU against box fill; and per lever but the baseline, mIoU, mask AP and mask
+    AP75 against the baseline's."""
     found = []
     for row in dict.fromkeys(r["row"] for r in rows):
         members = [r for r in rows if r["row"] == row]
@@ -107,7 +108,7 @@ def comparisons(rows: list[dict]) -> list[dict]:
                                            {s: r["box_fill_mIoU"] for s, r in mine.items()},
                                            metric=f"mIoU - box fill, {row}", a_name=lever, b_name="box fill"))
             if lever != "baseline" and base:
-                for metric in ("mIoU", "mask_AP75"):
+                for metric in ("mIoU", "mask_AP", "mask_AP75"):
                     found.append(paired_comparison({s: r[metric] for s, r in mine.items()},
                                                    {s: r[metric] for s, r in base.items()},
                                                    metric=f"{metric}, {row}", a_name=lever, b_name="baseline"))
@@ -123,6 +124,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--images", type=int, default=60, help="val images of the true-box mIoU")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: read the (lever, row, seed) runs already finished, name the others")
     add_record_option(parser, "sharp_masks")
     parser.add_argument("overrides", nargs="*", help="key=value for every model (e.g. the reduced sizes)")
     args = parser.parse_args()
@@ -137,6 +140,9 @@ def main() -> None:
                     load_config(args.config, [*args.overrides, *LEVERS[lever], *ROWS[row]])
                 except ConfigError as error:
                     print(f"not measured: {lever} / {row}: {error}", flush=True)
+                    continue
+                if args.collect and not (row_dir(args.out / lever, row, seed) / "eval.json").exists():
+                    print(f"not run: {lever} / {row} / seed {seed}", flush=True)
                     continue
                 rows.append(measure(lever, row, seed, args, device))
                 print(f"done: {lever} / {row} / seed {seed}", flush=True)

@@ -251,6 +251,7 @@ def sharp_masks_table(rows: list[dict], comparisons: list[dict]) -> str:
     for (row, lever), members in groups.items():
         versus_fill = found.get((f"mIoU - box fill, {row}", lever, "box fill"))
         versus_base = found.get((f"mIoU, {row}", lever, "baseline"))
+        ap_versus_base = found.get((f"mask_AP, {row}", lever, "baseline"))
         base = groups.get((row, "baseline"), [])
         speed = sum(m["s_per_iter"] for m in members) / len(members)
         base_speed = sum(m["s_per_iter"] for m in base) / len(base) if base else None
@@ -262,10 +263,12 @@ def sharp_masks_table(rows: list[dict], comparisons: list[dict]) -> str:
                       mean_sd(ratio, 2), mean_sd([m["mIoU"] for m in members]),
                       mean_sd([m["box_fill_mIoU"] for m in members]),
                       versus_fill.cell(3) if versus_fill else "–", versus_base.cell(3) if versus_base else "–",
+                      ap_versus_base.cell(2) if ap_versus_base else "–",
                       sizes, f"{speed:.2f}" + (f" ({speed / base_speed:.2f}x)" if base_speed and lever != "baseline"
                                                else "")])
     header = ["supervision", "lever", "seeds", "mask AP", "mask AP75", "box AP75", "mask AP75 / box AP75",
               "mIoU on true boxes", "box fill", "mIoU - box fill [95 % t]", "mIoU - baseline [95 % t]",
+              "mask AP - baseline [95 % t]",
               "mIoU < 16 / 16-32 / >= 32 px", "s / iter (x baseline)"]
     return markdown(header, lines, "ll" + "r" * (len(header) - 2))
 

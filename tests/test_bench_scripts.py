@@ -273,6 +273,15 @@ def test_sharp_masks_bench_pairs_each_lever_with_box_fill_and_the_baseline(finis
                              / "config.yaml").read_text())
     assert stored["model"]["mask_feature_stride"] == 4 and stored["model"]["mask_head_window"] is True
     assert "| boxes + 1 point + box terms | c2_stride4 | 2 |" in completed.stdout
+    # --collect trains nothing: seed 2 was never run, so it is named and left out.
+    completed, collected = _bench("bench_sharp_masks.py", "--config", Path(cfg.output_dir) / "config.yaml",
+                                  "--levers", "baseline", "c2_stride4", "--rows", row, "--seeds", "0", "1", "2",
+                                  "--images", "2", "--out", tmp_path / "sharp", "--collect",
+                                  record=tmp_path / "collected.json")
+    assert f"not run: baseline / {row} / seed 2" in completed.stdout and not (tmp_path / "sharp" / "baseline" /
+                                                                              "boxes_plus_1_point_plus_box_terms" /
+                                                                              "seed2").exists()
+    assert collected["rows"] == rows
 
 
 def test_mask_resolution_bench_by_hand(tmp_path):
