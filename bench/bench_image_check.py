@@ -135,7 +135,7 @@ def main() -> None:
         for threads in args.threads:
             first, cached = time_checks(paths, threads)
             row = {"set": name, "images": len(paths), "megabytes": round(megabytes, 1), "threads": threads,
-                   "first_s": round(first, 2), "cached_s": round(cached, 3),
+                   "first_s": round(first, 4), "cached_s": round(cached, 4),
                    "first_ms_per_image": round(1e3 * first / len(paths), 2),
                    "cached_ms_per_image": round(1e3 * cached / len(paths), 3)}
             if name.startswith("COCO stand-in"):
