@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import add_record_option, provenance, save  # noqa: E402
+from records import add_record_option, provenance, save
 
 COCO_IMAGES = 118_287 + 5_000  # train2017 + val2017: both are checked when `apis run` loads them
 COCO_MEAN_KB = 18e9 / 118_287 / 1e3  # train2017: 18 GB for 118,287 images

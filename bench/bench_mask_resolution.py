@@ -18,24 +18,19 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from records import add_record_option, provenance, save
+from tables import SIZE_BUCKETS, mask_resolution_table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/records.py, when run as a script
-
-from records import add_record_option, provenance, save  # noqa: E402
-from tables import SIZE_BUCKETS, mask_resolution_table  # noqa: E402
-
-from apis.data.coco import load_coco  # noqa: E402
-from apis.data.transforms import resized_size  # noqa: E402
-from apis.modeling.inputs import SIZE_DIVISIBILITY  # noqa: E402
-from apis.modeling.mask_losses import masks_at_stride  # noqa: E402
-from apis.modeling.postprocess import sample_box_grid  # noqa: E402
+from apis.data.coco import load_coco
+from apis.data.transforms import resized_size
+from apis.modeling.inputs import SIZE_DIVISIBILITY
+from apis.modeling.mask_losses import masks_at_stride
+from apis.modeling.postprocess import sample_box_grid
 
 SIZE_EDGES = [0, 16, 32, math.inf]  # object size at the network's input (sqrt of the box area): SIZE_BUCKETS
 LOGIT_CLAMP = 1e-4  # coverage 0 and 1 as finite logits

@@ -23,36 +23,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling bench scripts, when run as a script
+from bench_mask_quality import step_quality
+from bench_supervision import ROWS, row_dir, run_row
+from records import add_record_option, provenance, save
+from tables import SIZE_BUCKETS, sharp_masks_table
 
-from bench_mask_quality import step_quality  # noqa: E402
-from bench_supervision import ROWS, row_dir, run_row  # noqa: E402
-from records import add_record_option, provenance, save  # noqa: E402
-from tables import SIZE_BUCKETS, sharp_masks_table  # noqa: E402
-
-from apis.config import ConfigError  # noqa: E402
-from apis.config_loading import load_config  # noqa: E402
-from apis.evaluation.paired import paired_comparison  # noqa: E402
-from apis.loop.run import load_datasets  # noqa: E402
-from apis.utils.device import resolve_device  # noqa: E402
-from apis.utils.io import atomic_write_json  # noqa: E402
+from apis.config import ConfigError
+from apis.config_loading import load_config
+from apis.evaluation.paired import paired_comparison
+from apis.loop.run import load_datasets
+from apis.utils.device import resolve_device
+from apis.utils.io import atomic_write_json
 
 LEVERS = {
     # CondInst as published: mask features at P3's stride 8, logits upsampled to stride 4.
     "baseline": [],
-    # The dynamic head run only in the window around its location (background elsewhere), at stride 8.
-    "window": ["model.mask_head_window=true"],
     # Mask features at stride 4 (P3-P5 and the ResNet's C2), the dynamic head run there in its window.
     "c2_stride4": ["model.mask_feature_stride=4", "model.mask_head_window=true"],
     # Full masks only: a per-cell BCE inside the box beside the Dice (calibrated probabilities), at stride 8.
     "full_bce": ["loss.full_bce=1.0"],
     # Both: stride-4 features in the window, and the BCE beside the Dice.
     "c2_stride4_bce": ["model.mask_feature_stride=4", "model.mask_head_window=true", "loss.full_bce=1.0"],
-    # As c2_stride4, and the logits (and every mask loss) at stride 2.
-    "c2_stride4_out2": ["model.mask_feature_stride=4", "model.mask_head_window=true", "model.mask_out_stride=2"],
 }
 
 
