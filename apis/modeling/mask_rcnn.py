@@ -24,6 +24,7 @@ Entry points, as CondInst's (:mod:`apis.modeling.condinst`: the same images, ima
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -196,6 +197,40 @@ class ProposalMembers:
     scores: Tensor  # [R] the box head's probability of the GT's class
 
 
+@dataclass(frozen=True)
+class MaskRCNNLoss:
+    """Weights of the Mask R-CNN mask head's losses (the RPN and box head keep torchvision's); a term with weight 0
+    is off. The fields are those of :class:`apis.config.LossConfig` that this model has, by the same names.
+
+    Args:
+        points: weight of the point loss.
+        point_positive_weight: weight of the points labelled 1 in the point loss.
+        point_negative_weight: weight of the points labelled 0.
+        point_normalisation: "point" or "instance" (see :func:`loss_mask_points`).
+        box: weight of BoxInst's box terms (projection + pairwise) in each RoI's frame (0: none; with
+            ``points`` also 0 the mask head is not trained).
+        pairwise_weight: weight of the pairwise term relative to the projection term.
+        pairwise_dilation: neighbour distance of the pairwise term, in cells of the RoI's grid.
+        pairwise_colour_threshold: colour affinity above which neighbours are pulled together.
+        pairwise_warmup_iters: iterations over which the pairwise term ramps up from 0.
+    """
+
+    points: float = 1.0
+    point_positive_weight: float = 1.0
+    point_negative_weight: float = 1.0
+    point_normalisation: str = "point"
+    box: float = 0.0
+    pairwise_weight: float = 1.0
+    pairwise_dilation: int = 2
+    pairwise_colour_threshold: float = 0.3
+    pairwise_warmup_iters: int = 10000
+
+    @classmethod
+    def from_config(cls, loss: LossConfig) -> MaskRCNNLoss:
+        """The weights of ``loss`` (``cfg.loss``) that Mask R-CNN has, field by field."""
+        return cls(**{field.name: getattr(loss, field.name) for field in dataclasses.fields(cls)})
+
+
 class MaskRCNNPoints(nn.Module):
     """Mask R-CNN on a ResNet + FPN (P3-P7) whose mask head learns from labelled points.
 
@@ -211,16 +246,7 @@ class MaskRCNNPoints(nn.Module):
         mask_threshold: inference: a mask pixel is on when its probability exceeds this.
         roi_samples_per_image: RoIs sampled per image to train the box head, a quarter of them positive (the
             positives train the mask head).
-        points: weight of the point loss.
-        point_positive_weight: weight of the points labelled 1 in the point loss.
-        point_negative_weight: weight of the points labelled 0.
-        point_normalisation: "point" or "instance" (see :func:`loss_mask_points`).
-        box: weight of BoxInst's box terms (projection + pairwise) in each RoI's frame (0: none; with
-            ``points`` also 0 the mask head is not trained).
-        pairwise_weight: weight of the pairwise term relative to the projection term.
-        pairwise_dilation: neighbour distance of the pairwise term, in cells of the RoI's grid.
-        pairwise_colour_threshold: colour affinity above which neighbours are pulled together.
-        pairwise_warmup_iters: iterations over which the pairwise term ramps up from 0.
+        loss: the mask head's losses and their weights (default: :class:`MaskRCNNLoss` with its defaults).
 
     The RPN, box head and sampling keep torchvision's ``maskrcnn_resnet50_fpn`` settings (anchors 32-512 with
     ratios 0.5/1/2, 2000 proposals per image in training and 1000 at test, RoIs a quarter positive, IoU 0.5 for
@@ -230,22 +256,11 @@ class MaskRCNNPoints(nn.Module):
     def __init__(self, num_classes: int = 80, *, depth: int = 50, backbone_weights: str = "none",
                  norm: str = "frozen_bn", fpn_channels: int = 256, score_threshold: float = 0.05,
                  nms_threshold: float = 0.5, detections_per_image: int = 100, mask_threshold: float = 0.5,
-                 roi_samples_per_image: int = 512, points: float = 1.0, point_positive_weight: float = 1.0,
-                 point_negative_weight: float = 1.0, point_normalisation: str = "point", box: float = 0.0,
-                 pairwise_weight: float = 1.0, pairwise_dilation: int = 2, pairwise_colour_threshold: float = 0.3,
-                 pairwise_warmup_iters: int = 10000):
+                 roi_samples_per_image: int = 512, loss: MaskRCNNLoss | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold
-        self.points = points
-        self.point_positive_weight = point_positive_weight
-        self.point_negative_weight = point_negative_weight
-        self.point_normalisation = point_normalisation
-        self.box = box
-        self.pairwise_weight = pairwise_weight
-        self.pairwise_dilation = pairwise_dilation
-        self.pairwise_colour_threshold = pairwise_colour_threshold
-        self.pairwise_warmup_iters = pairwise_warmup_iters
+        self.criterion = loss or MaskRCNNLoss()
         self.backbone = build_backbone(depth, norm, backbone_weights, fpn_channels)
         anchors = AnchorGenerator(tuple((size,) for size in ANCHOR_SIZES), (ASPECT_RATIOS,) * len(ANCHOR_SIZES))
         self.rpn = RegionProposalNetwork(
@@ -277,17 +292,11 @@ class MaskRCNNPoints(nn.Module):
         if loss is not None and loss.full > 0:
             raise ValueError(f"model.arch=mask_rcnn learns its masks from points and boxes (loss.points, "
                              f"loss.box); got loss.full={loss.full}: set it to 0")
-        point_terms = {} if loss is None else {
-            "points": loss.points, "point_positive_weight": loss.point_positive_weight,
-            "point_negative_weight": loss.point_negative_weight, "point_normalisation": loss.point_normalisation,
-            "box": loss.box, "pairwise_weight": loss.pairwise_weight, "pairwise_dilation": loss.pairwise_dilation,
-            "pairwise_colour_threshold": loss.pairwise_colour_threshold,
-            "pairwise_warmup_iters": loss.pairwise_warmup_iters}
         return cls(model.num_classes, depth=model.depth, backbone_weights=model.backbone_weights, norm=model.norm,
                    fpn_channels=model.fpn_channels, score_threshold=model.score_threshold,
                    nms_threshold=model.nms_threshold, detections_per_image=model.detections_per_image,
                    mask_threshold=model.mask_threshold, roi_samples_per_image=model.roi_samples_per_image,
-                   **point_terms)
+                   loss=None if loss is None else MaskRCNNLoss.from_config(loss))
 
     # ------------------------------------------------------------------ the network and its pieces
 
@@ -347,7 +356,8 @@ class MaskRCNNPoints(nn.Module):
         positive = [torch.nonzero(image_labels > 0).squeeze(1) for image_labels in labels]
         count = sum(len(p) for p in positive)
         stats = {"num_pos": float(count), "num_proposals": float(count), "point_acc": math.nan}
-        if self.points <= 0 and self.box <= 0:
+        weights = self.criterion
+        if weights.points <= 0 and weights.box <= 0:
             return losses, stats
         rois = [p[keep] for p, keep in zip(proposals, positive)]
         classes = [image_labels[keep] - 1 for image_labels, keep in zip(labels, positive)]
@@ -357,21 +367,21 @@ class MaskRCNNPoints(nn.Module):
             offsets.append(offsets[-1] + len(target["boxes"]))
         gt = torch.cat([m[keep] + offset for m, keep, offset in zip(matched, positive, offsets)])
         boxes = torch.cat(rois)
-        if self.points > 0:
+        if weights.points > 0:
             losses["loss_mask_points"], accuracy = self._point_loss(logits, boxes, targets, gt)
             stats["point_acc"] = accuracy
-        if self.box > 0:
+        if weights.box > 0:
             if count == 0:
                 losses["loss_mask_box_proj"] = losses["loss_mask_box_pairwise"] = logits.sum() * 0.0
                 return losses, stats
             gt_boxes = torch.cat([t["boxes"] for t in targets]).to(boxes)[gt]
             cells = gt_box_cells(gt_boxes, boxes)
-            similarity = roi_colour_similarity(images, rois, self.pairwise_dilation)
+            similarity = roi_colour_similarity(images, rois, weights.pairwise_dilation)
             pairwise = loss_box_pairwise(logits, cells, similarity, torch.arange(count, device=logits.device),
-                                         self.pairwise_dilation, self.pairwise_colour_threshold)
-            warmup = pairwise_warmup(iteration, self.pairwise_warmup_iters)
-            losses["loss_mask_box_proj"] = self.box * loss_box_projection(logits, cells)["loss_mask_box_proj"]
-            losses["loss_mask_box_pairwise"] = (self.box * self.pairwise_weight * warmup
+                                         weights.pairwise_dilation, weights.pairwise_colour_threshold)
+            warmup = pairwise_warmup(iteration, weights.pairwise_warmup_iters)
+            losses["loss_mask_box_proj"] = weights.box * loss_box_projection(logits, cells)["loss_mask_box_proj"]
+            losses["loss_mask_box_pairwise"] = (weights.box * weights.pairwise_weight * warmup
                                                 * pairwise["loss_mask_box_pairwise"])
         return losses, stats
 
@@ -381,9 +391,10 @@ class MaskRCNNPoints(nn.Module):
         points, point_labels = gather_training_points(targets, -1, logits.device)
         if points is None or len(gt) == 0:
             return logits.sum() * 0.0, math.nan
-        loss = self.points * loss_mask_points(
-            logits, boxes, points[gt], point_labels[gt], self.point_positive_weight, self.point_negative_weight,
-            self.point_normalisation)["loss_mask_points"]
+        weights = self.criterion
+        loss = weights.points * loss_mask_points(
+            logits, boxes, points[gt], point_labels[gt], weights.point_positive_weight, weights.point_negative_weight,
+            weights.point_normalisation)["loss_mask_points"]
         with torch.no_grad():
             samples, inside = box_frame_samples(logits, boxes, points[gt])
             counted = (point_labels[gt] >= 0) & inside

@@ -1,6 +1,7 @@
 """Mask R-CNN from boxes and points: the point loss in each proposal's frame (against a hand computation),
 the box-frame mask grid, training, and the detections contract it shares with CondInst."""
 
+import dataclasses
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from apis.data.coords import box_pixel_range
 from apis.modeling.build import build_model
 from apis.modeling.condinst import CondInst
 from apis.modeling.mask_rcnn import (
+    MaskRCNNLoss,
     MaskRCNNPoints,
     ProposalMembers,
     box_grid_logits,
@@ -80,8 +82,8 @@ def test_box_grid_pastes_each_mask_in_its_box_and_nothing_outside():
 
 def _tiny(points=1.0, seed=0, box=0.0):
     torch.manual_seed(seed)
-    return MaskRCNNPoints(num_classes=3, depth=18, norm="bn", fpn_channels=16, points=points, box=box,
-                          pairwise_warmup_iters=10)
+    return MaskRCNNPoints(num_classes=3, depth=18, norm="bn", fpn_channels=16,
+                          loss=MaskRCNNLoss(points=points, box=box, pairwise_warmup_iters=10))
 
 
 def _batch():
@@ -173,7 +175,11 @@ def test_build_model_follows_model_arch_and_refuses_mask_losses_it_lacks():
         MaskRCNNPoints.from_config(ModelConfig(depth=18, fpn_channels=16), LossConfig(full=1.0))
     boxed = load_config(None, [*tiny, "model.arch=mask_rcnn", "loss.box=1.0", "loss.pairwise_warmup_iters=7"])
     model = build_model(boxed.model, boxed.loss)
-    assert model.box == 1.0 and model.pairwise_warmup_iters == 7
+    assert model.criterion == MaskRCNNLoss(box=1.0, pairwise_warmup_iters=7)
+    # Every field of the loss object is a LossConfig key of the same name, read from the config.
+    changed = {field.name: field.default + 1 if isinstance(field.default, (int, float)) else "instance"
+               for field in dataclasses.fields(MaskRCNNLoss)}
+    assert MaskRCNNLoss.from_config(dataclasses.replace(LossConfig(), **changed)) == MaskRCNNLoss(**changed)
 
 
 def test_point_samples_agree_with_roi_align_of_a_pasted_mask():
