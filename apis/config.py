@@ -23,6 +23,21 @@ class ConfigError(ApisError, ValueError):
 
 
 @dataclass
+class RefinementConfig:
+    """Mask refinement at inference (apis.modeling.refinement; docs/design.md, "Sharp masks"): the masks a model
+    predicts, exports and is scored on, sharpened along the image's colour edges. No training is involved, so it
+    can be switched on or off for a model already trained."""
+
+    # "none" (the model's masks as its head draws them) or "colour_affinity" (a mean-field pass of a CRF whose
+    # pairwise term links each pixel to its neighbours of similar colour).
+    method: Literal["none", "colour_affinity"] = "none"
+    iterations: int = 10  # mean-field updates
+    weight: float = 4.0  # most a pixel's logit moves when all its neighbours agree in colour and label
+    radius: int = 2  # neighbours within this many pixels (a (2 radius + 1)^2 window)
+    colour_sigma: float = 1.0  # colour distance scale, in standard deviations of the colours around the mask
+
+
+@dataclass
 class ModelConfig:
     """The instance segmentation model (docs/design.md, "The model"): CondInst, or Mask R-CNN (``arch``)."""
 
@@ -61,6 +76,7 @@ class ModelConfig:
     nms_threshold: float = 0.6
     detections_per_image: int = 100
     mask_threshold: float = 0.5
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
     # Mask R-CNN only: RoIs sampled per image to train the box head, a quarter of them positive (these train
     # the mask head too); torchvision's 512 suits COCO, the CPU configs use fewer.
     roi_samples_per_image: int = 512
@@ -261,6 +277,8 @@ _RANGES = {
     "model.dynamic_layers": (1, None), "model.centre_sampling_radius": (0.0, None),
     "model.score_threshold": (0.0, 1.0), "model.pre_nms_top_k": (1, None), "model.nms_threshold": (0.0, 1.0),
     "model.detections_per_image": (1, None), "model.mask_threshold": (0.0, 1.0),
+    "model.refinement.iterations": (0, None), "model.refinement.weight": (0.0, None),
+    "model.refinement.radius": (1, None),
     "loss.focal_alpha": (0.0, 1.0), "loss.focal_gamma": (0.0, None), "loss.pairwise_weight": (0.0, None),
     "loss.pairwise_dilation": (1, None), "loss.pairwise_colour_threshold": (0.0, None),
     "loss.pairwise_warmup_iters": (0, None),
@@ -327,6 +345,7 @@ def check_values(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key '{key}' must be increasing")
     # Checked here, before any work: a bad schedule found by the optimiser (or after M0) names no key.
     _check_range("solver.gamma", cfg.solver.gamma, minimum=0.0, strict=True)
+    _check_range("model.refinement.colour_sigma", cfg.model.refinement.colour_sigma, minimum=0.0, strict=True)
     if cfg.solver.keep_checkpoints is not None:
         _check_range("solver.keep_checkpoints", cfg.solver.keep_checkpoints, minimum=1)
 

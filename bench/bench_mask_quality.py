@@ -37,7 +37,9 @@ object a few cells wide leaves the head little room for a shape.
     .venv/bin/python bench/bench_mask_quality.py runs/label_efficiency_fanin/*_seed* --images 60
 
 Each run is evaluated with its own ``config.yaml`` (data, test size); ``--images`` caps the val images and
-``--set key=value`` changes a setting for every run (e.g. the test size). A
+``--set key=value`` changes a setting for every run (e.g. the test size, or
+``model.refinement.method=colour_affinity``: the probabilities are then refined on the stored image before every
+measure, as exported masks are). A
 plain training folder (``apis train``'s output) gives one row for its ``model_final.pth``.
 """
 
@@ -62,6 +64,7 @@ from apis.loop.mask_quality import iou
 from apis.loop.run import load_datasets
 from apis.loop.run_dir import step_dir
 from apis.modeling.mask_losses import box_masks_at_stride
+from apis.modeling.refinement import grid_colours, refine_probabilities
 from apis.utils.device import resolve_device
 
 SIZE_EDGES = [0, 16, 32, math.inf]  # object size at the network's input, pixels
@@ -143,14 +146,19 @@ def step_quality(checkpoint: Path, cfg, val, device: torch.device) -> list[dict]
     gt_masks = val.masks("evaluation")
     rows = []
     for sets in iter_prediction_sets([model], cfg, val, device, progress=False):
+        image = None
         for ann_id, pred in sets.items():
             if pred.k == 0:  # no location assigned to this box: nothing to score
                 continue
             full_gt = gt_masks.mask(ann_id)
             gt = crop_to_grid(full_gt, pred).numpy().astype(bool)
-            probs = pred.probs.mean(dim=0).numpy()
+            probs, top = pred.probs.mean(dim=0), top_location_probs(pred.probs, pred.scores)
+            if model.refinement is not None:  # as the exported masks are (apis.loop.mask_export)
+                image = val.load_image(val.instance(ann_id).image_id) if image is None else image
+                colours = grid_colours(image, pred.origin, tuple(probs.shape))
+                probs, top = (refine_probabilities(model.refinement, p, colours) for p in (probs, top))
+            probs, top = probs.numpy(), top.numpy() > 0.5
             mask = probs > 0.5
-            top = top_location_probs(pred.probs, pred.scores).numpy() > 0.5
             rows.append({"size": input_size(val, ann_id, cfg),
                          "iou_at": np.array([iou(probs > t, gt) for t in THRESHOLDS]),
                          "iou_shifted": shifted_ious(mask, pred.grid_range, full_gt),

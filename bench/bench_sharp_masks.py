@@ -9,13 +9,18 @@ and is not retrained when run again, so the benchmark runs in resumable pieces (
 each process its own ``--levers`` / ``--seeds``; ``--collect`` then trains nothing and records what is finished,
 naming what is not).
 
+``--refinement`` also scores every trained model with mask refinement at inference
+(``model.refinement.method=colour_affinity``, :mod:`apis.modeling.refinement`) as the lever ``<lever> + refined``:
+no training, the same model, so it is compared seed by seed with its unrefined lever (its *reference*; a trained
+lever's reference is the baseline).
+
 Per row the record carries ``mask_AP75``, ``box_AP75``, ``miou_minus_box_fill`` and the seconds per training
 iteration; its comparisons pair, seed by seed, each lever's mIoU with box fill's and with the baseline's, and its
 mask AP75 with the baseline's (95 % t-intervals, ``apis.evaluation.paired``); ``bench/tables.py`` draws the table.
 
     .venv/bin/python bench/bench_sharp_masks.py --config condinst_r18_cpu_dsb.yaml --out runs/sharp_dsb \\
         --levers baseline c2_stride4 --rows "full masks" "boxes + 1 point + box terms" --seeds 0 1 2 \\
-        --images 60 --record results/sharp_masks_dsb.json [key=value ...]
+        --images 60 --refinement --record results/sharp_masks_dsb.json [key=value ...]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from tables import SIZE_BUCKETS, sharp_masks_table
 
 from apis.config import ConfigError
 from apis.config_loading import load_config
+from apis.engine.inference import evaluate_checkpoint
 from apis.evaluation.paired import paired_comparison
 from apis.loop.run import load_datasets
 from apis.utils.device import resolve_device
@@ -47,11 +53,15 @@ LEVERS = {
     # Both: stride-4 features in the window, and the BCE beside the Dice.
     "c2_stride4_bce": ["model.mask_feature_stride=4", "model.mask_head_window=true", "loss.full_bce=1.0"],
 }
+REFINEMENT = ["model.refinement.method=colour_affinity"]
+"""The inference overrides of ``--refinement`` (the refinement's own settings are the config's)."""
+REFINED = " + refined"
 
 
-def quality(folder: Path, cfg, images: int, device) -> dict:
-    """mIoU on the true val boxes (first ``images`` val images), overall and by object size; cached in the folder."""
-    done = folder / "mask_quality.json"
+def quality(folder: Path, cfg, images: int, device, name: str = "mask_quality") -> dict:
+    """mIoU on the true val boxes (first ``images`` val images), overall and by object size; cached in the folder
+    as ``<name>.json``."""
+    done = folder / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())
     cfg.data.max_val_images = images
@@ -63,16 +73,32 @@ def quality(folder: Path, cfg, images: int, device) -> dict:
     return result
 
 
-def measure(lever: str, row: str, seed: int, args, device) -> dict:
-    """Train (or read back) one model and score it: one record row."""
+def measure(lever: str, row: str, seed: int, args, device) -> list[dict]:
+    """Train (or read back) one model and score it: one record row, and one for it refined with ``--refinement``."""
     overrides = [*args.overrides, *LEVERS[lever]]
     lever_out = args.out / lever
     metrics = run_row(row, seed, args.config, lever_out, overrides, None)
     folder = row_dir(lever_out, row, seed)
     cfg = load_config(args.config, [*overrides, *ROWS[row], f"seed={seed}", f"output_dir={folder}"])
-    scores = quality(folder, cfg, args.images, device)
+    found = [score_row(lever, "baseline", LEVERS[lever], row, seed, metrics, quality(folder, cfg, args.images, device),
+                       folder)]
+    if args.refinement:
+        refined = load_config(args.config, [*overrides, *ROWS[row], f"seed={seed}", f"output_dir={folder}",
+                                            *REFINEMENT])
+        done = folder / "eval_refined.json"
+        if not done.exists():
+            atomic_write_json(done, evaluate_checkpoint(folder / "model_final.pth", refined), indent=2)
+        found.append(score_row(lever + REFINED, lever, [*LEVERS[lever], *REFINEMENT], row, seed,
+                               json.loads(done.read_text()),
+                               quality(folder, refined, args.images, device, "mask_quality_refined"), folder))
+    return found
+
+
+def score_row(lever: str, reference: str, overrides: list[str], row: str, seed: int, metrics: dict, scores: dict,
+              folder: Path) -> dict:
+    """One record row: a model's AP (``metrics``, as ``evaluate_checkpoint`` gives them) and true-box mIoU."""
     overall = scores["all"]
-    return {"lever": lever, "overrides": LEVERS[lever], "row": row, "seed": seed,
+    return {"lever": lever, "reference": reference, "overrides": overrides, "row": row, "seed": seed,
             "mask_AP": metrics["segm/AP"], "mask_AP75": metrics["segm/AP75"], "box_AP": metrics["bbox/AP"],
             "box_AP75": metrics["bbox/AP75"], "mIoU": overall["mIoU"], "box_fill_mIoU": overall["box_fill_mIoU"],
             "miou_minus_box_fill": overall["mIoU"] - overall["box_fill_mIoU"],
@@ -90,21 +116,22 @@ def seconds_per_iteration(folder: Path) -> float:
 
 def comparisons(rows: list[dict]) -> list[dict]:
     """Seed by seed, per (row, lever): mIoU against box fill; and per lever but the baseline, mIoU, mask AP and mask
-    AP75 against the baseline's."""
+    AP75 against its reference's (the baseline's; a refined lever's: the same models unrefined)."""
     found = []
     for row in dict.fromkeys(r["row"] for r in rows):
         members = [r for r in rows if r["row"] == row]
-        base = {r["seed"]: r for r in members if r["lever"] == "baseline"}
         for lever in dict.fromkeys(r["lever"] for r in members):
             mine = {r["seed"]: r for r in members if r["lever"] == lever}
             found.append(paired_comparison({s: r["mIoU"] for s, r in mine.items()},
                                            {s: r["box_fill_mIoU"] for s, r in mine.items()},
                                            metric=f"mIoU - box fill, {row}", a_name=lever, b_name="box fill"))
-            if lever != "baseline" and base:
+            reference = next(iter(mine.values()))["reference"]
+            base = {r["seed"]: r for r in members if r["lever"] == reference}
+            if lever != reference and base:
                 for metric in ("mIoU", "mask_AP", "mask_AP75"):
                     found.append(paired_comparison({s: r[metric] for s, r in mine.items()},
                                                    {s: r[metric] for s, r in base.items()},
-                                                   metric=f"{metric}, {row}", a_name=lever, b_name="baseline"))
+                                                   metric=f"{metric}, {row}", a_name=lever, b_name=reference))
     return [c.as_dict() for c in found]
 
 
@@ -117,6 +144,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--images", type=int, default=60, help="val images of the true-box mIoU")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--refinement", action="store_true",
+                        help="also score every model with mask refinement at inference (the lever '<lever> + refined')")
     parser.add_argument("--collect", action="store_true",
                         help="train nothing: read the (lever, row, seed) runs already finished, name the others")
     add_record_option(parser, "sharp_masks")
@@ -137,7 +166,7 @@ def main() -> None:
                 if args.collect and not (row_dir(args.out / lever, row, seed) / "eval.json").exists():
                     print(f"not run: {lever} / {row} / seed {seed}", flush=True)
                     continue
-                rows.append(measure(lever, row, seed, args, device))
+                rows.extend(measure(lever, row, seed, args, device))
                 print(f"done: {lever} / {row} / seed {seed}", flush=True)
     compared = comparisons(rows)
     print(sharp_masks_table(rows, compared))

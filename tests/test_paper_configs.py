@@ -23,6 +23,7 @@ PAPER = {
     "model.centre_sampling_radius": 1.5, "model.size_ranges": [0, 64, 128, 256, 512, math.inf],
     "model.score_threshold": 0.05, "model.pre_nms_top_k": 1000, "model.nms_threshold": 0.6,
     "model.detections_per_image": 100, "model.mask_threshold": 0.5,
+    "model.refinement.method": "none",  # masks as the head draws them
     "loss.focal_alpha": 0.25, "loss.focal_gamma": 2.0,
     # Points only, PointSup's loss (Sec. 4.1: "the same training protocol as PointSup"): BCE at the labelled
     # points averaged over all of them, no point augmentation, no class weights; weight 0.1 for M0 and 1.0 when
@@ -63,6 +64,8 @@ NOT_THE_PAPERS = {
     "loop.finetune.pairwise_warmup_iters",
     "model.roi_samples_per_image", "selection.ensemble_seeds", "selection.scales", "selection.flips",
     "selection.max_points_per_instance", "selection.min_point_distance", "afis.scorer",
+    "model.refinement.iterations", "model.refinement.weight", "model.refinement.radius",
+    "model.refinement.colour_sigma",
 }
 
 # What a CPU-sized version may change: sizes (model, data, batch) and schedule (iterations, learning rates).

@@ -8,7 +8,8 @@ For a step ``S`` of a run, every non-crowd training instance gets a mask:
   locations that training assigns to the box (the ``anchors`` prediction set that selection also uses; Mask
   R-CNN: its positive proposals), on the box's candidate pixels, at the test size; thresholded at
   ``model.mask_threshold`` and corrected so that it contradicts none of the instance's answered points
-  (:mod:`apis.active.point_constraint`). Nothing lies outside the box;
+  (:mod:`apis.active.point_constraint`). With ``model.refinement.method`` on, the mean probability is first
+  sharpened along the image's colour edges (:mod:`apis.modeling.refinement`). Nothing lies outside the box;
 * **box**: the model assigned no location to the box (a box too small or too odd for it): the filled box,
   corrected by the answered points in the same way.
 
@@ -43,6 +44,7 @@ from apis.data.points import InstancePoints
 from apis.engine.inference import ground_truth_of, load_model
 from apis.evaluation.results import encode_mask
 from apis.loop.run_dir import RunDirectory, RunDirectoryError
+from apis.modeling.refinement import grid_colours, refine_probabilities
 from apis.utils.device import resolve_device
 from apis.utils.io import atomic_write_json
 
@@ -81,14 +83,23 @@ def instance_probabilities(model: torch.nn.Module, cfg: ExperimentConfig, datase
     """Per non-crowd instance of ``dataset`` (image by image), the model's probabilities on its given box.
 
     One view at the test size (``data.min_size_test``) whatever the run's selection used; the members of the
-    instance's prediction set are averaged.
+    instance's prediction set are averaged, then refined on the stored image by the model's ``refinement``.
     """
     one_view = dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, sets=["anchors"]))
     for sets in iter_prediction_sets([model], one_view, dataset, device, progress, desc="masks"):
+        image = None
         for ann_id in sorted(sets):
             pred = sets[ann_id]
-            probs = pred.probs.mean(dim=0).numpy().astype(np.float64) if pred.k else None
-            yield InstanceProbabilities(ann_id, pred.origin, probs)
+            if not pred.k:
+                yield InstanceProbabilities(ann_id, pred.origin, None)
+                continue
+            probs = pred.probs.mean(dim=0)
+            if model.refinement is not None:
+                if image is None:
+                    image = dataset.load_image(dataset.instance(ann_id).image_id)
+                probs = refine_probabilities(model.refinement, probs, grid_colours(image, pred.origin,
+                                                                                   tuple(probs.shape)))
+            yield InstanceProbabilities(ann_id, pred.origin, probs.numpy().astype(np.float64))
 
 
 def export_instance(found: InstanceProbabilities, dataset: CocoDataset, points: InstancePoints | None,

@@ -39,6 +39,7 @@ from apis.modeling.fcos import FCOSHead, HeadOutputs, assign_locations, level_lo
 from apis.modeling.inputs import check_batch, check_targets
 from apis.modeling.mask_branch import MaskBranch
 from apis.modeling.postprocess import Detections, paste_masks, select_detections, to_original_boxes
+from apis.modeling.refinement import ColourAffinityRefinement, build_refinement
 from apis.structures import PredictionSet
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class CondInst(nn.Module):
         nms_threshold: inference: IoU threshold of the class-aware NMS.
         detections_per_image: inference: detections kept per image.
         mask_threshold: inference: a mask pixel is on when its probability exceeds this.
+        refinement: inference: sharpens each predicted mask along the image's colour edges (None: off).
         loss: the training losses and their weights (default: :class:`CondInstLoss` with its defaults).
 
     The defaults are those of :class:`apis.config.ModelConfig` and :class:`apis.config.LossConfig`.
@@ -103,7 +105,8 @@ class CondInst(nn.Module):
                  mask_head_window: bool = False, centre_sampling_radius: float = 1.5,
                  size_ranges: Sequence[float] = SIZE_RANGES, max_proposals: int = 500, score_threshold: float = 0.05,
                  pre_nms_top_k: int = 1000, nms_threshold: float = 0.6, detections_per_image: int = 100,
-                 mask_threshold: float = 0.5, loss: CondInstLoss | None = None):
+                 mask_threshold: float = 0.5, refinement: ColourAffinityRefinement | None = None,
+                 loss: CondInstLoss | None = None):
         super().__init__()
         if dynamic_init not in ("fan_in", "zeros"):
             raise ValueError(f"dynamic_init must be 'fan_in' or 'zeros', got {dynamic_init!r}")
@@ -121,6 +124,7 @@ class CondInst(nn.Module):
         self.nms_threshold = nms_threshold
         self.detections_per_image = detections_per_image
         self.mask_threshold = mask_threshold
+        self.refinement = refinement
         self.criterion = loss or CondInstLoss()
         self.mask_branch = MaskBranch(fpn_channels, mask_branch_channels, mask_channels, num_convs=MASK_BRANCH_CONVS,
                                       stride=mask_feature_stride, fine_channels=self.backbone.c2_channels)
@@ -151,7 +155,8 @@ class CondInst(nn.Module):
             centre_sampling_radius=model.centre_sampling_radius,
             size_ranges=model.size_ranges, max_proposals=model.max_proposals, score_threshold=model.score_threshold,
             pre_nms_top_k=model.pre_nms_top_k, nms_threshold=model.nms_threshold,
-            detections_per_image=model.detections_per_image, mask_threshold=model.mask_threshold, loss=criterion)
+            detections_per_image=model.detections_per_image, mask_threshold=model.mask_threshold,
+            refinement=build_refinement(model.refinement), loss=criterion)
 
     # ------------------------------------------------------------------ the network and its pieces
 
@@ -248,8 +253,8 @@ class CondInst(nn.Module):
                 original_sizes: list[tuple[int, int]]) -> list[Detections]:
         """Detections per image in ORIGINAL coordinates (call ``model.eval()`` first).
 
-        Masks: the stride-4 logits sampled at each original pixel centre inside the predicted box,
-        thresholded at ``mask_threshold``; boxes scaled by ``original / resized`` and clipped.
+        Masks: the stride-4 logits sampled at each original pixel centre inside the predicted box, refined
+        (``refinement``) and thresholded at ``mask_threshold``; boxes scaled by ``original / resized`` and clipped.
         """
         check_batch(images, image_sizes, original_sizes=original_sizes)
         outputs = self(images)
@@ -266,7 +271,7 @@ class CondInst(nn.Module):
             scale = resize_scale(image_sizes[i], original_sizes[i])
             boxes = to_original_boxes(found.boxes, scale, original_sizes[i])
             masks = paste_masks(logits[image_index == i], self.mask_stride, boxes, scale, original_sizes[i],
-                                self.mask_threshold)
+                                self.mask_threshold, images[i], self.refinement)
             results.append(Detections(boxes, found.scores, found.labels, masks))
         return results
 

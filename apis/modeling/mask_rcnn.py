@@ -54,7 +54,8 @@ from apis.modeling.mask_losses import (
     rgb_to_lab,
     weighted_point_bce,
 )
-from apis.modeling.postprocess import Detections, to_original_boxes
+from apis.modeling.postprocess import Detections, box_colours, to_original_boxes
+from apis.modeling.refinement import ColourAffinityRefinement, build_refinement
 from apis.structures import PredictionSet
 
 if TYPE_CHECKING:
@@ -246,6 +247,7 @@ class MaskRCNNPoints(nn.Module):
         mask_threshold: inference: a mask pixel is on when its probability exceeds this.
         roi_samples_per_image: RoIs sampled per image to train the box head, a quarter of them positive (the
             positives train the mask head).
+        refinement: inference: sharpens each predicted mask along the image's colour edges (None: off).
         loss: the mask head's losses and their weights (default: :class:`MaskRCNNLoss` with its defaults).
 
     The RPN, box head and sampling keep torchvision's ``maskrcnn_resnet50_fpn`` settings (anchors 32-512 with
@@ -256,10 +258,12 @@ class MaskRCNNPoints(nn.Module):
     def __init__(self, num_classes: int = 80, *, depth: int = 50, backbone_weights: str = "none",
                  norm: str = "frozen_bn", fpn_channels: int = 256, score_threshold: float = 0.05,
                  nms_threshold: float = 0.5, detections_per_image: int = 100, mask_threshold: float = 0.5,
-                 roi_samples_per_image: int = 512, loss: MaskRCNNLoss | None = None):
+                 roi_samples_per_image: int = 512, refinement: ColourAffinityRefinement | None = None,
+                 loss: MaskRCNNLoss | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.mask_threshold = mask_threshold
+        self.refinement = refinement
         self.criterion = loss or MaskRCNNLoss()
         self.backbone = build_backbone(depth, norm, backbone_weights, fpn_channels)
         anchors = AnchorGenerator(tuple((size,) for size in ANCHOR_SIZES), (ASPECT_RATIOS,) * len(ANCHOR_SIZES))
@@ -296,6 +300,7 @@ class MaskRCNNPoints(nn.Module):
                    fpn_channels=model.fpn_channels, score_threshold=model.score_threshold,
                    nms_threshold=model.nms_threshold, detections_per_image=model.detections_per_image,
                    mask_threshold=model.mask_threshold, roi_samples_per_image=model.roi_samples_per_image,
+                   refinement=build_refinement(model.refinement),
                    loss=None if loss is None else MaskRCNNLoss.from_config(loss))
 
     # ------------------------------------------------------------------ the network and its pieces
@@ -410,7 +415,8 @@ class MaskRCNNPoints(nn.Module):
         """Detections per image in ORIGINAL coordinates (call ``model.eval()`` first), as CondInst's.
 
         Masks: each detection's box-frame mask logits sampled at the original pixel centres inside its box,
-        thresholded at ``mask_threshold``; boxes scaled by ``original / resized`` and clipped.
+        refined (``refinement``) and thresholded at ``mask_threshold``; boxes scaled by ``original / resized``
+        and clipped.
         """
         check_batch(images, image_sizes, original_sizes=original_sizes)
         features = self(images)
@@ -426,8 +432,11 @@ class MaskRCNNPoints(nn.Module):
             original_boxes = to_original_boxes(boxes[i], scale, original_size)
             masks = torch.zeros(count, *original_size, dtype=torch.bool, device=images.device)
             for k in range(count):
-                (xs, ys), box_logits = box_grid_logits(logits[start + k:start + k + 1], boxes[i][k:k + 1],
-                                                       original_boxes[k].tolist(), scale, original_size)
+                box = original_boxes[k].tolist()
+                (xs, ys), box_logits = box_grid_logits(logits[start + k:start + k + 1], boxes[i][k:k + 1], box, scale,
+                                                       original_size)
+                if self.refinement is not None:
+                    box_logits = self.refinement(box_logits, box_colours(images[i], box, scale, original_size))
                 masks[k, ys:ys + box_logits.shape[1], xs:xs + box_logits.shape[2]] = (
                     box_logits[0].sigmoid() > self.mask_threshold)
             results.append(Detections(original_boxes, scores[i], labels[i] - 1, masks))

@@ -16,6 +16,7 @@ from torchvision.ops import batched_nms
 from apis.data.coords import PIXEL_CENTRE, box_pixel_range
 from apis.modeling.dynamic_mask_head import sample_mask_logits
 from apis.modeling.fcos import ltrb_to_boxes
+from apis.modeling.refinement import ColourAffinityRefinement
 
 
 @dataclass
@@ -123,10 +124,12 @@ def sample_box_grid(logits: Tensor, stride: int, box: tuple[float, float, float,
 
 
 def paste_masks(logits: Tensor, stride: int, boxes: Tensor, scale: tuple[float, float],
-                original_size: tuple[int, int], threshold: float) -> Tensor:
+                original_size: tuple[int, int], threshold: float, image: Tensor | None = None,
+                refinement: ColourAffinityRefinement | None = None) -> Tensor:
     """Binary masks ``[M, H, W]`` at original resolution, zero outside each detection's box.
 
-    Inside its box, a pixel is on when ``sigmoid(logit) > threshold``.
+    Inside its box, a pixel is on when ``sigmoid(logit) > threshold``, the logits refined first by ``refinement``
+    (when given) with the colours of ``image`` at the same pixel centres.
 
     Args:
         logits: ``[M, Hm, Wm]`` at ``stride`` in the padded resized frame.
@@ -135,10 +138,23 @@ def paste_masks(logits: Tensor, stride: int, boxes: Tensor, scale: tuple[float, 
         scale: ``(sx, sy) = resized / original``.
         original_size: ``(H, W)``.
         threshold: the mask probability threshold.
+        image: ``[3, Hp, Wp]`` RGB 0..255, the padded resized image (needed with ``refinement``).
+        refinement: sharpens each box's logits along the image's colour edges.
     """
     height, width = original_size
     masks = torch.zeros(logits.shape[0], height, width, dtype=torch.bool, device=logits.device)
     for index, box in enumerate(boxes.tolist()):
         (xs, ys), box_logits = sample_box_grid(logits[index:index + 1], stride, box, scale, original_size)
+        if refinement is not None:
+            box_logits = refinement(box_logits, box_colours(image, box, scale, original_size))
         masks[index, ys:ys + box_logits.shape[1], xs:xs + box_logits.shape[2]] = box_logits[0].sigmoid() > threshold
     return masks
+
+
+def box_colours(image: Tensor, box: tuple[float, float, float, float], scale: tuple[float, float],
+                original_size: tuple[int, int]) -> Tensor:
+    """``[3, h, w]``: the colours of the padded resized ``image [3, Hp, Wp]`` at the pixel centres of ``box``'s
+    candidate grid in the original frame (as :func:`sample_box_grid` samples logits), for refinement."""
+    if image is None:
+        raise ValueError("mask refinement needs the image the masks are pasted on")
+    return sample_box_grid(image.float(), 1, box, scale, original_size)[1]

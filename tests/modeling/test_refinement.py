@@ -1,0 +1,135 @@
+"""Mask refinement at inference: one mean-field update against a hand computation, a blurred disk sharpened on its
+image, and the refinement wired into prediction, export and the config."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from apis.config import ConfigError
+from apis.config_loading import load_config
+from apis.config_use import check_overrides_used
+from apis.modeling.build import build_model
+from apis.modeling.condinst import CondInst
+from apis.modeling.postprocess import box_colours, paste_masks
+from apis.modeling.refinement import ColourAffinityRefinement, build_refinement, grid_colours, refine_probabilities
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_one_update_on_three_pixels_matches_a_hand_computation():
+    """Pixels 0 and 1 are black, pixel 2 white; radius 1 on a 1 x 3 grid: 0 and 2 have one neighbour (pixel 1),
+    pixel 1 has two. Colours over their standard deviation: all 27 values' sd is 127.5, so black 0, white 2, and the
+    black-white squared distance over the 3 channels is 12: affinity exp(-12 / 2) between 1 and 2, 1 between 0
+    and 1."""
+    colours = torch.tensor([[0.0, 0.0, 255.0]] * 3).view(3, 1, 3)
+    logits = torch.tensor([[[2.0, -0.5, -2.0]]])
+    refined = ColourAffinityRefinement(iterations=1, weight=4.0, radius=1, colour_sigma=1.0)(logits, colours)
+    m = [2 * _sigmoid(u) - 1 for u in (2.0, -0.5, -2.0)]
+    edge = math.exp(-6.0)
+    expected = [2.0 + 4.0 * m[1], -0.5 + 4.0 / 2 * (m[0] + edge * m[2]), -2.0 + 4.0 * edge * m[1]]
+    assert refined[0, 0].tolist() == pytest.approx(expected, abs=1e-4)
+    assert expected[1] > 0  # the black pixel the model left out joins its black neighbour; the white one stays out
+
+
+def test_nothing_changes_without_weight_or_iterations_and_ruled_out_pixels_stay_out():
+    logits = torch.randn(2, 5, 6)
+    colours = torch.rand(3, 5, 6) * 255
+    assert torch.equal(ColourAffinityRefinement(weight=0.0)(logits, colours), logits)
+    assert torch.equal(ColourAffinityRefinement(iterations=0)(logits, colours), logits)
+    logits[0, :, 0] = -math.inf
+    refined = ColourAffinityRefinement()(logits, colours)
+    assert torch.isneginf(refined[0, :, 0]).all() and torch.isfinite(refined[0, :, 1:]).all()
+    with pytest.raises(ValueError, match="same grid"):
+        ColourAffinityRefinement()(logits, colours[:, :4])
+    with pytest.raises(ValueError, match="radius >= 1"):
+        ColourAffinityRefinement(radius=0)
+
+
+def _disk_scene(size=40, radius=9.0):
+    """A bright disk on a dark, slightly noisy image, and the mask a stride-8 head would draw of it: the disk's
+    coverage of 8 x 8 cells upsampled bilinearly (a blob whose 0.5 contour cuts across the disk's edge)."""
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    disk = ((xx - 19.0) ** 2 + (yy - 21.0) ** 2) <= radius ** 2
+    generator = torch.Generator().manual_seed(0)
+    image = torch.where(disk, 200.0, 30.0)[None].expand(3, -1, -1) + torch.rand(3, size, size, generator=generator) * 20
+    coverage = F.avg_pool2d(disk.float()[None, None], 8)
+    blurred = F.interpolate(coverage, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return disk, image, blurred
+
+
+def _iou(a, b):
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_a_blurred_disk_is_sharpened_on_its_image():
+    disk, image, blurred = _disk_scene()
+    refined = refine_probabilities(ColourAffinityRefinement(), blurred, image)
+    before, after = _iou(blurred > 0.5, disk), _iou(refined > 0.5, disk)
+    assert before < 0.9 and after > 0.97 and after > before + 0.05
+    # On a flat image there is no edge to follow: the refinement only smooths the blob, never towards a disk.
+    flat = refine_probabilities(ColourAffinityRefinement(), blurred, torch.full_like(image, 90.0))
+    assert _iou(flat > 0.5, disk) < after - 0.05
+
+
+def test_grid_colours_and_box_colours_read_the_pixels_of_the_grid():
+    image = np.random.default_rng(0).integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+    colours = grid_colours(image, (3, 2), (4, 5))
+    expected = torch.from_numpy(image[2:6, 3:8]).permute(2, 0, 1).float()
+    assert colours.shape == (3, 4, 5) and torch.equal(colours, expected)
+    # The resized image at scale 1 (padded bottom/right): each grid pixel's centre reads the pixel itself.
+    padded = torch.zeros(3, 32, 32)
+    padded[:, :12, :16] = torch.from_numpy(image).permute(2, 0, 1).float()
+    sampled = box_colours(padded, (3.0, 2.0, 8.0, 6.0), (1.0, 1.0), (12, 16))
+    assert torch.allclose(sampled, colours)
+
+
+def test_pasted_masks_follow_the_image_with_refinement():
+    disk, image, blurred = _disk_scene(size=32)
+    padded = torch.zeros(3, 32, 32)
+    padded[:] = image
+    logits = torch.logit(F.avg_pool2d(blurred[None, None], 4)[0].clamp(1e-4, 1 - 1e-4))  # [1, 8, 8] at stride 4
+    box = torch.tensor([[0.0, 0.0, 32.0, 32.0]])
+    raw = paste_masks(logits, 4, box, (1.0, 1.0), (32, 32), 0.5)
+    refined = paste_masks(logits, 4, box, (1.0, 1.0), (32, 32), 0.5, padded, ColourAffinityRefinement())
+    assert _iou(refined[0], disk) > _iou(raw[0], disk) + 0.05
+    with pytest.raises(ValueError, match="needs the image"):
+        paste_masks(logits, 4, box, (1.0, 1.0), (32, 32), 0.5, None, ColourAffinityRefinement())
+
+
+def test_the_config_builds_the_refinement_into_both_models_and_refuses_its_keys_when_off():
+    tiny = ["model.depth=18", "model.fpn_channels=16", "model.num_classes=2", "model.norm=bn"]
+    assert build_model(load_config(None, tiny).model).refinement is None
+    on = ["model.refinement.method=colour_affinity", "model.refinement.weight=2.5", "model.refinement.radius=3"]
+    cfg = load_config(None, [*tiny, *on])
+    expected = ColourAffinityRefinement(weight=2.5, radius=3)
+    assert build_refinement(cfg.model.refinement) == expected
+    assert isinstance(build_model(cfg.model), CondInst) and build_model(cfg.model).refinement == expected
+    rcnn = load_config(None, [*tiny, *on, "model.arch=mask_rcnn"])
+    assert build_model(rcnn.model, rcnn.loss).refinement == expected
+    check_overrides_used("train", cfg, on)
+    with pytest.raises(ConfigError, match="model.refinement.method=colour_affinity turns it on"):
+        check_overrides_used("train", load_config(None, ["model.refinement.weight=2.5"]),
+                             ["model.refinement.weight=2.5"])
+    with pytest.raises(ConfigError, match="model.refinement.method"):
+        load_config(None, ["model.refinement.method=crf"])
+    with pytest.raises(ConfigError, match="model.refinement.colour_sigma"):
+        load_config(None, ["model.refinement.colour_sigma=0"])
+
+
+def test_a_model_predicts_refined_masks_inside_its_boxes():
+    torch.manual_seed(0)
+    model = CondInst(num_classes=2, depth=18, norm="bn", fpn_channels=16, mask_branch_channels=16, head_convs=1,
+                     score_threshold=0.0, refinement=ColourAffinityRefinement()).eval()
+    images = torch.rand(1, 3, 64, 64) * 255
+    found = model.predict(images, [(64, 64)], [(64, 64)])[0]
+    assert found.masks.shape == (len(found.boxes), 64, 64)
+    for mask, box in zip(found.masks, found.boxes.tolist()):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(xs):
+            assert xs.min() >= math.floor(box[0]) and xs.max() < math.ceil(box[2])
+            assert ys.min() >= math.floor(box[1]) and ys.max() < math.ceil(box[3])
