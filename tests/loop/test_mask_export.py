@@ -1,6 +1,7 @@
 """`apis export-masks` on tiny finished runs: a mask per training instance, inside its box, agreeing with every
 answered point, drawn masks as given; the file loads in pycocotools and trains `apis train` with full masks."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from apis.cli import main
+from apis.config import RefinementConfig
 from apis.data.coords import box_pixel_range
 from apis.data.ledger import PointLedger
 from apis.loop.mask_export import export_run_masks, masks_to_coco, open_run_step
@@ -69,6 +71,24 @@ def test_the_unconstrained_export_is_the_models_mask_and_contradictions_are_coun
         assert constrained.contradicted == model.contradicted
         if model.contradicted == 0:
             assert np.array_equal(constrained.mask, model.mask)
+
+
+def test_a_refined_export_changes_the_masks_and_still_honours_every_point(finished_runs):
+    cfg, _ = finished_runs["entropy"]
+    run = open_run_step(cfg.output_dir, 1)
+    on = dataclasses.replace(run.cfg.model, refinement=RefinementConfig(method="colour_affinity"))
+    refined = export_run_masks(dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, model=on)), "local",
+                               progress=False)
+    plain = export_run_masks(run, "local", progress=False)
+    assert [e.ann_id for e in refined] == [e.ann_id for e in plain]
+    predicted = [(a, b) for a, b in zip(refined, plain) if a.source == "predicted"]
+    assert predicted and any(not np.array_equal(a.mask, b.mask) for a, b in predicted)
+    for exported in refined:
+        known = run.points.get(exported.ann_id)
+        for (x, y), label in zip(known.coords.tolist() if known else [], known.labels.tolist() if known else []):
+            if label >= 0:
+                xs, ys = exported.origin
+                assert exported.mask[y - ys, x - xs] == bool(label)
 
 
 def test_bought_masks_are_kept_byte_identical(synth_dir, tiny_overrides, tmp_path):
