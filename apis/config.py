@@ -28,13 +28,14 @@ class RefinementConfig:
     predicts, exports and is scored on, sharpened along the image's colour edges. No training is involved, so it
     can be switched on or off for a model already trained."""
 
-    # "none" (the model's masks as its head draws them) or "colour_affinity" (a mean-field pass of a CRF whose
-    # pairwise term links each pixel to its neighbours of similar colour).
-    method: Literal["none", "colour_affinity"] = "none"
+    # "none" (the model's masks as its head draws them) or "colour_crf" (a CRF on the mask's pixels: a colour
+    # model of the object and its background added to the model's logits, and colour affinities between neighbours).
+    method: Literal["none", "colour_crf"] = "none"
     iterations: int = 10  # mean-field updates
     weight: float = 4.0  # most a pixel's logit moves when all its neighbours agree in colour and label
     radius: int = 2  # neighbours within this many pixels (a (2 radius + 1)^2 window)
     colour_sigma: float = 1.0  # colour distance scale, in standard deviations of the colours around the mask
+    colour_model_weight: float = 0.0  # weight of the colour model's log-likelihood ratio in each pixel's logit
 
 
 @dataclass
@@ -278,7 +279,7 @@ _RANGES = {
     "model.score_threshold": (0.0, 1.0), "model.pre_nms_top_k": (1, None), "model.nms_threshold": (0.0, 1.0),
     "model.detections_per_image": (1, None), "model.mask_threshold": (0.0, 1.0),
     "model.refinement.iterations": (0, None), "model.refinement.weight": (0.0, None),
-    "model.refinement.radius": (1, None),
+    "model.refinement.radius": (1, None), "model.refinement.colour_model_weight": (0.0, None),
     "loss.focal_alpha": (0.0, 1.0), "loss.focal_gamma": (0.0, None), "loss.pairwise_weight": (0.0, None),
     "loss.pairwise_dilation": (1, None), "loss.pairwise_colour_threshold": (0.0, None),
     "loss.pairwise_warmup_iters": (0, None),

@@ -36,7 +36,7 @@ def unused_reason(command: str, cfg: ExperimentConfig, key: str) -> str | None:
         return "Mask R-CNN (model.arch=mask_rcnn) has no such part; it belongs to CondInst (model.arch=condinst)"
     if cfg.model.refinement.method == "none" and key.startswith("model.refinement.") and key != \
             "model.refinement.method":
-        return "mask refinement is off: model.refinement.method=colour_affinity turns it on"
+        return "mask refinement is off: model.refinement.method=colour_crf turns it on"
     if cfg.model.arch == "condinst" and key == "model.roi_samples_per_image":
         return "it belongs to Mask R-CNN (model.arch=mask_rcnn); CondInst's mask head trains on model.max_proposals"
     if command == "train":

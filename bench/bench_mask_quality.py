@@ -38,7 +38,7 @@ object a few cells wide leaves the head little room for a shape.
 
 Each run is evaluated with its own ``config.yaml`` (data, test size); ``--images`` caps the val images and
 ``--set key=value`` changes a setting for every run (e.g. the test size, or
-``model.refinement.method=colour_affinity``: the probabilities are then refined on the stored image before every
+``model.refinement.method=colour_crf``: the probabilities are then refined on the stored image before every
 measure, as exported masks are). A
 plain training folder (``apis train``'s output) gives one row for its ``model_final.pth``.
 """

@@ -10,7 +10,7 @@ each process its own ``--levers`` / ``--seeds``; ``--collect`` then trains nothi
 naming what is not).
 
 ``--refinement`` also scores every trained model with mask refinement at inference
-(``model.refinement.method=colour_affinity``, :mod:`apis.modeling.refinement`) as the lever ``<lever> + refined``:
+(``model.refinement.method=colour_crf``, :mod:`apis.modeling.refinement`) as the lever ``<lever> + refined``:
 no training, the same model, so it is compared seed by seed with its unrefined lever (its *reference*; a trained
 lever's reference is the baseline).
 
@@ -53,7 +53,7 @@ LEVERS = {
     # Both: stride-4 features in the window, and the BCE beside the Dice.
     "c2_stride4_bce": ["model.mask_feature_stride=4", "model.mask_head_window=true", "loss.full_bce=1.0"],
 }
-REFINEMENT = ["model.refinement.method=colour_affinity"]
+REFINEMENT = ["model.refinement.method=colour_crf"]
 """The inference overrides of ``--refinement`` (the refinement's own settings are the config's)."""
 REFINED = " + refined"
 

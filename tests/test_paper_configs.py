@@ -65,7 +65,7 @@ NOT_THE_PAPERS = {
     "model.roi_samples_per_image", "selection.ensemble_seeds", "selection.scales", "selection.flips",
     "selection.max_points_per_instance", "selection.min_point_distance", "afis.scorer",
     "model.refinement.iterations", "model.refinement.weight", "model.refinement.radius",
-    "model.refinement.colour_sigma",
+    "model.refinement.colour_sigma", "model.refinement.colour_model_weight",
 }
 
 # What a CPU-sized version may change: sizes (model, data, batch) and schedule (iterations, learning rates).

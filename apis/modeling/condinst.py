@@ -39,7 +39,7 @@ from apis.modeling.fcos import FCOSHead, HeadOutputs, assign_locations, level_lo
 from apis.modeling.inputs import check_batch, check_targets
 from apis.modeling.mask_branch import MaskBranch
 from apis.modeling.postprocess import Detections, paste_masks, select_detections, to_original_boxes
-from apis.modeling.refinement import ColourAffinityRefinement, build_refinement
+from apis.modeling.refinement import ColourCRF, build_refinement
 from apis.structures import PredictionSet
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class CondInst(nn.Module):
                  mask_head_window: bool = False, centre_sampling_radius: float = 1.5,
                  size_ranges: Sequence[float] = SIZE_RANGES, max_proposals: int = 500, score_threshold: float = 0.05,
                  pre_nms_top_k: int = 1000, nms_threshold: float = 0.6, detections_per_image: int = 100,
-                 mask_threshold: float = 0.5, refinement: ColourAffinityRefinement | None = None,
+                 mask_threshold: float = 0.5, refinement: ColourCRF | None = None,
                  loss: CondInstLoss | None = None):
         super().__init__()
         if dynamic_init not in ("fan_in", "zeros"):

@@ -55,7 +55,7 @@ from apis.modeling.mask_losses import (
     weighted_point_bce,
 )
 from apis.modeling.postprocess import Detections, box_colours, to_original_boxes
-from apis.modeling.refinement import ColourAffinityRefinement, build_refinement
+from apis.modeling.refinement import ColourCRF, build_refinement
 from apis.structures import PredictionSet
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ class MaskRCNNPoints(nn.Module):
     def __init__(self, num_classes: int = 80, *, depth: int = 50, backbone_weights: str = "none",
                  norm: str = "frozen_bn", fpn_channels: int = 256, score_threshold: float = 0.05,
                  nms_threshold: float = 0.5, detections_per_image: int = 100, mask_threshold: float = 0.5,
-                 roi_samples_per_image: int = 512, refinement: ColourAffinityRefinement | None = None,
+                 roi_samples_per_image: int = 512, refinement: ColourCRF | None = None,
                  loss: MaskRCNNLoss | None = None):
         super().__init__()
         self.num_classes = num_classes

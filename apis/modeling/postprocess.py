@@ -16,7 +16,7 @@ from torchvision.ops import batched_nms
 from apis.data.coords import PIXEL_CENTRE, box_pixel_range
 from apis.modeling.dynamic_mask_head import sample_mask_logits
 from apis.modeling.fcos import ltrb_to_boxes
-from apis.modeling.refinement import ColourAffinityRefinement
+from apis.modeling.refinement import ColourCRF
 
 
 @dataclass
@@ -125,7 +125,7 @@ def sample_box_grid(logits: Tensor, stride: int, box: tuple[float, float, float,
 
 def paste_masks(logits: Tensor, stride: int, boxes: Tensor, scale: tuple[float, float],
                 original_size: tuple[int, int], threshold: float, image: Tensor | None = None,
-                refinement: ColourAffinityRefinement | None = None) -> Tensor:
+                refinement: ColourCRF | None = None) -> Tensor:
     """Binary masks ``[M, H, W]`` at original resolution, zero outside each detection's box.
 
     Inside its box, a pixel is on when ``sigmoid(logit) > threshold``, the logits refined first by ``refinement``

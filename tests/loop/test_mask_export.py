@@ -76,7 +76,7 @@ def test_the_unconstrained_export_is_the_models_mask_and_contradictions_are_coun
 def test_a_refined_export_changes_the_masks_and_still_honours_every_point(finished_runs):
     cfg, _ = finished_runs["entropy"]
     run = open_run_step(cfg.output_dir, 1)
-    on = dataclasses.replace(run.cfg.model, refinement=RefinementConfig(method="colour_affinity"))
+    on = dataclasses.replace(run.cfg.model, refinement=RefinementConfig(method="colour_crf"))
     refined = export_run_masks(dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, model=on)), "local",
                                progress=False)
     plain = export_run_masks(run, "local", progress=False)

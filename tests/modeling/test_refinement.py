@@ -14,7 +14,14 @@ from apis.config_use import check_overrides_used
 from apis.modeling.build import build_model
 from apis.modeling.condinst import CondInst
 from apis.modeling.postprocess import box_colours, paste_masks
-from apis.modeling.refinement import ColourAffinityRefinement, build_refinement, grid_colours, refine_probabilities
+from apis.modeling.refinement import (
+    VARIANCE_FLOOR,
+    ColourCRF,
+    build_refinement,
+    colour_log_likelihood_ratio,
+    grid_colours,
+    refine_probabilities,
+)
 
 
 def _sigmoid(x):
@@ -28,7 +35,7 @@ def test_one_update_on_three_pixels_matches_a_hand_computation():
     and 1."""
     colours = torch.tensor([[0.0, 0.0, 255.0]] * 3).view(3, 1, 3)
     logits = torch.tensor([[[2.0, -0.5, -2.0]]])
-    refined = ColourAffinityRefinement(iterations=1, weight=4.0, radius=1, colour_sigma=1.0)(logits, colours)
+    refined = ColourCRF(iterations=1, weight=4.0, radius=1, colour_sigma=1.0)(logits, colours)
     m = [2 * _sigmoid(u) - 1 for u in (2.0, -0.5, -2.0)]
     edge = math.exp(-6.0)
     expected = [2.0 + 4.0 * m[1], -0.5 + 4.0 / 2 * (m[0] + edge * m[2]), -2.0 + 4.0 * edge * m[1]]
@@ -36,18 +43,35 @@ def test_one_update_on_three_pixels_matches_a_hand_computation():
     assert expected[1] > 0  # the black pixel the model left out joins its black neighbour; the white one stays out
 
 
-def test_nothing_changes_without_weight_or_iterations_and_ruled_out_pixels_stay_out():
+def test_the_colour_model_matches_a_hand_computation():
+    """Two black pixels that are object, two white ones that are not. The 12 colour values (0 or 255) have sd
+    127.5 sqrt(12 / 11), so black and white lie d^2 = 4 * 11 / 12 apart per channel; each Gaussian has the floor
+    variance 0.05 (its pixels share one colour), so the log-likelihood ratio is +-3 d^2 / (2 * 0.05)."""
+    colours = torch.tensor([[0.0, 0.0, 255.0, 255.0]] * 3).view(3, 1, 4)
+    ratio = colour_log_likelihood_ratio(torch.tensor([[[1.0, 1.0, 0.0, 0.0]]]), colours / colours.std())
+    half = 3 * (4 * 11 / 12) / (2 * VARIANCE_FLOOR)
+    assert ratio[0, 0].tolist() == pytest.approx([half, half, -half, -half], rel=1e-4)
+    # A map that is all object has no background to model: no colour term.
+    assert torch.equal(colour_log_likelihood_ratio(torch.ones(1, 1, 4), colours), torch.zeros(1, 1, 4))
+    # Logits of +-6 (probabilities within 0.25 % of 1 and 0) fit nearly the same Gaussians: the refined logits are
+    # the model's plus colour_model_weight times that ratio.
+    refined = ColourCRF(weight=0.0, colour_model_weight=0.01)(torch.tensor([[[6.0, 6.0, -6.0, -6.0]]]), colours)
+    assert refined[0, 0].tolist() == pytest.approx([6 + 0.01 * half, 6 + 0.01 * half, -6 - 0.01 * half,
+                                                    -6 - 0.01 * half], rel=2e-3)
+
+
+def test_nothing_changes_without_weights_and_ruled_out_pixels_stay_out():
     logits = torch.randn(2, 5, 6)
     colours = torch.rand(3, 5, 6) * 255
-    assert torch.equal(ColourAffinityRefinement(weight=0.0)(logits, colours), logits)
-    assert torch.equal(ColourAffinityRefinement(iterations=0)(logits, colours), logits)
+    assert torch.equal(ColourCRF(weight=0.0)(logits, colours), logits)
+    assert torch.allclose(ColourCRF(iterations=0)(logits, colours), logits, atol=1e-4)
     logits[0, :, 0] = -math.inf
-    refined = ColourAffinityRefinement()(logits, colours)
+    refined = ColourCRF()(logits, colours)
     assert torch.isneginf(refined[0, :, 0]).all() and torch.isfinite(refined[0, :, 1:]).all()
     with pytest.raises(ValueError, match="same grid"):
-        ColourAffinityRefinement()(logits, colours[:, :4])
+        ColourCRF()(logits, colours[:, :4])
     with pytest.raises(ValueError, match="radius >= 1"):
-        ColourAffinityRefinement(radius=0)
+        ColourCRF(radius=0)
 
 
 def _disk_scene(size=40, radius=9.0):
@@ -68,11 +92,11 @@ def _iou(a, b):
 
 def test_a_blurred_disk_is_sharpened_on_its_image():
     disk, image, blurred = _disk_scene()
-    refined = refine_probabilities(ColourAffinityRefinement(), blurred, image)
+    refined = refine_probabilities(ColourCRF(), blurred, image)
     before, after = _iou(blurred > 0.5, disk), _iou(refined > 0.5, disk)
     assert before < 0.9 and after > 0.97 and after > before + 0.05
     # On a flat image there is no edge to follow: the refinement only smooths the blob, never towards a disk.
-    flat = refine_probabilities(ColourAffinityRefinement(), blurred, torch.full_like(image, 90.0))
+    flat = refine_probabilities(ColourCRF(), blurred, torch.full_like(image, 90.0))
     assert _iou(flat > 0.5, disk) < after - 0.05
 
 
@@ -95,24 +119,24 @@ def test_pasted_masks_follow_the_image_with_refinement():
     logits = torch.logit(F.avg_pool2d(blurred[None, None], 4)[0].clamp(1e-4, 1 - 1e-4))  # [1, 8, 8] at stride 4
     box = torch.tensor([[0.0, 0.0, 32.0, 32.0]])
     raw = paste_masks(logits, 4, box, (1.0, 1.0), (32, 32), 0.5)
-    refined = paste_masks(logits, 4, box, (1.0, 1.0), (32, 32), 0.5, padded, ColourAffinityRefinement())
+    refined = paste_masks(logits, 4, box, (1.0, 1.0), (32, 32), 0.5, padded, ColourCRF())
     assert _iou(refined[0], disk) > _iou(raw[0], disk) + 0.05
     with pytest.raises(ValueError, match="needs the image"):
-        paste_masks(logits, 4, box, (1.0, 1.0), (32, 32), 0.5, None, ColourAffinityRefinement())
+        paste_masks(logits, 4, box, (1.0, 1.0), (32, 32), 0.5, None, ColourCRF())
 
 
 def test_the_config_builds_the_refinement_into_both_models_and_refuses_its_keys_when_off():
     tiny = ["model.depth=18", "model.fpn_channels=16", "model.num_classes=2", "model.norm=bn"]
     assert build_model(load_config(None, tiny).model).refinement is None
-    on = ["model.refinement.method=colour_affinity", "model.refinement.weight=2.5", "model.refinement.radius=3"]
+    on = ["model.refinement.method=colour_crf", "model.refinement.weight=2.5", "model.refinement.radius=3"]
     cfg = load_config(None, [*tiny, *on])
-    expected = ColourAffinityRefinement(weight=2.5, radius=3)
+    expected = ColourCRF(weight=2.5, radius=3)
     assert build_refinement(cfg.model.refinement) == expected
     assert isinstance(build_model(cfg.model), CondInst) and build_model(cfg.model).refinement == expected
     rcnn = load_config(None, [*tiny, *on, "model.arch=mask_rcnn"])
     assert build_model(rcnn.model, rcnn.loss).refinement == expected
     check_overrides_used("train", cfg, on)
-    with pytest.raises(ConfigError, match="model.refinement.method=colour_affinity turns it on"):
+    with pytest.raises(ConfigError, match="model.refinement.method=colour_crf turns it on"):
         check_overrides_used("train", load_config(None, ["model.refinement.weight=2.5"]),
                              ["model.refinement.weight=2.5"])
     with pytest.raises(ConfigError, match="model.refinement.method"):
@@ -124,7 +148,7 @@ def test_the_config_builds_the_refinement_into_both_models_and_refuses_its_keys_
 def test_a_model_predicts_refined_masks_inside_its_boxes():
     torch.manual_seed(0)
     model = CondInst(num_classes=2, depth=18, norm="bn", fpn_channels=16, mask_branch_channels=16, head_convs=1,
-                     score_threshold=0.0, refinement=ColourAffinityRefinement()).eval()
+                     score_threshold=0.0, refinement=ColourCRF()).eval()
     images = torch.rand(1, 3, 64, 64) * 255
     found = model.predict(images, [(64, 64)], [(64, 64)])[0]
     assert found.masks.shape == (len(found.boxes), 64, 64)
