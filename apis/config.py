@@ -32,10 +32,11 @@ class RefinementConfig:
     # model of the object and its background added to the model's logits, and colour affinities between neighbours).
     method: Literal["none", "colour_crf"] = "none"
     iterations: int = 10  # mean-field updates
-    weight: float = 4.0  # most a pixel's logit moves when all its neighbours agree in colour and label
-    radius: int = 2  # neighbours within this many pixels (a (2 radius + 1)^2 window)
+    # The settings below were chosen on DSB2018 training images (docs/benchmarks.md, "Sharp masks").
+    weight: float = 16.0  # most a pixel's logit moves when all its neighbours agree in colour and label
+    radius: int = 3  # neighbours within this many pixels (a (2 radius + 1)^2 window)
     colour_sigma: float = 1.0  # colour distance scale, in standard deviations of the colours around the mask
-    colour_model_weight: float = 0.0  # weight of the colour model's log-likelihood ratio in each pixel's logit
+    colour_model_weight: float = 1.0  # weight of the colour model's log-likelihood ratio in each pixel's logit
 
 
 @dataclass

@@ -42,9 +42,9 @@ MIGRATIONS: dict[int, dict[str, Any]] = {
     # loss.pairwise_warmup_iters to 0; now loop.finetune.pairwise_warmup_iters).
     8: {"loop.finetune.pairwise_warmup_iters": 0},
     # Version 9: masks were the head's own, without refinement at inference.
-    9: {"model.refinement.method": "none", "model.refinement.iterations": 10, "model.refinement.weight": 4.0,
-        "model.refinement.radius": 2, "model.refinement.colour_sigma": 1.0,
-        "model.refinement.colour_model_weight": 0.0},
+    9: {"model.refinement.method": "none", "model.refinement.iterations": 10, "model.refinement.weight": 16.0,
+        "model.refinement.radius": 3, "model.refinement.colour_sigma": 1.0,
+        "model.refinement.colour_model_weight": 1.0},
 }
 
 RENAMED: dict[int, dict[str, str]] = {

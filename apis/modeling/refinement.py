@@ -50,14 +50,14 @@ class ColourCRF:
 
     A pixel whose neighbours of its colour are mostly object is pulled to object (up to ``+weight`` in logit), one
     whose neighbours differ in colour keeps its unary. ``weight = 0`` and ``colour_model_weight = 0`` change
-    nothing.
+    nothing. The defaults are those of :class:`apis.config.RefinementConfig`.
     """
 
     iterations: int = 10
-    weight: float = 4.0
-    radius: int = 2
+    weight: float = 16.0
+    radius: int = 3
     colour_sigma: float = 1.0
-    colour_model_weight: float = 0.0
+    colour_model_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if (self.iterations < 0 or self.weight < 0 or self.radius < 1 or self.colour_sigma <= 0

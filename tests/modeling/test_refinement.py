@@ -35,7 +35,7 @@ def test_one_update_on_three_pixels_matches_a_hand_computation():
     and 1."""
     colours = torch.tensor([[0.0, 0.0, 255.0]] * 3).view(3, 1, 3)
     logits = torch.tensor([[[2.0, -0.5, -2.0]]])
-    refined = ColourCRF(iterations=1, weight=4.0, radius=1, colour_sigma=1.0)(logits, colours)
+    refined = ColourCRF(iterations=1, weight=4.0, radius=1, colour_sigma=1.0, colour_model_weight=0.0)(logits, colours)
     m = [2 * _sigmoid(u) - 1 for u in (2.0, -0.5, -2.0)]
     edge = math.exp(-6.0)
     expected = [2.0 + 4.0 * m[1], -0.5 + 4.0 / 2 * (m[0] + edge * m[2]), -2.0 + 4.0 * edge * m[1]]
@@ -63,8 +63,8 @@ def test_the_colour_model_matches_a_hand_computation():
 def test_nothing_changes_without_weights_and_ruled_out_pixels_stay_out():
     logits = torch.randn(2, 5, 6)
     colours = torch.rand(3, 5, 6) * 255
-    assert torch.equal(ColourCRF(weight=0.0)(logits, colours), logits)
-    assert torch.allclose(ColourCRF(iterations=0)(logits, colours), logits, atol=1e-4)
+    assert torch.equal(ColourCRF(weight=0.0, colour_model_weight=0.0)(logits, colours), logits)
+    assert torch.allclose(ColourCRF(iterations=0, colour_model_weight=0.0)(logits, colours), logits, atol=1e-4)
     logits[0, :, 0] = -math.inf
     refined = ColourCRF()(logits, colours)
     assert torch.isneginf(refined[0, :, 0]).all() and torch.isfinite(refined[0, :, 1:]).all()
@@ -128,9 +128,9 @@ def test_pasted_masks_follow_the_image_with_refinement():
 def test_the_config_builds_the_refinement_into_both_models_and_refuses_its_keys_when_off():
     tiny = ["model.depth=18", "model.fpn_channels=16", "model.num_classes=2", "model.norm=bn"]
     assert build_model(load_config(None, tiny).model).refinement is None
-    on = ["model.refinement.method=colour_crf", "model.refinement.weight=2.5", "model.refinement.radius=3"]
+    on = ["model.refinement.method=colour_crf", "model.refinement.weight=2.5", "model.refinement.radius=2"]
     cfg = load_config(None, [*tiny, *on])
-    expected = ColourCRF(weight=2.5, radius=3)
+    expected = ColourCRF(weight=2.5, radius=2)
     assert build_refinement(cfg.model.refinement) == expected
     assert isinstance(build_model(cfg.model), CondInst) and build_model(cfg.model).refinement == expected
     rcnn = load_config(None, [*tiny, *on, "model.arch=mask_rcnn"])
