@@ -273,15 +273,27 @@ def test_sharp_masks_bench_pairs_each_lever_with_box_fill_and_the_baseline(finis
                              / "config.yaml").read_text())
     assert stored["model"]["mask_feature_stride"] == 4 and stored["model"]["mask_head_window"] is True
     assert "| boxes + 1 point + box terms | c2_stride4 | 2 |" in completed.stdout
-    # --collect trains nothing: seed 2 was never run, so it is named and left out.
+    # --collect trains nothing: seed 2 was never run, so it is named and left out. With --refinement each finished
+    # model is scored refined too, as the lever '<lever> + refined' compared with its unrefined self.
     completed, collected = _bench("bench_sharp_masks.py", "--config", Path(cfg.output_dir) / "config.yaml",
                                   "--levers", "baseline", "c2_stride4", "--rows", row, "--seeds", "0", "1", "2",
-                                  "--images", "2", "--out", tmp_path / "sharp", "--collect",
+                                  "--images", "2", "--out", tmp_path / "sharp", "--collect", "--refinement",
                                   record=tmp_path / "collected.json")
     assert f"not run: baseline / {row} / seed 2" in completed.stdout and not (tmp_path / "sharp" / "baseline" /
                                                                               "boxes_plus_1_point_plus_box_terms" /
                                                                               "seed2").exists()
-    assert collected["rows"] == rows
+    assert [r for r in collected["rows"] if "refined" not in r["lever"]] == rows
+    refined = {(r["lever"], r["seed"]): r for r in collected["rows"] if "refined" in r["lever"]}
+    assert sorted(refined) == [("baseline + refined", 0), ("baseline + refined", 1), ("c2_stride4 + refined", 0),
+                               ("c2_stride4 + refined", 1)]
+    assert {r["reference"] for r in refined.values()} == {"baseline", "c2_stride4"}
+    assert all(r["overrides"][-1] == "model.refinement.method=colour_crf" for r in refined.values())
+    found = {(c["metric"], c["a"], c["b"]): c for c in collected["comparisons"]}
+    versus_unrefined = found[(f"mIoU, {row}", "c2_stride4 + refined", "c2_stride4")]
+    assert versus_unrefined["differences"] == [pytest.approx(refined[("c2_stride4 + refined", s)]["mIoU"]
+                                                             - mine[s]["mIoU"]) for s in (0, 1)]
+    # The same model: its box AP is the unrefined one's (refinement changes masks only).
+    assert refined[("c2_stride4 + refined", 0)]["box_AP"] == pytest.approx(mine[0]["box_AP"])
 
 
 def test_mask_resolution_bench_by_hand(tmp_path):
