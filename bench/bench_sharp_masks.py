@@ -43,16 +43,19 @@ from apis.loop.run import load_datasets
 from apis.utils.device import resolve_device
 from apis.utils.io import atomic_write_json
 
+UNREFINED = "model.refinement.method=none"
 LEVERS = {
-    # CondInst as published: mask features at P3's stride 8, logits upsampled to stride 4.
-    "baseline": [],
+    # CondInst as published: mask features at P3's stride 8, logits upsampled to stride 4. Every lever names its
+    # mask branch whole and leaves refinement off, whatever the config ships (--refinement measures it apart).
+    "baseline": ["model.mask_feature_stride=8", "model.mask_head_window=false", UNREFINED],
     # Mask features at stride 4 (P3-P5 and the ResNet's C2), the dynamic head run there in its window.
-    "c2_stride4": ["model.mask_feature_stride=4", "model.mask_head_window=true"],
+    "c2_stride4": ["model.mask_feature_stride=4", "model.mask_head_window=true", UNREFINED],
     # Full masks only: a per-cell BCE inside the box beside the Dice (calibrated probabilities), at stride 8.
-    "full_bce": ["loss.full_bce=1.0"],
+    "full_bce": ["model.mask_feature_stride=8", "model.mask_head_window=false", UNREFINED, "loss.full_bce=1.0"],
     # Both: stride-4 features in the window, and the BCE beside the Dice.
-    "c2_stride4_bce": ["model.mask_feature_stride=4", "model.mask_head_window=true", "loss.full_bce=1.0"],
+    "c2_stride4_bce": ["model.mask_feature_stride=4", "model.mask_head_window=true", UNREFINED, "loss.full_bce=1.0"],
 }
+
 REFINEMENT = ["model.refinement.method=colour_crf"]
 """The inference overrides of ``--refinement`` (the refinement's own settings are the config's)."""
 REFINED = " + refined"
@@ -83,12 +86,13 @@ def measure(lever: str, row: str, seed: int, args, device) -> list[dict]:
     found = [score_row(lever, "baseline", LEVERS[lever], row, seed, metrics, quality(folder, cfg, args.images, device),
                        folder)]
     if args.refinement:
-        refined = load_config(args.config, [*overrides, *ROWS[row], f"seed={seed}", f"output_dir={folder}",
-                                            *REFINEMENT])
+        refined_overrides = [*(o for o in LEVERS[lever] if o != UNREFINED), *REFINEMENT]
+        refined = load_config(args.config, [*args.overrides, *refined_overrides, *ROWS[row], f"seed={seed}",
+                                            f"output_dir={folder}"])
         done = folder / "eval_refined.json"
         if not done.exists():
             atomic_write_json(done, evaluate_checkpoint(folder / "model_final.pth", refined), indent=2)
-        found.append(score_row(lever + REFINED, lever, [*LEVERS[lever], *REFINEMENT], row, seed,
+        found.append(score_row(lever + REFINED, lever, refined_overrides, row, seed,
                                json.loads(done.read_text()),
                                quality(folder, refined, args.images, device, "mask_quality_refined"), folder))
     return found

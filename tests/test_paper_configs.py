@@ -79,7 +79,9 @@ SIZES_AND_SCHEDULE = {
 }
 # What the recipe changes on top of the paper (docs/design.md, "Training from boxes and a few points").
 RECIPE = {"loss.box", "loss.point_normalisation", "loop.finetune.points", "model.dynamic_activation",
-          "model.dynamic_init", "solver.clip_grad_norm"}
+          "model.dynamic_init", "solver.clip_grad_norm",
+          # and sharp masks (docs/design.md, "Sharp masks")
+          "model.mask_feature_stride", "model.mask_head_window", "model.refinement.method"}
 
 
 def test_the_coco_config_is_the_papers_setting_value_by_value():
