@@ -41,9 +41,13 @@ $(LS_STAMP):
 
 label-studio: $(LS_STAMP)
 
+# One test process per core: every test runs on one thread (tests/conftest.py), so two cores take two at once;
+# the tests of one file stay in one process (their module fixtures are built once).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+
 test: $(STAMP) browser label-studio
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
