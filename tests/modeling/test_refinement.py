@@ -145,13 +145,19 @@ def test_the_config_builds_the_refinement_into_both_models_and_refuses_its_keys_
         load_config(None, ["model.refinement.colour_sigma=0"])
 
 
-def test_a_model_predicts_refined_masks_inside_its_boxes():
+@pytest.mark.parametrize("arch", ["condinst", "mask_rcnn"])
+def test_a_model_predicts_refined_masks_inside_its_boxes(arch):
     torch.manual_seed(0)
-    model = CondInst(num_classes=2, depth=18, norm="bn", fpn_channels=16, mask_branch_channels=16, head_convs=1,
-                     score_threshold=0.0, refinement=ColourCRF()).eval()
+    tiny = ["model.depth=18", "model.fpn_channels=16", "model.num_classes=2", "model.norm=bn",
+            "model.score_threshold=0.0", "model.refinement.method=colour_crf", f"model.arch={arch}"]
+    if arch == "condinst":
+        tiny += ["model.mask_branch_channels=16", "model.head_convs=1"]
+    cfg = load_config(None, tiny)
+    model = build_model(cfg.model, cfg.loss).eval()
+    assert model.refinement == ColourCRF()
     images = torch.rand(1, 3, 64, 64) * 255
     found = model.predict(images, [(64, 64)], [(64, 64)])[0]
-    assert found.masks.shape == (len(found.boxes), 64, 64)
+    assert len(found.boxes) > 0 and found.masks.shape == (len(found.boxes), 64, 64)
     for mask, box in zip(found.masks, found.boxes.tolist()):
         ys, xs = torch.nonzero(mask, as_tuple=True)
         if len(xs):
