@@ -275,6 +275,21 @@ def sharp_masks_table(rows: list[dict], comparisons: list[dict]) -> str:
     return markdown(header, lines, "ll" + "r" * (len(header) - 2))
 
 
+def refinement_choice_table(rows: list[dict], best: int = 10) -> str:
+    """The ``best`` refinement settings by mean true-box mIoU over the models (training images), then the unrefined
+    masks and box fill; one column per model."""
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    by_setting: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        by_setting[row["setting"]][row["run"]] = row["mIoU"]
+    mean = {setting: sum(values.values()) / len(values) for setting, values in by_setting.items()}
+    refined = sorted((s for s in by_setting if s not in ("unrefined", "box fill")), key=lambda s: -mean[s])
+    shown = [*refined[:best], "unrefined", "box fill"]
+    lines = [[s, f"{mean[s]:.3f}", *(f"{by_setting[s][run]:.3f}" for run in runs)] for s in shown]
+    header = ["setting", "mean mIoU", *(f"`{run}`" for run in runs)]
+    return markdown(header, lines, "l" + "r" * (len(header) - 1))
+
+
 def mask_resolution_table(rows: list[dict]) -> str:
     """The coverage oracle and box fill per test size, overall and by object size (instances in brackets)."""
     lines = [[f"{r['test_size']} ({r['max_size']})", r["mask"], str(r["instances"]), f"{r['mIoU']['all']:.3f}"]
@@ -373,6 +388,8 @@ TABLES: dict[str, Table] = {
                                        lambda records: sharp_masks_table(records[0]["rows"],
                                                                          records[0]["comparisons"]),
                                        "see the commands above"),
+    "refinement_choice_dsb": Table(("results/refinement_choice_dsb.json",), _one(refinement_choice_table),
+                                   "see the commands above"),
     "mask_resolution_dsb": Table(("results/mask_resolution_dsb.json",), _one(mask_resolution_table),
                                  "see the commands above"),
     "mask_resolution_synth": Table(("results/mask_resolution_synth.json",), _one(mask_resolution_table),

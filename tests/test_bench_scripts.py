@@ -296,6 +296,38 @@ def test_sharp_masks_bench_pairs_each_lever_with_box_fill_and_the_baseline(finis
     assert refined[("c2_stride4 + refined", 0)]["box_AP"] == pytest.approx(mine[0]["box_AP"])
 
 
+def test_refinement_choice_scores_every_setting_on_training_images(finished_runs, tmp_path):
+    """The unrefined row is the true-box mIoU bench_mask_quality gives the same model on the same images."""
+    import shutil
+
+    from bench_mask_quality import step_quality
+
+    from apis.config_loading import dump_config, load_run_config
+    from apis.loop.run import load_datasets
+    from apis.loop.run_dir import step_dir
+
+    cfg, _ = finished_runs["entropy"]
+    folder = tmp_path / "m0"
+    folder.mkdir()
+    shutil.copy(step_dir(cfg.output_dir, 0) / "train" / "model_final.pth", folder / "model_final.pth")
+    dump_config(cfg, folder / "config.yaml")
+    completed, content = _bench("bench_refinement_choice.py", folder, "--images", "2", record=tmp_path / "rec.json")
+    sys.path.insert(0, str(BENCH))
+    from bench_refinement_choice import grid, setting_name
+
+    settings = [r["setting"] for r in content["rows"]]
+    assert settings == ["box fill", "unrefined", *(setting_name(crf) for crf in grid())]
+    assert len(set(settings)) == len(settings) and all(0 <= r["mIoU"] <= 1 for r in content["rows"])
+    train_cfg = load_run_config(folder / "config.yaml", ["data.max_train_images=2", "data.num_workers=0"])
+    train, _ = load_datasets(train_cfg)
+    overall = step_quality(folder / "model_final.pth", train_cfg, train, torch.device("cpu"))[0]
+    rows = {r["setting"]: r for r in content["rows"]}
+    assert rows["unrefined"]["mIoU"] == pytest.approx(overall["mIoU"])
+    assert rows["box fill"]["mIoU"] == pytest.approx(overall["box_fill_mIoU"])
+    assert rows["unrefined"]["instances"] == overall["instances"]
+    assert "| unrefined |" in completed.stdout
+
+
 def test_mask_resolution_bench_by_hand(tmp_path):
     """Two squares in a 64 x 64 image tested at 64 px. The oracle's logits are +-c (coverage 1 or 0) and the paste
     is bilinear, so a pixel near a corner is on when the product of its two interpolation weights towards the
