@@ -183,3 +183,15 @@ def test_a_shipped_config_lists_only_what_it_changes(name):
             yield from keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
 
     assert [key for key in keys(written) if reference.get(key) == own[key]] == []
+
+
+def test_cpu_configs_ship_sharp_masks_and_the_coco_configs_the_published_condinst():
+    """docs/benchmarks.md, "Sharp masks": the stride-4 mask branch in its window and the refinement raised mask AP
+    on DSB2018 and the synthetic data; the COCO configs stay CondInst as published."""
+    for name in ("condinst_r18_cpu_dsb.yaml", "condinst_r18_cpu_synth.yaml"):
+        model = load_config(CONFIGS / name).model
+        assert (model.mask_feature_stride, model.mask_head_window, model.refinement.method) == (4, True, "colour_crf")
+    for name in ("condinst_r50_1x_coco.yaml", "condinst_r50_1x_coco_paper.yaml", "condinst_r18_cpu_dsb_paper.yaml",
+                 "condinst_r18_cpu_synth_paper.yaml"):
+        model = load_config(CONFIGS / name).model
+        assert (model.mask_feature_stride, model.mask_head_window, model.refinement.method) == (8, False, "none")
