@@ -6,6 +6,7 @@ Imports of the heavy modules happen inside the handlers, so ``apis --help`` is i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -129,6 +130,10 @@ def _cmd_export_masks(args: argparse.Namespace) -> None:
     from apis.loop.mask_export import export_run_masks, masks_to_coco, open_run_step, summarise, write_coco
 
     run = open_run_step(args.run_dir, args.step)  # everything is checked before the model runs
+    if args.refinement is not None:
+        model = dataclasses.replace(run.cfg.model, refinement=dataclasses.replace(run.cfg.model.refinement,
+                                                                                  method=args.refinement))
+        run = dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, model=model))
     if args.format == "label-studio":
         from apis.interop.label_studio_masks import brush_encoder
 
@@ -403,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     exm.add_argument("--image-url-prefix", help="with --format label-studio: prefix of the image URLs (default: "
                                                 "Label Studio local files)")
     exm.add_argument("--device", help="default: the run's config (device)")
+    exm.add_argument("--refinement", choices=("none", "colour_crf"),
+                     help="refine the model's masks on the image before the points' correction (docs/design.md, "
+                          "\"Sharp masks\"); default: the run's config (model.refinement.method)")
     exm.set_defaults(handler=_cmd_export_masks)
 
     pre_ = sub.add_parser("predict", help="run a checkpoint on new images (no annotations needed): COCO json + "

@@ -73,7 +73,7 @@ def test_the_unconstrained_export_is_the_models_mask_and_contradictions_are_coun
             assert np.array_equal(constrained.mask, model.mask)
 
 
-def test_a_refined_export_changes_the_masks_and_still_honours_every_point(finished_runs):
+def test_a_refined_export_changes_the_masks_and_still_honours_every_point(finished_runs, tmp_path, capsys):
     cfg, _ = finished_runs["entropy"]
     run = open_run_step(cfg.output_dir, 1)
     on = dataclasses.replace(run.cfg.model, refinement=RefinementConfig(method="colour_crf"))
@@ -83,6 +83,16 @@ def test_a_refined_export_changes_the_masks_and_still_honours_every_point(finish
     assert [e.ann_id for e in refined] == [e.ann_id for e in plain]
     predicted = [(a, b) for a, b in zip(refined, plain) if a.source == "predicted"]
     assert predicted and any(not np.array_equal(a.mask, b.mask) for a, b in predicted)
+    # The same masks from the command line, on the run as it is (its config has refinement off).
+    main(["export-masks", str(cfg.output_dir), "--step", "1", "--out", str(tmp_path / "refined.json"),
+          "--refinement", "colour_crf"])
+    written = COCO(str(tmp_path / "refined.json"))
+    for exported in refined:
+        image = written.imgs[written.anns[exported.ann_id]["image_id"]]
+        full = _decode(written.anns[exported.ann_id], image)
+        xs, ys = exported.origin
+        assert full.sum() == exported.mask.sum()
+        assert np.array_equal(full[ys:ys + exported.mask.shape[0], xs:xs + exported.mask.shape[1]], exported.mask)
     for exported in refined:
         known = run.points.get(exported.ann_id)
         for (x, y), label in zip(known.coords.tolist() if known else [], known.labels.tolist() if known else []):
