@@ -12,7 +12,7 @@ TINY = ["model.num_classes=4", "model.backbone_weights=none", "model.fpn_channel
         "model.mask_branch_channels=16", "model.head_convs=1", "data.min_size_train=[64]", "data.min_size_test=64",
         "data.max_size=96", "solver.max_iter=2", "solver.steps=[1]", "solver.warmup_iters=1",
         "solver.checkpoint_period=1", "loss.pairwise_warmup_iters=1", "loop.finetune_iters=1",
-        "loop.finetune_steps=[1]", "selection.scales=[64]", "loop.steps=1"]  # to P1: the same pieces as to P3
+        "loop.finetune_steps=[1]", "selection.scales=[64]"]
 
 
 def _run(synth_dir, runs, deadline, *extra):
@@ -32,18 +32,18 @@ def test_every_benchmark_finishes_and_reports(synth_dir, tmp_path):
     for name in ("full_masks", "boxes_plus_1_point_plus_box_terms", "boxes_only_BoxInst", "le"):
         assert f"mask_quality_{name}_seed0" in quality
     for run in ("entropy_seed0", "random_seed0"):
-        assert all(f"| {run} | P{step} | all |" in quality for step in range(2))
+        assert all(f"| {run} | P{step} | all |" in quality for step in range(4))
     loops = tmp_path / "runs" / "label_efficiency"
     for strategy in ("entropy", "random"):
-        assert (loops / f"{strategy}_seed0" / "step_001" / "metrics.json").is_file()
+        assert (loops / f"{strategy}_seed0" / "step_003" / "metrics.json").is_file()
     # The benchmark's records, for bench/tables.py: every (strategy, step) of the loops, every supervision row.
     sys.path.insert(0, str(SCRIPT.parent))
     from records import read_record
 
     loop_record = read_record(tmp_path / "runs" / "results" / "label_efficiency_dsb_gpu.json")
     assert sorted((r["group"], r["step"]) for r in loop_record["rows"]) == sorted(
-        (s, step) for s in ("entropy", "random") for step in range(2))
-    assert [c["step"] for c in loop_record["comparisons"]] == [0, 1]
+        (s, step) for s in ("entropy", "random") for step in range(4))
+    assert [c["step"] for c in loop_record["comparisons"]] == [0, 1, 2, 3]
     supervision = read_record(tmp_path / "runs" / "results" / "supervision_dsb_gpu.json")
     assert len(supervision["rows"]) == 3
 
@@ -59,5 +59,5 @@ def test_the_deadline_stops_the_runs_and_keeps_the_report(synth_dir, tmp_path):
     completed = _run(synth_dir, tmp_path / "runs", 1)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "deadline of 1 s reached" in completed.stdout
-    assert not (tmp_path / "runs" / "label_efficiency" / "entropy_seed0" / "step_001" / "metrics.json").exists()
+    assert not (tmp_path / "runs" / "label_efficiency" / "entropy_seed0" / "step_003" / "metrics.json").exists()
     assert "| supervision |" in (tmp_path / "runs" / "supervision.md").read_text()
