@@ -110,18 +110,16 @@ def colour_log_likelihood_ratio(probabilities: Tensor, colours: Tensor) -> Tenso
     (``colours [3, h, w]``) under the object's Gaussian against the background's, both fitted to the grid's colours
     weighted by the probabilities and by their complement; 0 for a map with less than one pixel's weight on a side."""
     flat = colours.reshape(3, -1)  # [3, P]
-    ratio = 0.0
+    ratio, modelled = 0.0, True
     for weights, sign in ((probabilities, 1.0), (1 - probabilities, -1.0)):
         weights = weights.reshape(weights.shape[0], -1)  # [K, P]
         total = weights.sum(dim=1, keepdim=True)  # [K, 1]
         mean = weights @ flat.T / total.clamp_min(1e-6)  # [K, 3]
-        variance = weights @ (flat.T ** 2) / total.clamp_min(1e-6) - mean ** 2
-        variance = variance.clamp_min(VARIANCE_FLOOR)
+        variance = (weights @ (flat.T ** 2) / total.clamp_min(1e-6) - mean ** 2).clamp_min(VARIANCE_FLOOR)
         log_density = -0.5 * ((flat.T[None] - mean[:, None]) ** 2 / variance[:, None] + variance[:, None].log())
-        ratio = ratio + sign * log_density.sum(dim=2) * (total >= 1)  # [K, P]
-    both_sides = ((probabilities.reshape(probabilities.shape[0], -1).sum(dim=1) >= 1)
-                  & ((1 - probabilities).reshape(probabilities.shape[0], -1).sum(dim=1) >= 1))
-    return (ratio * both_sides[:, None]).reshape(probabilities.shape)
+        ratio = ratio + sign * log_density.sum(dim=2)  # [K, P]
+        modelled = modelled & (total >= 1)  # [K, 1]: at least a pixel's weight on this side
+    return (ratio * modelled).reshape(probabilities.shape)
 
 
 def refine_probabilities(refinement: ColourCRF | None, probabilities: Tensor, colours: Tensor
