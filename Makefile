@@ -41,11 +41,19 @@ $(LS_STAMP):
 
 label-studio: $(LS_STAMP)
 
+# A first start of Label Studio migrates a new database (about a minute): done once here, after installing it,
+# and copied by the tests at every start (tests/interop/label_studio_server.py). When it fails, the tests migrate
+# their own.
+LS_DATABASE := $(LS_VENV)/.migrated-$(LABEL_STUDIO_VERSION).sqlite3
+
+$(LS_DATABASE): $(LS_STAMP) $(STAMP)
+	-$(BIN)/python tests/interop/label_studio_server.py $@
+
 # One test process per core: every test runs on one thread (tests/conftest.py), so two cores take two at once;
 # the tests of one file stay in one process (their module fixtures are built once).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 
-test: $(STAMP) browser label-studio
+test: $(STAMP) browser label-studio $(LS_DATABASE)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
