@@ -15,7 +15,8 @@
 #   DSB=../shared/data/dsb2018_nuclei RUNS=runs/dsb_gpu bench/dsb_gpu.sh [key=value ...]
 #
 # Environment: PYTHON (default .venv/bin/python if present, else python3), DSB, RUNS, DEADLINE, SEEDS ("0 1 2"),
-# DEVICE (cuda), RECORDS (results). Extra key=value arguments go to every run (e.g. a tiny schedule for a CPU smoke run).
+# DEVICE (cuda), RECORDS (results). Extra key=value arguments go to every run, after the script's own settings, so
+# they win (e.g. a tiny schedule and no data workers for a CPU smoke run).
 set -uo pipefail
 set -m  # every background job in its own process group, so that the deadline stops its data workers too
 cd "$(dirname "$0")/.."
@@ -29,14 +30,15 @@ SEEDS=${SEEDS:-0 1 2}
 RECORDS=${RECORDS:-results}
 CONFIG=condinst_r18_cpu_dsb.yaml
 COMMON=("device=${DEVICE:-cuda}" "data.train_json=$DSB/annotations/train.json"
-        "data.val_json=$DSB/annotations/val.json" "$@")
+        "data.val_json=$DSB/annotations/val.json")
+EXTRA=("$@")  # after the script's own settings (data workers), so that a key given here wins
 mkdir -p "$RUNS/logs" "$RUNS/records"
 start=$(date +%s)
 
 supervision() {  # row, folder name bench_supervision gives it, seed, data workers
     local log="$RUNS/logs/supervision_$2_seed$3.log"
     "$PYTHON" bench/bench_supervision.py --config "$CONFIG" --seeds "$3" --out "$RUNS/supervision" \
-        --record "$RUNS/records/supervision_$2_seed$3.json" "${COMMON[@]}" "data.num_workers=$4" --rows "$1" \
+        --record "$RUNS/records/supervision_$2_seed$3.json" "${COMMON[@]}" "data.num_workers=$4" "${EXTRA[@]}" --rows "$1" \
         >"$log" 2>&1 &&
         "$PYTHON" bench/bench_mask_quality.py "$RUNS/supervision/$2/seed$3" --images 100000 \
             --record "$RUNS/records/mask_quality_$2_seed$3.json" >"$RUNS/logs/mask_quality_$2_seed$3.md" 2>>"$log"
@@ -46,14 +48,14 @@ label_efficiency() {  # seed
     local entropy="$RUNS/label_efficiency/entropy_seed$1"
     "$PYTHON" bench/bench_label_efficiency.py --config "$CONFIG" --seeds "$1" --strategies entropy \
         --out "$RUNS/label_efficiency" --record "$RUNS/records/le_entropy_seed$1.json" "${COMMON[@]}" \
-        data.num_workers=2 >"$RUNS/logs/le_entropy_seed$1.log" 2>&1 &
+        data.num_workers=2 "${EXTRA[@]}" >"$RUNS/logs/le_entropy_seed$1.log" 2>&1 &
     local pid=$!
     while [ ! -f "$entropy/step_000/metrics.json" ] && kill -0 "$pid" 2>/dev/null; do sleep 5; done
     [ -f "$entropy/step_000/metrics.json" ] &&
         "$PYTHON" bench/bench_label_efficiency.py --config "$CONFIG" --seeds "$1" --strategies random \
             --m0-from "$RUNS/label_efficiency" --out "$RUNS/label_efficiency" \
             --record "$RUNS/records/le_random_seed$1.json" "${COMMON[@]}" data.num_workers=2 \
-            >"$RUNS/logs/le_random_seed$1.log" 2>&1
+            "${EXTRA[@]}" >"$RUNS/logs/le_random_seed$1.log" 2>&1
     wait "$pid" &&
         "$PYTHON" bench/bench_mask_quality.py "$entropy" "$RUNS/label_efficiency/random_seed$1" --images 100000 \
             --record "$RUNS/records/mask_quality_le_seed$1.json" >"$RUNS/logs/mask_quality_le_seed$1.md" \
@@ -96,10 +98,10 @@ echo "dsb_gpu: $(( $(date +%s) - start )) s in all"
 if [ "$stopped" = 0 ] && [ "$failed" = 0 ]; then summary_record="$RECORDS"; else summary_record="$RUNS/records"; fi
 "$PYTHON" bench/bench_supervision.py --config "$CONFIG" --seeds $SEEDS --out "$RUNS/supervision" --report-only \
     --rows "full masks" "boxes + 1 point + box terms" "boxes only (BoxInst)" \
-    --record "$summary_record/supervision_dsb_gpu.json" "${COMMON[@]}" | tee "$RUNS/supervision.md"
+    --record "$summary_record/supervision_dsb_gpu.json" "${COMMON[@]}" "${EXTRA[@]}" | tee "$RUNS/supervision.md"
 if [ "$stopped" = 0 ] && [ "$failed" = 0 ]; then
     "$PYTHON" bench/bench_label_efficiency.py --config "$CONFIG" --seeds $SEEDS --out "$RUNS/label_efficiency" \
-        --collect --record "$RECORDS/label_efficiency_dsb_gpu.json" "${COMMON[@]}" >"$RUNS/label_efficiency.md"
+        --collect --record "$RECORDS/label_efficiency_dsb_gpu.json" "${COMMON[@]}" "${EXTRA[@]}" >"$RUNS/label_efficiency.md"
 fi
 for table in "$RUNS"/logs/mask_quality_*.md; do  # one table per model, titled by its row and seed
     if [ -f "$table" ]; then printf '\n%s\n\n' "$(basename "$table" .md)"; cat "$table"; fi

@@ -12,7 +12,7 @@ TINY = ["model.num_classes=4", "model.backbone_weights=none", "model.fpn_channel
         "model.mask_branch_channels=16", "model.head_convs=1", "data.min_size_train=[64]", "data.min_size_test=64",
         "data.max_size=96", "solver.max_iter=2", "solver.steps=[1]", "solver.warmup_iters=1",
         "solver.checkpoint_period=1", "loss.pairwise_warmup_iters=1", "loop.finetune_iters=1",
-        "loop.finetune_steps=[1]", "selection.scales=[64]"]
+        "loop.finetune_steps=[1]", "selection.scales=[64]", "data.num_workers=0"]
 
 
 def _run(synth_dir, runs, deadline, *extra):
