@@ -22,7 +22,8 @@
 #   departures     the recipe against the paper's setting, one departure at a time (each arm its own M0)
 #
 # Environment: PYTHON (default .venv/bin/python if present, else python3), JOBS (processes at a time, default 2:
-# one per core), SEEDS (default: 6 for power_*, 3 otherwise), RUNS (default runs/plan), RECORDS (default results),
+# one per core), SEEDS (default: 6 for power_*, 3 otherwise; SEEDS="4 5" runs only those, and the record waits for
+# every planned seed), RUNS (default runs/plan), RECORDS (default results; each seed's piece in results/pieces/<record>/),
 # DATA (default data/synth_power: made here, 150 train / 450 val images), EXTRA (key=value for every run).
 # Disk: a run keeps about 0.5 GB of checkpoints (95 MB each) while it runs, so an experiment of 12-24 runs needs
 # 6-14 GB until it ends; PRUNE=1 (the default) then deletes every checkpoint but each run's M0 (the record holds
@@ -64,23 +65,38 @@ fi
 DATA_ARGS=("data.train_json=$DATA/annotations/train.json" "data.val_json=$DATA/annotations/val.json"
            data.num_workers=0)
 
-# experiment <name> <record> <default seeds> <bench_label_efficiency.py arguments...>: every seed in its own
-# process (JOBS at a time), then one --collect over all seeds for the record. The overrides follow "--", so that
-# an option taking several values (--strategies, --arm) does not swallow them.
+# experiment <name> <record> <default seeds> <bench_label_efficiency.py arguments...>: every seed not yet done in its
+# own process (JOBS at a time), each writing its piece, $RECORDS/pieces/<record>/seed<N>.json (committed: a seed done
+# is never run again, in this session or a later one); once every seed has its piece, one --pieces over them all
+# writes the record. The overrides follow "--", so that an option taking several values (--strategies, --arm) does
+# not swallow them.
 experiment() {
-    local name=$1 record=$2 seeds=${SEEDS:-$3}
+    local name=$1 record=$2 seeds=${SEEDS:-$3} planned=$3
     shift 3
-    local out="$RUNS/$name"
-    mkdir -p "$out/logs" "$out/records" "$RECORDS"
-    echo "plan: $name, seeds $seeds, $JOBS at a time; logs in $out/logs"
-    printf '%s\n' $seeds | xargs -P "$JOBS" -I{} sh -c '"$@" >"$0/logs/seed{}.log" 2>&1 || {
-        echo "plan: seed {} failed; the end of its log:" >&2; tail -n 5 "$0/logs/seed{}.log" >&2; exit 1; }' \
-        "$out" "$PYTHON" bench/bench_label_efficiency.py --seeds {} --out "$out" --record "$out/records/seed{}.json" \
+    [ "${SMOKE:-0}" = 1 ] && planned=$seeds  # a smoke run's record is of the seeds it ran
+    local out="$RUNS/$name" pieces="$RECORDS/pieces/$record" todo=() seed
+    mkdir -p "$out/logs" "$pieces"
+    for seed in $seeds; do [ -f "$pieces/seed$seed.json" ] || todo+=("$seed"); done
+    echo "plan: $name, seeds $seeds (to run: ${todo[*]:-none}), $JOBS at a time; logs in $out/logs"
+    if [ "${#todo[@]}" -gt 0 ]; then
+        printf '%s\n' "${todo[@]}" | xargs -P "$JOBS" -I{} sh -c '"$@" >"$0/logs/seed{}.log" 2>&1 || {
+            echo "plan: seed {} failed; the end of its log:" >&2; tail -n 5 "$0/logs/seed{}.log" >&2; exit 1; }' \
+            "$out" "$PYTHON" bench/bench_label_efficiency.py --seeds {} --out "$out" --record "$pieces/seed{}.json" \
+            "$@" -- "${DATA_ARGS[@]}" "${EXTRA_ARGS[@]}"
+    fi
+    local records=() missing=()
+    for seed in $planned $seeds; do
+        if [ -f "$pieces/seed$seed.json" ]; then
+            [[ " ${records[*]} " == *" $pieces/seed$seed.json "* ]] || records+=("$pieces/seed$seed.json")
+        else missing+=("$seed"); fi
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "plan: $name: the record waits for seeds ${missing[*]} (bench/plan.sh $EXPERIMENT runs them)"
+        return 0
+    fi
+    "$PYTHON" bench/bench_label_efficiency.py --out "$out" --pieces "${records[@]}" --record "$RECORDS/$record.json" \
         "$@" -- "${DATA_ARGS[@]}" "${EXTRA_ARGS[@]}"
-    # shellcheck disable=SC2086
-    "$PYTHON" bench/bench_label_efficiency.py --seeds $seeds --out "$out" --collect --record "$RECORDS/$record.json" \
-        "$@" -- "${DATA_ARGS[@]}" "${EXTRA_ARGS[@]}"
-    if [ "${PRUNE:-1}" = 1 ]; then  # the record holds the metrics; keep each run's M0 for the experiments after
+    if [ "${PRUNE:-1}" = 1 ] && [ -d "$out" ]; then  # the pieces hold the metrics; keep each run's M0 for later
         find "$out" -name '*.pth' ! -path '*/step_000/train/model_final.pth' -delete
         echo "plan: $name: checkpoints other than each run's M0 deleted; $(du -sh "$out" | cut -f1) left"
     fi

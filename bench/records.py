@@ -94,12 +94,12 @@ def add_record_option(parser: argparse.ArgumentParser, bench: str) -> None:
                         help=f"write this run's JSON record here (default: results/{bench}.json)")
 
 
-def _plain(value):
+def plain(value):
     """``value`` with paths as strings, tuples as lists and numpy scalars as Python numbers, so that it is JSON."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if type(value).__module__ == "numpy" and hasattr(value, "item"):
@@ -121,8 +121,8 @@ def record(bench: str, started: dict, rows: list[dict], *, arguments: dict | arg
     wall_s = time.perf_counter() - started["_start"]
     kept = {k: v for k, v in started.items() if k != "_start"}
     return {"schema": SCHEMA, "bench": bench, **kept, "wall_s": round(wall_s, 1),
-            "arguments": _plain(arguments or {}), "config": _plain(config), "rows": _plain(rows),
-            "comparisons": _plain(list(comparisons))}
+            "arguments": plain(arguments or {}), "config": plain(config), "rows": plain(rows),
+            "comparisons": plain(list(comparisons))}
 
 
 def _check_fields(content: dict, fields: dict, where: str) -> None:

@@ -257,6 +257,47 @@ def test_annotate_bench_records_its_load_test(tmp_path):
     assert content["rows"][0]["answers_stored"] == 20 and content["rows"][0]["lost"] == 0
 
 
+def test_label_efficiency_combines_pieces_one_seed_each_and_refuses_another_experiments(finished_runs, tmp_path,
+                                                                                       monkeypatch):
+    """``--pieces``: records written a seed at a time (here seed 0 collected, and a copy of it as seed 1 with other
+    numbers) give the record of both seeds, paired per seed, with each piece's provenance; a piece of another
+    config is refused, naming it."""
+    out = tmp_path / "le"
+    out.mkdir()
+    for arm in ("entropy", "random"):
+        (out / f"{arm}_seed0").symlink_to(finished_runs[arm][0].output_dir)
+    config = Path(finished_runs["entropy"][0].output_dir) / "config.yaml"
+    common = ["--config", config, "--steps", "2", "--out", out]
+    _, seed0 = _bench("bench_label_efficiency.py", *common, "--seeds", "0", "--collect", record=tmp_path / "p0.json")
+    seed1 = json.loads(json.dumps(seed0))
+    seed1["arguments"]["seeds"] = [1]
+    for row in seed1["rows"]:
+        row["seed"] = 1
+        row["mask_AP"] = row["step"] * (2.0 if row["group"] == "entropy" else 1.0)
+    (tmp_path / "p1.json").write_text(json.dumps(seed1))
+    _, content = _bench("bench_label_efficiency.py", *common, "--pieces", tmp_path / "p0.json", tmp_path / "p1.json",
+                        record=tmp_path / "record.json")
+    assert content["arguments"]["seeds"] == [0, 1]
+    assert [(p["record"], p["seeds"]) for p in content["arguments"]["piece_records"]] == [
+        (str(tmp_path / "p0.json"), [0]), (str(tmp_path / "p1.json"), [1])]
+    ap = {(r["group"], r["seed"], r["step"]): r["mask_AP"] for r in seed0["rows"]}
+    p2 = next(c for c in content["comparisons"] if c["step"] == 2)
+    assert p2["seeds"] == [0, 1] and p2["differences"] == [
+        pytest.approx(ap["entropy", 0, 2] - ap["random", 0, 2]), pytest.approx(4.0 - 2.0)]
+
+    other = json.loads(json.dumps(seed1))
+    other["arguments"]["seeds"], other["config"]["solver"]["max_iter"] = [2], 5
+    (tmp_path / "p2.json").write_text(json.dumps(other))
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as refused:
+        monkeypatch.setattr(sys, "argv", [str(BENCH / "bench_label_efficiency.py"), *map(str, common), "--pieces",
+                                          str(tmp_path / "p0.json"), str(tmp_path / "p2.json"), "--record",
+                                          str(tmp_path / "refused.json")])
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    assert str(refused.value) == f"{tmp_path / 'p2.json'}: a piece of another experiment (the resolved config differs)"
+    assert not (tmp_path / "refused.json").exists()
+
+
 def test_label_efficiency_arms_name_their_runs_and_choose_the_baseline(finished_runs, tmp_path):
     out = tmp_path / "arms"
     out.mkdir()
