@@ -316,6 +316,15 @@ def supervision(records: list[dict]) -> str:
 
 # ---- the tables ------------------------------------------------------------------------------------------------
 
+def pieces_so_far(record: str) -> str:
+    """``"; pieces so far: seeds 0, 1 (`results/pieces/<name>/`)"`` for a record bench/plan.sh is still making a
+    seed at a time, ``""`` when it has no piece yet."""
+    folder = Path(record).with_suffix("")
+    folder = folder.parent / "pieces" / folder.name
+    seeds = sorted(int(path.stem.removeprefix("seed")) for path in (REPO / folder).glob("seed*.json"))
+    return f"; pieces so far: seeds {', '.join(map(str, seeds))} (`{folder}/`)" if seeds else ""
+
+
 @dataclass(frozen=True)
 class Table:
     """A table of the docs: the records it reads (paths from the repository root), how it is drawn from them,
@@ -329,7 +338,8 @@ class Table:
         """The table's body between its markers: provenance lines and the table, or the not-yet-measured line."""
         missing = [path for path in self.records if not (REPO / path).is_file()]
         if missing:
-            return (f"_Not yet measured under records ({', '.join(f'`{p}`' for p in missing)} missing). "
+            return (f"_Not yet measured under records ({', '.join(f'`{p}`' for p in missing)} missing"
+                    f"{''.join(pieces_so_far(path) for path in missing)}). "
                     f"Command: `{self.command}`, then `python bench/tables.py`._\n")
         contents = [read_record(REPO / path) for path in self.records]
         sources = "\n".join(

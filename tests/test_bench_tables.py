@@ -66,6 +66,17 @@ def test_a_table_without_its_record_says_so_and_gives_the_command():
                             "Command: `python bench/bench_x.py`, then `python bench/tables.py`._\n")
 
 
+def test_a_table_still_made_a_seed_at_a_time_names_the_pieces_so_far(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "REPO", tmp_path)
+    table = tables.Table(("results/x.json",), tables.rows_table, "bench/plan.sh x")
+    assert "missing). Command" in table.text()  # no piece yet
+    (tmp_path / "results" / "pieces" / "x").mkdir(parents=True)
+    for seed in (3, 0, 10):
+        (tmp_path / "results" / "pieces" / "x" / f"seed{seed}.json").write_text("{}")
+    assert table.text() == ("_Not yet measured under records (`results/x.json` missing; pieces so far: seeds 0, 3, 10 "
+                            "(`results/pieces/x/`)). Command: `bench/plan.sh x`, then `python bench/tables.py`._\n")
+
+
 def _le_record():
     rows = [{"group": arm, "seed": seed, "step": step, "mask_AP": ap, "annotation_seconds": 7200.0}
             for arm, seed, step, ap in [("entropy", 0, 3, 12.0), ("entropy", 1, 3, 13.0), ("entropy", 2, 3, 12.5),
