@@ -18,17 +18,6 @@ import torch  # noqa: E402
 from apis.data.synth import make_synthetic_dataset  # noqa: E402
 
 
-def pytest_collection_modifyitems(items):
-    """The slowest files first (``pytestmark = pytest.mark.slow(seconds)``), the rest in their own order: `make test`
-    runs one process per core, each taking the next file when it is done, and a slow file taken last would keep one
-    core busy while the other has nothing left."""
-    def seconds(item) -> float:
-        marker = item.get_closest_marker("slow")
-        return marker.args[0] if marker else 0.0
-
-    items.sort(key=lambda item: -seconds(item))  # a stable sort: a file's tests stay together and in order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """One intra-op thread: the test machine's cores are shared, and spinning OpenMP threads that

@@ -23,8 +23,6 @@ sys.path.insert(0, str(BENCH))
 
 from records import read_record  # noqa: E402
 
-pytestmark = pytest.mark.slow(90)  # seconds on one idle core: started first (tests/conftest.py)
-
 
 def _bench(script: str, *args, record: Path, cwd: Path | None = None):
     """Run ``bench/<script> args --record record`` as ``python bench/<script>`` would, but in this process (a new

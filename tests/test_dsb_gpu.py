@@ -6,10 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.slow(60)  # seconds on one idle core: started first (tests/conftest.py)
-
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "dsb_gpu.sh"
 # The 4-category synthetic data stands in for DSB (same COCO layout); the shipped schedule shrunk to seconds.
 TINY = ["model.num_classes=4", "model.backbone_weights=none", "model.fpn_channels=16",

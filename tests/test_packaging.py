@@ -20,7 +20,7 @@ import apis
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = [pytest.mark.packaging, pytest.mark.slow(55)]
+pytestmark = pytest.mark.packaging
 
 
 def _run(args, cwd, timeout=120):

@@ -25,8 +25,6 @@ import pytest
 
 from apis.data.questions import QuestionQueue
 
-pytestmark = pytest.mark.slow(35)  # seconds on one idle core: started first (tests/conftest.py)
-
 TOKEN = "browser-test-secret"
 KEYS = {"y": 1, "n": 0, "u": -1}
 TIMEOUT_MS = 20_000

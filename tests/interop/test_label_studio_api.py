@@ -17,8 +17,6 @@ from apis.interop.label_studio import POINT_SIZE_PERCENT
 from apis.interop.label_studio_api import default_title, watch
 from apis.loop.human import open_human_run
 
-pytestmark = pytest.mark.slow(25)  # seconds on one idle core: started first (tests/conftest.py)
-
 BOB_EMAIL, BOB_PASSWORD = "bob@example.org", "bob-test-password"
 LABELS = ("yes", "no", "unsure")
 

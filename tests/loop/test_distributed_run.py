@@ -15,15 +15,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from apis.config_loading import dump_config, load_config
 from apis.data.coco import load_coco
 from apis.data.ledger import PointLedger
 from apis.loop.run import ActiveLearningRun, run_active_loop
 from apis.loop.run_dir import step_dir
-
-pytestmark = pytest.mark.slow(70)  # seconds on one idle core: started first (tests/conftest.py)
 
 # Every rank runs `apis run`, noting in seen_rankR.jsonl the images it decodes whole (apis.data.image_files),
 # selects and predicts on; with APIS_TEST_KILL_RANK=R, rank R SIGKILLs itself on its first image of selection.

@@ -15,8 +15,6 @@ from apis.data.ledger import PointLedger
 from apis.engine.checkpoint import load_checkpoint
 from apis.loop.run_dir import step_dir
 
-pytestmark = pytest.mark.slow(30)  # seconds on one idle core: started first (tests/conftest.py)
-
 KILLS = int(os.environ.get("APIS_SOAK_KILLS", "4"))  # at most 8: the moments below
 
 

@@ -28,8 +28,6 @@ from apis.loop.run import ActiveLearningRun, run_active_loop
 from apis.loop.run_dir import RunDirectoryError, step_dir
 from apis.utils.lock import FolderLocked
 
-pytestmark = pytest.mark.slow(45)  # seconds on one idle core: started first (tests/conftest.py)
-
 
 def _answers(run_dir):
     with PointLedger(run_dir / "ledger.sqlite") as ledger:

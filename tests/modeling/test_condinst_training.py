@@ -1,12 +1,9 @@
 """CondInst learns: overfitting one synthetic image from full masks, and point supervision at work."""
 
 import numpy as np
-import pytest
 import torch
 
 from apis.config import LossConfig
-
-pytestmark = pytest.mark.slow(20)  # seconds on one idle core: started first (tests/conftest.py)
 
 
 def two_shapes(size=64):
