@@ -81,6 +81,10 @@ def _run_arm(overrides: list[str]) -> None:
     from apis.loop.run import run_active_loop
 
     torch.set_num_threads(1)
+    # A spawned process spawns its own children too, so each data loader would start interpreters that import
+    # torch again (seconds per loader, every step); forked workers start at once, as under `apis run`.
+    if "fork" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("fork", force=True)
     run_active_loop(load_config(CONFIG, overrides))
 
 

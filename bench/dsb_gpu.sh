@@ -32,6 +32,18 @@ CONFIG=condinst_r18_cpu_dsb.yaml
 COMMON=("device=${DEVICE:-cuda}" "data.train_json=$DSB/annotations/train.json"
         "data.val_json=$DSB/annotations/val.json")
 EXTRA=("$@")  # after the script's own settings (data workers), so that a key given here wins
+# A bad key or value is named once, before any job starts (each job would otherwise fail on it on its own).
+"$PYTHON" - "$CONFIG" "${COMMON[@]}" "${EXTRA[@]}" <<'CHECK' || exit 2
+import sys
+
+from apis.config import ConfigError
+from apis.config_loading import load_config
+
+try:
+    load_config(sys.argv[1], sys.argv[2:])
+except ConfigError as error:
+    sys.exit(f"dsb_gpu: {error}")
+CHECK
 mkdir -p "$RUNS/logs" "$RUNS/records"
 start=$(date +%s)
 

@@ -15,8 +15,8 @@ TINY = ["model.num_classes=4", "model.backbone_weights=none", "model.fpn_channel
         "loop.finetune_steps=[1]", "selection.scales=[64]", "data.num_workers=0"]
 
 
-def _run(synth_dir, runs, deadline, *extra):
-    env = {**os.environ, "PYTHON": sys.executable, "DSB": str(synth_dir), "RUNS": str(runs), "SEEDS": "0",
+def _run(synth_dir, runs, deadline, *extra, python=sys.executable):
+    env = {**os.environ, "PYTHON": str(python), "DSB": str(synth_dir), "RUNS": str(runs), "SEEDS": "0",
            "DEVICE": "cpu", "DEADLINE": str(deadline), "OMP_NUM_THREADS": "1", "RECORDS": str(runs / "results")}
     return subprocess.run(["bash", str(SCRIPT), *TINY, *extra], capture_output=True, text=True, env=env,
                           timeout=600)
@@ -48,11 +48,25 @@ def test_every_benchmark_finishes_and_reports(synth_dir, tmp_path):
     assert len(supervision["rows"]) == 3
 
 
-def test_a_failing_run_fails_the_script_and_shows_its_error(synth_dir, tmp_path):
+def test_a_bad_key_is_named_before_any_job_starts(synth_dir, tmp_path):
     completed = _run(synth_dir, tmp_path / "runs", 0, "model.depth=19")
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("dsb_gpu: ") and "config key 'model.depth' is 19" in completed.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failing_job_fails_the_script_and_shows_its_error(synth_dir, tmp_path):
+    """Every job fails as it starts (a stand-in interpreter that runs only the script's config check): the script
+    counts them, shows each log's error and exits 1."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\n[ "$1" = - ] && exec {sys.executable} "$@"\n'
+                      'echo "RuntimeError: no GPU in this job ($1)" >&2\nexit 1\n')
+    python.chmod(0o755)
+    completed = _run(synth_dir, tmp_path / "runs", 0, python=python)
     assert completed.returncode == 1
     assert "4 of 4 jobs failed" in completed.stderr  # 3 supervision rows and the loops of the one seed
-    assert "config key 'model.depth' is 19" in completed.stderr
+    assert "RuntimeError: no GPU in this job (bench/bench_supervision.py)" in completed.stderr
+    assert "RuntimeError: no GPU in this job (bench/bench_label_efficiency.py)" in completed.stderr
 
 
 def test_the_deadline_stops_the_runs_and_keeps_the_report(synth_dir, tmp_path):

@@ -4,10 +4,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +18,6 @@ from apis.data.coords import box_pixel_range, point_in_box
 from apis.data.ledger import Answer, LedgerError, PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
 from apis.engine.checkpoint import load_checkpoint
-from apis.engine.metrics_log import read_metrics
 from apis.loop.asked_points import draw_initial_points
 from apis.loop.run import ActiveLearningRun, run_active_loop
 from apis.loop.run_dir import RunDirectoryError, step_dir
@@ -162,47 +157,6 @@ def test_crash_while_asking_resumes_with_the_same_points(tiny_config, monkeypatc
     run_active_loop(cfg)
     step1 = {(a.ann_id, a.x, a.y) for a in _answers(run_dir) if a.step == 1}
     assert step1 == {(p["ann_id"], p["x"], p["y"]) for p in selected}
-
-
-def test_sigkill_during_training_resumes(synth_dir, tiny_overrides, tmp_path):
-    """Killed after M0's first checkpoint, the same command resumes from it: every iteration is logged once,
-    and M0 ends with the weights of a run that was never interrupted (then the run goes on to step 1)."""
-    config = tmp_path / "empty.yaml"
-    config.write_text("{}\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process
-
-    def overrides(run_dir, steps):
-        return tiny_overrides(synth_dir, run_dir, "solver.max_iter=8", "solver.checkpoint_period=3",
-                              f"loop.steps={steps}")
-
-    def command(run_dir, steps):
-        return [sys.executable, "-m", "apis.cli", "run", str(config), *overrides(run_dir, steps)]
-
-    run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(command(run_dir, 1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    train_dir = step_dir(run_dir, 0) / "train"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (train_dir / "last_checkpoint").exists():
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert (train_dir / "last_checkpoint").exists(), "training never wrote a checkpoint"
-    assert not (step_dir(run_dir, 0) / "metrics.json").exists()
-    killed_at = load_checkpoint(train_dir / (train_dir / "last_checkpoint").read_text().strip())["iteration"]
-    assert killed_at < 8
-    p0_before = {(a.ann_id, a.x, a.y, a.label) for a in _answers(run_dir)}
-    done = subprocess.run(command(run_dir, 1), capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"at iteration {killed_at}" in done.stderr  # resumed, not started again
-    assert p0_before == {(a.ann_id, a.x, a.y, a.label) for a in _answers(run_dir) if a.step == 0}
-    assert [r["iteration"] for r in read_metrics(train_dir / "metrics.jsonl")] == list(range(1, 9))
-    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1]
-
-    uninterrupted = tmp_path / "uninterrupted"  # in this process, also on one thread: the same arithmetic
-    run_active_loop(load_config(config, overrides(uninterrupted, 0)))
-    resumed = load_checkpoint(train_dir / "model_final.pth")["model"]
-    expected = load_checkpoint(step_dir(uninterrupted, 0) / "train" / "model_final.pth")["model"]
-    assert all(torch.equal(resumed[key], expected[key]) for key in expected)
 
 
 def test_resuming_with_another_config_is_refused(tiny_config):
@@ -394,7 +348,6 @@ def test_relative_paths_are_stored_absolute_and_read_from_any_directory(synth_di
                                                                         tiny_overrides, capsys):
     """Issue 13, case 12: `apis export-points RUN` from another directory failed to find the train json."""
     from apis.cli import main
-    from apis.config_loading import load_config
 
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "data").symlink_to(synth_dir)
