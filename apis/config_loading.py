@@ -118,14 +118,36 @@ def _set_nested(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def override_key(item: str) -> str:
+    """The key of one ``key=value`` override (``"solver.max_iter=100"`` -> ``"solver.max_iter"``)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value (e.g. solver.max_iter=100)")
+    return item.split("=", 1)[0].strip()
+
+
+def merge_overrides(defaults: list[str], overrides: list[str]) -> list[str]:
+    """``defaults`` without the keys that ``overrides`` sets, then ``overrides``: a script's (or a test's) own
+    settings that its caller may replace, every key still given once."""
+    replaced = {override_key(item) for item in overrides}
+    return [item for item in defaults if override_key(item) not in replaced] + list(overrides)
+
+
 def parse_overrides(overrides: list[str]) -> dict:
-    """``["a.b=1", "c=[1,2]"]`` -> nested dict, values parsed as YAML."""
+    """``["a.b=1", "c=[1,2]"]`` -> nested dict, values parsed as YAML.
+
+    Raises:
+        ConfigError: an item is not ``key=value``, or a key is given twice (which of the two was meant cannot be
+            told, so neither is applied silently).
+    """
     tree: dict = {}
+    given: dict[str, str] = {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. solver.max_iter=100)")
-        key, raw = item.split("=", 1)
-        _set_nested(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        key = override_key(item)
+        if key in given:
+            raise ConfigError(f"config key '{key}' is given twice ('{given[key]}', then '{item}'); give it once")
+        given[key] = item
+        raw = item.split("=", 1)[1]
+        _set_nested(tree, key, yaml.safe_load(raw) if raw.strip() else "")
     return tree
 
 

@@ -37,17 +37,19 @@ def run_demo(out_dir: Path, quick: bool = False, steps: int = 3) -> str:
 
     extra = QUICK_OVERRIDES if quick else []
     common = [f"data.train_json={DATA_DIR}/annotations/train.json", f"data.val_json={DATA_DIR}/annotations/val.json",
-              f"loop.steps={steps}", *extra]
+              *extra]
     entropy_dir, random_dir = out_dir / "entropy", out_dir / "random"
-    entropy = [*common, f"output_dir={entropy_dir}", "selection.metric=entropy"]
-    random = [*common, f"output_dir={random_dir}", "selection.metric=random", f"loop.initial_run={entropy_dir}"]
+    entropy_m0 = [*common, f"output_dir={entropy_dir}", "selection.metric=entropy"]
+    entropy = [*entropy_m0, f"loop.steps={steps}"]
+    random = [*common, f"output_dir={random_dir}", "selection.metric=random", f"loop.initial_run={entropy_dir}",
+              f"loop.steps={steps}"]
     for overrides in (entropy, random):  # a bad --steps is named before anything is written
         load_config(CONFIG, overrides)
     summary = make_synthetic_dataset(DATA_DIR, num_images=200, size=128, seed=0)
     print(summary.format(), flush=True)
     print(f"\n== M0 from boxes + 1 random point per instance, then {steps} active steps of entropy and of "
           "random, side by side ==", flush=True)
-    run_active_loop(load_config(CONFIG, [*entropy, "loop.steps=0"]))
+    run_active_loop(load_config(CONFIG, [*entropy_m0, "loop.steps=0"]))
     _run_side_by_side({"entropy": entropy, "random": random})
     table = compare_runs([entropy_dir, random_dir], out_dir)
     print("\n" + table)

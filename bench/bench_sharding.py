@@ -39,7 +39,7 @@ def child(args: argparse.Namespace) -> None:
     from apis.active.prediction import select_with_models
     from apis.active.strategies import get_metric
     from apis.config import to_dict
-    from apis.config_loading import load_config
+    from apis.config_loading import load_config, merge_overrides
     from apis.data.coco import load_coco
     from apis.data.ledger import Answer, PointLedger
     from apis.data.simulated_oracle import SimulatedOracle
@@ -58,7 +58,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     ctx = context_from_env()
-    cfg = load_config(args.config, ["model.score_threshold=0.0", *args.overrides])
+    cfg = load_config(args.config, merge_overrides(["model.score_threshold=0.0"], args.overrides))
     device = resolve_device(cfg.device, ctx.local_rank if ctx.enabled else None)
     created = init_process_group(ctx, device)
     checkpoint = args.checkpoint or str(Path(args.workdir) / "init.pth")

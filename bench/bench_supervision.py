@@ -51,7 +51,7 @@ def run_row(name: str, seed: int, config: str, out: Path, overrides: list[str], 
     done = folder / "eval.json"
     if done.exists():
         return json.loads(done.read_text())
-    weight = [f"loss.points={point_weight}"] if point_weight is not None and "points" in name else []
+    weight = [f"loss.points={point_weight}"] if point_weight is not None and " point" in name else []
     cfg = load_config(config, [*overrides, *ROWS[name], *weight, f"seed={seed}", f"output_dir={folder}"])
     start = time.perf_counter()
     checkpoint = train(cfg)

@@ -15,8 +15,8 @@
 #   DSB=../shared/data/dsb2018_nuclei RUNS=runs/dsb_gpu bench/dsb_gpu.sh [key=value ...]
 #
 # Environment: PYTHON (default .venv/bin/python if present, else python3), DSB, RUNS, DEADLINE, SEEDS ("0 1 2"),
-# DEVICE (cuda), RECORDS (results). Extra key=value arguments go to every run, after the script's own settings, so
-# they win (e.g. a tiny schedule and no data workers for a CPU smoke run).
+# DEVICE (cuda), RECORDS (results). Extra key=value arguments go to every run (e.g. a tiny schedule for a CPU smoke
+# run); a data.num_workers among them replaces the script's own choice of data workers per job.
 set -uo pipefail
 set -m  # every background job in its own process group, so that the deadline stops its data workers too
 cd "$(dirname "$0")/.."
@@ -31,7 +31,12 @@ RECORDS=${RECORDS:-results}
 CONFIG=condinst_r18_cpu_dsb.yaml
 COMMON=("device=${DEVICE:-cuda}" "data.train_json=$DSB/annotations/train.json"
         "data.val_json=$DSB/annotations/val.json")
-EXTRA=("$@")  # after the script's own settings (data workers), so that a key given here wins
+EXTRA=("$@")
+workers() {  # the data workers of a job, unless the caller set data.num_workers (a key is given once)
+    local arg
+    for arg in "${EXTRA[@]}"; do [[ $arg == data.num_workers=* ]] && return 0; done
+    echo "data.num_workers=$1"
+}
 # A bad key or value is named once, before any job starts (each job would otherwise fail on it on its own).
 "$PYTHON" - "$CONFIG" "${COMMON[@]}" "${EXTRA[@]}" <<'CHECK' || exit 2
 import sys
@@ -50,7 +55,7 @@ start=$(date +%s)
 supervision() {  # row, folder name bench_supervision gives it, seed, data workers
     local log="$RUNS/logs/supervision_$2_seed$3.log"
     "$PYTHON" bench/bench_supervision.py --config "$CONFIG" --seeds "$3" --out "$RUNS/supervision" \
-        --record "$RUNS/records/supervision_$2_seed$3.json" "${COMMON[@]}" "data.num_workers=$4" "${EXTRA[@]}" --rows "$1" \
+        --record "$RUNS/records/supervision_$2_seed$3.json" "${COMMON[@]}" $(workers "$4") "${EXTRA[@]}" --rows "$1" \
         >"$log" 2>&1 &&
         "$PYTHON" bench/bench_mask_quality.py "$RUNS/supervision/$2/seed$3" --images 100000 \
             --record "$RUNS/records/mask_quality_$2_seed$3.json" >"$RUNS/logs/mask_quality_$2_seed$3.md" 2>>"$log"
@@ -60,13 +65,13 @@ label_efficiency() {  # seed
     local entropy="$RUNS/label_efficiency/entropy_seed$1"
     "$PYTHON" bench/bench_label_efficiency.py --config "$CONFIG" --seeds "$1" --strategies entropy \
         --out "$RUNS/label_efficiency" --record "$RUNS/records/le_entropy_seed$1.json" "${COMMON[@]}" \
-        data.num_workers=2 "${EXTRA[@]}" >"$RUNS/logs/le_entropy_seed$1.log" 2>&1 &
+        $(workers 2) "${EXTRA[@]}" >"$RUNS/logs/le_entropy_seed$1.log" 2>&1 &
     local pid=$!
     while [ ! -f "$entropy/step_000/metrics.json" ] && kill -0 "$pid" 2>/dev/null; do sleep 5; done
     [ -f "$entropy/step_000/metrics.json" ] &&
         "$PYTHON" bench/bench_label_efficiency.py --config "$CONFIG" --seeds "$1" --strategies random \
             --m0-from "$RUNS/label_efficiency" --out "$RUNS/label_efficiency" \
-            --record "$RUNS/records/le_random_seed$1.json" "${COMMON[@]}" data.num_workers=2 \
+            --record "$RUNS/records/le_random_seed$1.json" "${COMMON[@]}" $(workers 2) \
             "${EXTRA[@]}" >"$RUNS/logs/le_random_seed$1.log" 2>&1
     wait "$pid" &&
         "$PYTHON" bench/bench_mask_quality.py "$entropy" "$RUNS/label_efficiency/random_seed$1" --images 100000 \

@@ -306,6 +306,17 @@ def rows_table(records: list[dict]) -> str:
     return markdown(columns, [[_cell(row.get(c)) for c in columns] for row in rows], "l" * len(columns))
 
 
+def test_time_table(rows: list[dict], slowest: int = 3) -> str:
+    """One line per timed run of the suite: its counts, wall time against the 6-minute target, the load before it
+    and its slowest tests."""
+    lines = [[str(r["repeat"] + 1), str(r["workers"]), str(r["passed"]), str(r["failed"]), str(r["skipped"]),
+              f"{r['wall_s'] / 60:.1f}", "met" if r["wall_s"] <= 360 else "not met", f"{r['load_1min_before']:.2f}",
+              "; ".join(f"{t['test'].split('::')[-1]} {t['seconds']:.0f} s" for t in r["slowest"][:slowest])]
+             for r in rows]
+    return markdown(["run", "workers", "passed", "failed", "skipped", "wall (min)", "6 min target",
+                     "load before", f"slowest {slowest}"], lines, "rrrrrrllll")
+
+
 def supervision(records: list[dict]) -> str:
     """The supervision table (apis.report.supervision): mask AP per row, share of full masks, per seed."""
     from apis.active.compare import markdown as compare_markdown
@@ -370,6 +381,7 @@ TABLES: dict[str, Table] = {
     "sharding": Table(("results/sharding.json",), rows_table,
                       "python bench/bench_sharding.py --config condinst_r18_cpu_dsb.yaml --images 64 --procs 1,2 "
                       "data.min_size_test=256 data.max_size=512 selection.scales=[256]"),
+    "test_time": Table(("results/test_time.json",), _one(test_time_table), "python bench/bench_test_time.py"),
     "annotate": Table(("results/annotate.json",), rows_table,
                       "python bench/bench_annotate.py --questions 5000 --clients 8"),
     "supervision_synth": Table(("results/supervision_synth.json",), supervision,

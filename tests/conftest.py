@@ -109,6 +109,13 @@ def human_run(synth_dir, tmp_path):
 
 # A tiny CPU loop run: tests/active checks the loop, tests/report draws and reports it.
 def _tiny_overrides(data_root, output_dir, *extra):
+    """The tiny run's key=value, a key of ``extra`` replacing the tiny one (a key is given once)."""
+    from apis.config_loading import merge_overrides
+
+    return merge_overrides(_tiny_defaults(data_root, output_dir), list(extra))
+
+
+def _tiny_defaults(data_root, output_dir):
     return [
         f"data.train_json={data_root}/annotations/train.json", f"data.val_json={data_root}/annotations/val.json",
         f"output_dir={output_dir}", "device=cpu", "model.depth=18", "model.fpn_channels=16",
@@ -117,7 +124,6 @@ def _tiny_overrides(data_root, output_dir, *extra):
         "solver.batch_size=2", "solver.max_iter=4", "solver.steps=[3]", "solver.warmup_iters=1",
         "solver.checkpoint_period=2", "solver.log_period=1", "solver.base_lr=0.001",
         "loop.steps=2", "loop.finetune_iters=2", "loop.finetune_steps=[1]", "loop.finetune_lr=0.001",
-        *extra,
     ]
 
 

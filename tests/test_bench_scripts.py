@@ -233,9 +233,14 @@ def test_sharding_bench_records_one_process(finished_runs, tmp_path):
 def test_supervision_bench_records_its_rows(finished_runs, tmp_path):
     cfg, _ = finished_runs["entropy"]
     _, content = _bench("bench_supervision.py", "--config", Path(cfg.output_dir) / "config.yaml", "--rows",
-                        "full masks", "--seeds", "0", "--out", tmp_path / "sup", record=tmp_path / "record.json")
-    assert [(r["row"], r["seed"]) for r in content["rows"]] == [("full masks", 0)]
+                        "full masks", "boxes + 1 point", "--point-weight", "0.25", "--seeds", "0", "--out",
+                        tmp_path / "sup", record=tmp_path / "record.json")
+    assert [(r["row"], r["seed"]) for r in content["rows"]] == [("full masks", 0), ("boxes + 1 point", 0)]
     assert content["config"]["solver"]["max_iter"] == cfg.solver.max_iter
+    # --point-weight is the point loss of the rows with points only; full masks train without points.
+    trained = {row: yaml.safe_load((tmp_path / "sup" / row / "seed0" / "config.yaml").read_text())["loss"]["points"]
+               for row in ("full_masks", "boxes_plus_1_point")}
+    assert trained == {"full_masks": 0.0, "boxes_plus_1_point": 0.25}
 
 
 def test_eval_bench_records_its_timings(synth_dir, tmp_path):
@@ -422,3 +427,25 @@ def test_mask_resolution_bench_by_hand(tmp_path):
     assert miou == {"coverage oracle, stride 8": pytest.approx((232 / 256 + 0) / 2),
                     "coverage oracle, stride 4": pytest.approx((252 / 256 + 60 / 64) / 2),
                     "box fill": pytest.approx(1.0)}
+
+
+def test_test_time_bench_times_a_fresh_clone_and_records_pytests_counts(tmp_path):
+    completed, content = _bench("bench_test_time.py", "--workers", "1", "--tests", "tests/test_structures.py",
+                                record=tmp_path / "record.json")
+    (row,) = content["rows"]
+    assert row["returncode"] == 0 and row["failed"] == 0 and row["passed"] > 0
+    assert row["wall_s"] >= row["pytest_s"] > 0 and row["tests"] == "tests/test_structures.py"
+    assert "| 1 | 1 |" in completed.stdout
+
+
+def test_test_time_bench_reads_pytests_summary_and_slowest_tests():
+    module = importlib.import_module("bench_test_time")
+    assert module.parse_summary("....\n870 passed, 4 skipped in 512.30s (0:08:32)\n") == {
+        "passed": 870, "failed": 0, "skipped": 4, "errors": 0, "pytest_s": 512.3}
+    assert module.parse_summary("===== 1 failed, 2 passed, 1 error in 3.10s =====") == {
+        "passed": 2, "failed": 1, "skipped": 0, "errors": 1, "pytest_s": 3.1}
+    with pytest.raises(ValueError, match="no summary"):
+        module.parse_summary("Traceback (most recent call last):")
+    assert module.parse_slowest("12.50s call     tests/a.py::test_b[x]\n0.01s setup    tests/c.py::test_d\n") == [
+        {"test": "tests/a.py::test_b[x]", "phase": "call", "seconds": 12.5},
+        {"test": "tests/c.py::test_d", "phase": "setup", "seconds": 0.01}]

@@ -47,6 +47,15 @@ def test_parse_overrides_yaml_values():
     assert parse_overrides(["a.b=true", "c=[1, 2]", "d=0.5"]) == {"a": {"b": True}, "c": [1, 2], "d": 0.5}
 
 
+def test_a_key_given_twice_is_refused_whichever_values():
+    with pytest.raises(ConfigError, match=r"'solver.max_iter' is given twice \('solver.max_iter=5', then "
+                                          r"' solver.max_iter =5'\); give it once"):
+        load_config(None, ["solver.max_iter=5", "loop.steps=1", " solver.max_iter =5"])
+    with pytest.raises(ConfigError, match="'data.num_workers' is given twice"):
+        load_config(None, ["data.num_workers=2", "data.num_workers=0"])
+    assert load_config(None, ["solver.max_iter=5", "solver.base_lr=0.5"]).solver.max_iter == 5
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("loop.finetune_iters=0", "'loop.finetune_iters' is 0; it must be >= 1"),
     ("loop.steps=-1", "'loop.steps' is -1; it must be >= 0"),

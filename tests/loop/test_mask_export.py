@@ -130,10 +130,11 @@ def test_the_exported_file_trains_apis_train_with_full_masks(finished_runs, tiny
     cfg, _ = finished_runs["entropy"]
     out = tmp_path / "masks.json"
     main(["export-masks", str(cfg.output_dir), "--out", str(out), "--step", "0"])
-    overrides = [o for o in tiny_overrides(synth_dir, tmp_path / "trained") if not o.startswith("data.train_json")]
+    overrides = tiny_overrides(synth_dir, tmp_path / "trained", f"data.train_json={out}",
+                               f"data.image_root={synth_dir / 'images'}", "loss.full=1", "loss.points=0",
+                               "solver.max_iter=2")
     config = tmp_path / "from_masks.yaml"
-    dump_config(load_config(None, [*overrides, f"data.train_json={out}", f"data.image_root={synth_dir / 'images'}",
-                                   "loss.full=1", "loss.points=0", "solver.max_iter=2"]), config)
+    dump_config(load_config(None, overrides), config)
     main(["train", str(config)])
     assert (tmp_path / "trained" / "model_final.pth").exists()
     assert "final checkpoint" in capsys.readouterr().out
