@@ -89,7 +89,7 @@ def time_suite(checkout: Path, workers: int, tests: list[str], slowest: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pytest-xdist processes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pytest-xdist processes (0: the tests in pytest's own process)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--slowest", type=int, default=15, help="how many of the slowest tests to record")
     parser.add_argument("--tests", nargs="*", default=[], help="test files or folders (default: the whole suite)")

@@ -314,7 +314,7 @@ def test_time_table(rows: list[dict], slowest: int = 3) -> str:
               "; ".join(f"{t['test'].split('::')[-1]} {t['seconds']:.0f} s" for t in r["slowest"][:slowest])]
              for r in rows]
     return markdown(["run", "workers", "passed", "failed", "skipped", "wall (min)", "6 min target",
-                     "load before", f"slowest {slowest}"], lines, "rrrrrrllll")
+                     "load before", f"slowest {slowest}"], lines, "rrrrrrlrl")
 
 
 def supervision(records: list[dict]) -> str:
@@ -356,9 +356,26 @@ class Table:
         sources = "\n".join(
             f"Record `{path}`: `{c['command']}`; commit {(c['commit'] or 'unknown')[:7]}"
             f"{' (dirty tree)' if c['dirty'] else ''}, {c['date'][:10]}, {c['machine']['cpu']}, "
-            f"`nproc` {c['machine']['nproc']}, {c['machine']['gpu'] or 'CPU only'}, {c['wall_s'] / 60:.0f} min."
+            f"`nproc` {c['machine']['nproc']}, {c['machine']['gpu'] or 'CPU only'}, {c['wall_s'] / 60:.0f} min"
+            f"{combined_from(c)}."
             for path, c in zip(self.records, contents))
         return f"{sources}\n\n{self.render(contents)}\n"
+
+
+def combined_from(content: dict) -> str:
+    """For a record combined from per-seed pieces (``--pieces``): where the runs themselves were made, e.g.
+    ``"; combined from 6 pieces (commits db3c94f, 2ba73b3; 2026-12-02 to 2026-12-03; 465 min of runs)"``;
+    ``""`` for any other record."""
+    pieces = content["arguments"].get("piece_records") or []
+    if not pieces:
+        return ""
+    commits = ", ".join(dict.fromkeys(f"{(p['commit'] or 'unknown')[:7]}{' (dirty tree)' if p['dirty'] else ''}"
+                                      for p in pieces))
+    dates = sorted(p["date"][:10] for p in pieces)
+    span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    machines = ", ".join(dict.fromkeys(f"{p['machine']['cpu']} (`nproc` {p['machine']['nproc']})" for p in pieces))
+    return (f"; combined from {len(pieces)} pieces, one per seed (commits {commits}; {span}; {machines}; "
+            f"{sum(p['wall_s'] for p in pieces) / 60:.0f} min of runs)")
 
 
 def _one(render: Callable[[list[dict]], str]) -> Callable[[list[dict]], str]:

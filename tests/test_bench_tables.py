@@ -111,3 +111,16 @@ def test_the_test_time_table_sets_each_run_against_six_minutes():
     lines = tables.test_time_table(rows).splitlines()
     assert lines[2] == "| 1 | 2 | 870 | 0 | 4 | 6.0 | met | 0.04 | test_slow 61 s; test_less 30 s |"
     assert lines[3] == "| 2 | 2 | 869 | 1 | 4 | 6.0 | not met | 1.50 | test_less 30 s |"
+
+
+def test_a_record_combined_from_pieces_says_where_its_runs_were_made():
+    machine = {"cpu": "Xeon", "nproc": 2, "gpu": None}
+    pieces = [{"record": f"seed{s}.json", "seeds": [s], "commit": commit, "dirty": dirty, "date": date,
+               "machine": machine, "wall_s": 600.0}
+              for s, commit, dirty, date in ((0, "aaaaaaa1", False, "2026-12-02T23:00:00+00:00"),
+                                             (1, "aaaaaaa1", False, "2026-12-03T01:00:00+00:00"),
+                                             (2, "bbbbbbb2", True, "2026-12-03T09:00:00+00:00"))]
+    assert tables.combined_from({"arguments": {"piece_records": pieces}}) == (
+        "; combined from 3 pieces, one per seed (commits aaaaaaa, bbbbbbb (dirty tree); 2026-12-02 to 2026-12-03; "
+        "Xeon (`nproc` 2); 30 min of runs)")
+    assert tables.combined_from({"arguments": {"seeds": [0]}}) == ""
