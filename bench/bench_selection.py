@@ -63,7 +63,7 @@ def main() -> None:
         return
     recording = provenance()
     rows = []
-    for images in (args.small, args.images):
+    for images in sorted({args.small, args.images}):  # one size once
         for kind in ("inference", "selection"):
             cmd = [sys.executable, __file__, "--config", args.config, "--checkpoint", args.checkpoint,
                    "--images", str(images), "--child", kind, *args.overrides]

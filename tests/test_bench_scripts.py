@@ -217,10 +217,9 @@ def test_inference_and_selection_benches_record_their_timings(finished_runs, tmp
     _, inference = _bench("bench_inference.py", "--config", config, "--checkpoint", checkpoint,
                           record=tmp_path / "inference.json")
     assert inference["rows"][0]["images"] == 2 and inference["config"]["model"]["depth"] == 18
-    _, selection = _bench("bench_selection.py", "--config", config, "--checkpoint", checkpoint, "--images", "2",
-                          "--small", "1", record=tmp_path / "selection.json")
-    assert [(r["kind"], r["images"]) for r in selection["rows"]] == [
-        ("inference", 1), ("selection", 1), ("inference", 2), ("selection", 2)]
+    _, selection = _bench("bench_selection.py", "--config", config, "--checkpoint", checkpoint, "--images", "1",
+                          "--small", "1", record=tmp_path / "selection.json")  # one size is measured once
+    assert [(r["kind"], r["images"]) for r in selection["rows"]] == [("inference", 1), ("selection", 1)]
 
 
 def test_sharding_bench_records_one_process(finished_runs, tmp_path):
