@@ -2,8 +2,9 @@
 
 Clones the checkout's HEAD into a new folder (``git clone``: committed files only, as CI sees them), gives the
 clone this checkout's installed environments (``.venv`` and ``.venv-label-studio`` linked: building them is
-``make``'s time, not the tests'), and runs what ``make test`` runs after its installs, as CI runs it (the browser
-and the Label Studio server required):
+``make``'s time, not the tests'), and runs what ``make test`` runs after its installs, as CI runs it: ``ruff
+check .`` (recorded as ``ruff_clean``, not timed), then the tests (the browser and the Label Studio server
+required):
 
     CI=true APIS_REQUIRE_BROWSER=1 APIS_REQUIRE_LABEL_STUDIO=1 python -m pytest -n WORKERS --dist loadfile
 
@@ -73,6 +74,9 @@ def time_suite(checkout: Path, workers: int, tests: list[str], slowest: int) -> 
     env = {**os.environ, "CI": "true", "APIS_REQUIRE_BROWSER": "1", "APIS_REQUIRE_LABEL_STUDIO": "1"}
     command = [str(python), "-m", "pytest", "-n", str(workers), "--dist", "loadfile", "-p", "no:cacheprovider",
                f"--durations={slowest}", *tests]
+    # make test's first command: a ruff error fails CI before any test runs.
+    lint = subprocess.run([str(checkout / ".venv" / "bin" / "ruff"), "check", "."], cwd=checkout, capture_output=True,
+                          text=True)
     load = os.getloadavg()[0]
     start = time.perf_counter()
     completed = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
@@ -83,13 +87,15 @@ def time_suite(checkout: Path, workers: int, tests: list[str], slowest: int) -> 
     except ValueError:
         sys.exit(f"bench_test_time: pytest ended with {completed.returncode} and no summary:\n{output[-3000:]}")
     return {"workers": workers, "tests": " ".join(tests) or "all", "wall_s": round(wall, 1), **summary,
-            "returncode": completed.returncode, "load_1min_before": round(load, 2),
+            "returncode": completed.returncode, "ruff_clean": lint.returncode == 0,
+            "load_1min_before": round(load, 2),
             "slowest": parse_slowest(output)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pytest-xdist processes (0: the tests in pytest's own process)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="pytest-xdist processes (0: the tests in pytest's own process)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--slowest", type=int, default=15, help="how many of the slowest tests to record")
     parser.add_argument("--tests", nargs="*", default=[], help="test files or folders (default: the whole suite)")
@@ -113,8 +119,8 @@ def main() -> None:
         print(f"| {row['repeat'] + 1} | {row['workers']} | {row['passed']} | {row['failed']} | {row['skipped']} | "
               f"{row['wall_s'] / 60:.1f} | {row['load_1min_before']} |")
     save(args.record, "test_time", started, rows, arguments=args)
-    if any(row["returncode"] != 0 for row in rows):
-        sys.exit("bench_test_time: the suite failed (the record says which run)")
+    if any(row["returncode"] != 0 or not row["ruff_clean"] for row in rows):
+        sys.exit("bench_test_time: the suite or ruff failed (the record says which run)")
 
 
 if __name__ == "__main__":
