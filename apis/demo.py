@@ -23,9 +23,10 @@ from apis.config_loading import load_config, merge_overrides
 
 DATA_DIR = Path("data/synth")
 CONFIG = "condinst_r18_cpu_synth.yaml"  # built in (apis/configs/): the demo runs from any directory
-# Every step's evaluation refines each detected mask on the image (the config's sharp masks), about 3x the time of
-# an unrefined evaluation: on 25 of the 50 validation images the demo ends within 10 minutes on 2 cores. Its mask
-# AP is one seed's on few images, a working pipeline rather than a result (bench/plan.sh measures the method).
+# Every step's evaluation refines each detected mask on the image (the config's sharp masks), which costs several
+# times an unrefined evaluation: the steps are evaluated on 25 of the 50 validation images to shorten the demo
+# (README: its time, against the 10-minute target). Its mask AP is one seed's on few images, a working pipeline
+# rather than a result (bench/plan.sh measures the method).
 VAL_IMAGES = ["data.max_val_images=25"]
 # A smoke-test schedule (seconds, not minutes): shows the mechanics, not the method's effect.
 QUICK_OVERRIDES = ["solver.max_iter=30", "loop.finetune_iters=10", "data.max_train_images=12",

@@ -38,7 +38,7 @@ from apis.active.compare import (
     read_run,
 )
 from apis.config import to_dict
-from apis.config_loading import load_config, override_key
+from apis.config_loading import load_config, merge_overrides
 from apis.loop.run import run_active_loop
 from apis.utils.io import atomic_write_text, strict_json
 
@@ -92,10 +92,10 @@ def run_or_read(args: argparse.Namespace, arms: dict[str, list[str]]
         first = args.m0_from / f"{args.m0_arm}_seed{seed}" if args.m0_from else None
         for name, arm_overrides in arms.items():
             run_dir = args.out / f"{name}_seed{seed}"
-            own_m0 = any(override_key(o) == "loop.initial_run" for o in arm_overrides)  # "loop.initial_run="
-            shared = [f"loop.initial_run={first}"] if first is not None and not own_m0 else []
-            overrides = [*args.overrides, f"seed={seed}", f"loop.steps={args.steps}", *shared,
-                         *(o.replace("{seed}", str(seed)) for o in arm_overrides), f"output_dir={run_dir}"]
+            shared = [f"loop.initial_run={first}"] if first is not None else []
+            arm = [o.replace("{seed}", str(seed)) for o in arm_overrides]  # "loop.initial_run=": its own M0
+            overrides = [*args.overrides, f"seed={seed}", f"loop.steps={args.steps}", *merge_overrides(shared, arm),
+                         f"output_dir={run_dir}"]
             if not args.collect:
                 start = time.perf_counter()
                 run_active_loop(load_config(args.config, overrides))
