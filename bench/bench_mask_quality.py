@@ -57,11 +57,11 @@ from records import add_record_option, provenance, save
 from apis.active.prediction import SelectionImages, iter_prediction_sets
 from apis.active.selection import crop_to_grid
 from apis.config_loading import load_run_config
+from apis.data.coco import load_datasets
 from apis.data.dataset import collate
 from apis.data.transforms import resized_size
 from apis.engine.inference import load_model
 from apis.loop.mask_quality import iou
-from apis.loop.run import load_datasets
 from apis.loop.run_dir import step_dir
 from apis.modeling.mask_losses import box_masks_at_stride
 from apis.modeling.refinement import grid_colours, refine_probabilities

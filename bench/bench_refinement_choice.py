@@ -27,9 +27,9 @@ from tables import markdown
 from apis.active.prediction import iter_prediction_sets
 from apis.active.selection import crop_to_grid
 from apis.config_loading import load_run_config
+from apis.data.coco import load_datasets
 from apis.engine.inference import load_model
 from apis.loop.mask_quality import iou
-from apis.loop.run import load_datasets
 from apis.modeling.refinement import ColourCRF, grid_colours, refine_probabilities
 
 WEIGHTS = (0.0, 4.0, 8.0, 16.0, 32.0)

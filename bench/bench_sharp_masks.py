@@ -37,9 +37,9 @@ from tables import SIZE_BUCKETS, sharp_masks_table
 
 from apis.config import ConfigError
 from apis.config_loading import load_config
+from apis.data.coco import load_datasets
 from apis.engine.inference import evaluate_checkpoint
 from apis.evaluation.paired import paired_comparison
-from apis.loop.run import load_datasets
 from apis.utils.device import resolve_device
 from apis.utils.io import atomic_write_json
 

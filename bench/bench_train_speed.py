@@ -21,9 +21,12 @@ import time
 
 from records import add_record_option, provenance, save
 
+from apis.data.synth import make_synthetic_dataset
+
 # As the CLI does (apis.cli.main): OpenMP threads wait without spinning, which on a shared CPU keeps training
 # from slowing down many times under load. Set before torch is imported, here and in the subprocesses.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+DATA = "data/synth"  # the built-in synthetic data, made once by the parent process for both children
 
 
 def _batch(size: int, batch: int):
@@ -32,11 +35,9 @@ def _batch(size: int, batch: int):
     from apis.data.coco import load_coco
     from apis.data.dataset import collate, image_to_tensor, random_points
     from apis.data.points import to_tensors
-    from apis.data.synth import make_synthetic_dataset
     from apis.data.transforms import ResizeFlip
 
-    make_synthetic_dataset("data/synth", num_images=200, size=128, seed=0)
-    coco = load_coco("data/synth/annotations/train.json").subset(batch)
+    coco = load_coco(f"{DATA}/annotations/train.json").subset(batch)
     points = random_points(coco, 1, seed=0)
     masks = coco.masks("full-supervision")
     samples = []
@@ -114,6 +115,7 @@ def main() -> None:
         print(json.dumps(measure(args.child, args.size, args.batch, args.iters)))
         return
     recording = provenance()
+    make_synthetic_dataset(DATA, num_images=200, size=128, seed=0)
     rows = []
     for name in ("condinst", "maskrcnn"):
         cmd = [sys.executable, __file__, "--size", str(args.size), "--batch", str(args.batch),

@@ -23,6 +23,8 @@ sys.path.insert(0, str(BENCH))
 
 from records import read_record  # noqa: E402
 
+from apis.config import ConfigError  # noqa: E402
+
 
 def _bench(script: str, *args, record: Path, cwd: Path | None = None):
     """Run ``bench/<script> args --record record`` as ``python bench/<script>`` would, but in this process (a new
@@ -95,12 +97,12 @@ def test_mask_quality_reports_every_step_of_a_loop_run(finished_runs, tmp_path):
     assert len({row[5] for row in rows}) == 1
 
 
-def test_mask_quality_applies_set_overrides_to_every_run(finished_runs):
+def test_mask_quality_applies_set_overrides_to_every_run(finished_runs, monkeypatch):
     cfg, _ = finished_runs["entropy"]
-    completed = subprocess.run(
-        [sys.executable, str(BENCH / "bench_mask_quality.py"), str(cfg.output_dir), "--device", "cpu",
-         "--set", "model.depth=19"], capture_output=True, text=True, timeout=300)
-    assert completed.returncode != 0 and "config key 'model.depth' is 19" in completed.stderr
+    monkeypatch.setattr(sys, "argv", ["bench_mask_quality.py", str(cfg.output_dir), "--device", "cpu",
+                                      "--set", "model.depth=19"])
+    with pytest.raises(ConfigError, match="config key 'model.depth' is 19"):
+        _mask_quality_module().main()
 
 
 def _mask_quality_module():
@@ -374,7 +376,7 @@ def test_refinement_choice_scores_every_setting_on_training_images(finished_runs
     from bench_mask_quality import step_quality
 
     from apis.config_loading import dump_config, load_run_config
-    from apis.loop.run import load_datasets
+    from apis.data.coco import load_datasets
     from apis.loop.run_dir import step_dir
 
     cfg, _ = finished_runs["entropy"]

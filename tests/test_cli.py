@@ -4,6 +4,8 @@ import json
 import math
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,6 +189,20 @@ def test_bad_annotate_flags_are_refused_before_anything_is_served_or_written(hum
     refused(["import-answers", str(run_dir), str(run_dir / "none.json"), "--answers-per-question", "0"], capsys,
             "answers per question")
     assert (run_dir / "ledger.sqlite").read_bytes() == ledger
+
+
+def test_the_commands_for_people_start_without_importing_torch(human_run):
+    """`apis annotate` (and the Label Studio round trip) only read the ledger, the config and the images: the
+    page is served within a second, not after PyTorch's seconds of imports."""
+    _, run_dir = human_run()
+    script = ("import sys\n"
+              "from apis.cli import main\n"
+              f"main(['annotate', {str(run_dir)!r}, '--add-annotator', 'ann'])\n"
+              "import apis.interop.label_studio\n"
+              "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('apis'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ann: http://" in done.stdout
 
 
 def test_a_ledger_of_an_unknown_schema_version_is_named_not_a_bug(human_run, capsys):

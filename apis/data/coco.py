@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from apis.config import ConfigError, ExperimentConfig
 from apis.data.image_files import ImageFacts, check_image_files
 from apis.data.rle import compressed_totals, encode_segmentations, labels_at
 from apis.utils.errors import ApisError
@@ -491,3 +492,15 @@ def coco_from_dict(data: dict, json_path: Path, image_root: Path, check_images: 
             crowd=tuple(r for r in instances if r.iscrowd),
         ))
     return CocoDataset(json_path, image_root, records, categories, segmentations)
+
+
+def load_datasets(cfg: ExperimentConfig) -> tuple[CocoDataset, CocoDataset]:
+    """Training and validation datasets, validated, cut to ``data.max_*_images``."""
+    for key in ("train_json", "val_json"):
+        if not getattr(cfg.data, key):
+            raise ConfigError(f"config key 'data.{key}' is empty; the loop needs a COCO json there")
+    train_set = load_coco(cfg.data.train_json, cfg.data.image_root or None,
+                          used_images=cfg.data.max_train_images).subset(cfg.data.max_train_images)
+    val_root = cfg.data.val_image_root or cfg.data.image_root or None
+    val = load_coco(cfg.data.val_json, val_root, used_images=cfg.data.max_val_images).subset(cfg.data.max_val_images)
+    return train_set, val

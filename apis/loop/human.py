@@ -9,8 +9,7 @@ from pathlib import Path
 
 from apis.config import ConfigError, ExperimentConfig
 from apis.config_loading import load_run_config
-from apis.data.coco import CocoDataset
-from apis.loop.run import load_datasets
+from apis.data.coco import CocoDataset, load_datasets
 from apis.loop.run_dir import RunDirectory
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from apis.active.strategies import get_metric
 from apis.config import ConfigError, ExperimentConfig
 from apis.config_loading import absolute_paths, check_same_config, dump_config
-from apis.data.coco import CocoDataset, DatasetError, load_coco
+from apis.data.coco import DatasetError, load_datasets
 from apis.data.ledger import PointLedger
 from apis.data.simulated_oracle import SimulatedOracle
 from apis.engine.distributed import (
@@ -56,23 +56,11 @@ from apis.utils.lock import FolderLock
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ActiveLearningRun", "load_datasets", "run_active_loop"]
+__all__ = ["ActiveLearningRun", "run_active_loop"]
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
 """How long the other ranks wait for rank 0's work alone: at COCO scale, asking P0's 860k points and
 evaluating 5k validation images take minutes, more than the default timeouts of NCCL."""
-
-
-def load_datasets(cfg: ExperimentConfig) -> tuple[CocoDataset, CocoDataset]:
-    """Training and validation datasets, validated, cut to ``data.max_*_images``."""
-    for key in ("train_json", "val_json"):
-        if not getattr(cfg.data, key):
-            raise ConfigError(f"config key 'data.{key}' is empty; the loop needs a COCO json there")
-    train_set = load_coco(cfg.data.train_json, cfg.data.image_root or None,
-                          used_images=cfg.data.max_train_images).subset(cfg.data.max_train_images)
-    val_root = cfg.data.val_image_root or cfg.data.image_root or None
-    val = load_coco(cfg.data.val_json, val_root, used_images=cfg.data.max_val_images).subset(cfg.data.max_val_images)
-    return train_set, val
 
 
 class ActiveLearningRun:

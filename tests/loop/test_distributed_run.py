@@ -76,9 +76,9 @@ def _torchrun(tmp_path: Path, config: Path, kill_rank: int | None = None) -> sub
                           cwd=tmp_path)
 
 
-def _config(tmp_path: Path, synth_dir: Path, tiny_overrides, name: str, steps: int = STEPS) -> Path:
+def _config(tmp_path: Path, synth_dir: Path, tiny_overrides, name: str) -> Path:
     path = tmp_path / f"{name}.yaml"
-    dump_config(load_config(None, tiny_overrides(synth_dir, tmp_path / name, f"loop.steps={steps}")), path)
+    dump_config(load_config(None, tiny_overrides(synth_dir, tmp_path / name, f"loop.steps={STEPS}")), path)
     return path
 
 
@@ -102,13 +102,13 @@ def _replay(run_dir: Path, config: Path, out: Path, monkeypatch) -> Path:
     return out
 
 
-def _assert_as_one_process(run_dir: Path, config: Path, tmp_path: Path, monkeypatch, steps: int = STEPS) -> None:
+def _assert_as_one_process(run_dir: Path, config: Path, tmp_path: Path, monkeypatch) -> None:
     one = _replay(run_dir, config, tmp_path / "one_process", monkeypatch)
     answers = _answers(run_dir)
     assert answers == _answers(one)
     assert len(answers) == len(set((a[0], a[2], a[3]) for a in answers))  # no point asked twice
-    assert {a[5] for a in answers} == set(range(steps + 1))
-    for step in range(steps + 1):
+    assert {a[5] for a in answers} == set(range(STEPS + 1))
+    for step in range(STEPS + 1):
         if step:
             ours, theirs = (json.loads((step_dir(d, step) / "selection.json").read_text()) for d in (run_dir, one))
             assert ours["points"] == theirs["points"] and ours["points"]
@@ -118,32 +118,12 @@ def _assert_as_one_process(run_dir: Path, config: Path, tmp_path: Path, monkeypa
         assert ours["val"] == theirs["val"] and ours["points_per_instance"] == theirs["points_per_instance"]
 
 
-def test_two_ranks_run_the_loop_as_one_process(synth_dir, tiny_overrides, tmp_path, monkeypatch):
-    config = _config(tmp_path, synth_dir, tiny_overrides, "ddp")
-    completed = _torchrun(tmp_path, config)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    run_dir = tmp_path / "ddp"
-    assert sorted(p.name for p in run_dir.glob("step_*/metrics.json")) == ["metrics.json"] * (STEPS + 1)
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == STEPS + 1  # written once, by rank 0
-    _assert_as_one_process(run_dir, config, tmp_path, monkeypatch)
-
-    # Each rank worked on its own half of the images, at every selection and every evaluation.
-    seen = [[json.loads(line) for line in (tmp_path / f"seen_rank{rank}.jsonl").read_text().splitlines()]
-            for rank in (0, 1)]
-    cfg = load_config(config)
-    train, val = (load_coco(path) for path in (cfg.data.train_json, cfg.data.val_json))
-    expected = {"select": [im.image_id for im in train.images if im.instances] * STEPS,
-                "infer": [im.image_id for im in val.images] * (STEPS + 1)}
-    for kind, image_ids in expected.items():
-        shards = [[i for k, ids in rank_seen if k == kind for i in ids] for rank_seen in seen]
-        assert sorted(shards[0] + shards[1]) == sorted(image_ids), kind
-        assert shards[0] and shards[1] and not set(shards[0]) & set(shards[1]), kind
-
-
-def test_a_rank_killed_mid_selection_resumes(synth_dir, tiny_overrides, tmp_path, monkeypatch):
+def test_ranks_killed_mid_selection_resume_and_run_the_loop_as_one_process(synth_dir, tiny_overrides, tmp_path,
+                                                                           monkeypatch):
     """Rank 1, then (on the first resume) rank 0 dies on its first image of step 1's selection; torchrun stops the
-    other each time; run again, the loop redoes the selection and ends as one process would."""
-    config = _config(tmp_path, synth_dir, tiny_overrides, "ddp", steps=1)
+    other each time. Run again, the loop redoes the selection, runs to the end, each rank on its own half of the
+    images, and ends as one process would."""
+    config = _config(tmp_path, synth_dir, tiny_overrides, "ddp")
     run_dir = tmp_path / "ddp"
     for kill_rank in (1, 0):
         killed = _torchrun(tmp_path, config, kill_rank=kill_rank)
@@ -151,10 +131,26 @@ def test_a_rank_killed_mid_selection_resumes(synth_dir, tiny_overrides, tmp_path
         assert (step_dir(run_dir, 0) / "metrics.json").exists()
         assert not (step_dir(run_dir, 1) / "selection.json").exists()  # killed before it was written
         assert {a[5] for a in _answers(run_dir)} == {0}
+    for rank in (0, 1):  # what the ranks saw before they were killed: the shards below are the resumed run's
+        (tmp_path / f"seen_rank{rank}.jsonl").unlink(missing_ok=True)
 
     completed = _torchrun(tmp_path, config)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    _assert_as_one_process(run_dir, config, tmp_path, monkeypatch, steps=1)
+    assert sorted(p.name for p in run_dir.glob("step_*/metrics.json")) == ["metrics.json"] * (STEPS + 1)
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == STEPS + 1  # once per step, by rank 0
+    _assert_as_one_process(run_dir, config, tmp_path, monkeypatch)
+
+    # Each rank worked on its own half of the images, at every selection and every evaluation after the resume.
+    seen = [[json.loads(line) for line in (tmp_path / f"seen_rank{rank}.jsonl").read_text().splitlines()]
+            for rank in (0, 1)]
+    cfg = load_config(config)
+    train, val = (load_coco(path) for path in (cfg.data.train_json, cfg.data.val_json))
+    expected = {"select": [im.image_id for im in train.images if im.instances] * STEPS,
+                "infer": [im.image_id for im in val.images] * STEPS}
+    for kind, image_ids in expected.items():
+        shards = [[i for k, ids in rank_seen if k == kind for i in ids] for rank_seen in seen]
+        assert sorted(shards[0] + shards[1]) == sorted(image_ids), kind
+        assert shards[0] and shards[1] and not set(shards[0]) & set(shards[1]), kind
 
 
 def test_both_ranks_stop_for_peoples_answers(synth_dir, tiny_overrides, tmp_path, monkeypatch):

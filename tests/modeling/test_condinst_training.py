@@ -25,7 +25,8 @@ def two_shapes(size=64):
 
 
 def test_overfits_one_image_from_full_masks(tiny_model):
-    """80 Adam steps on one 64 x 64 image; the top detection of each GT's class matches its mask.
+    """60 Adam steps on one 64 x 64 image; the top detection of each GT's class matches its mask (IoU 0.87-0.94
+    at 60 steps for seeds 0-2, 0.89-0.96 at 80).
 
     ResNet-18 with random weights and ``norm=frozen_bn`` (no batch statistics in the backbone): with
     ``norm=bn`` a single 64 x 64 image leaves only 4 values per channel in the last stage, so its
@@ -38,7 +39,7 @@ def test_overfits_one_image_from_full_masks(tiny_model):
     model = tiny_model(LossConfig(points=0.0, full=1.0), norm="frozen_bn", num_classes=2,
                        mask_branch_channels=32, head_convs=2)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for iteration in range(80):
+    for iteration in range(60):
         losses = model.losses(images, [(64, 64)], targets, iteration)
         optimiser.zero_grad()
         sum(losses.values()).backward()
