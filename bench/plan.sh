@@ -9,7 +9,7 @@
 #   power_recipe   condinst_r18_cpu_synth.yaml              -> results/label_efficiency_synth_recipe.json
 #   power_paper    condinst_r18_cpu_synth_paper.yaml        -> results/label_efficiency_synth_paper.json
 # The paper's analyses (3 seeds; every arm of a seed starts from the M0 of power_recipe's entropy run of that
-# seed, so run power_recipe first, or at least its M0s; sets, boxinst_init and departures train their own):
+# seed, trained first where $RUNS/power_recipe lacks it; sets, boxinst_init and departures train their own):
 #   strategies     random, entropy, variance, least-entropy, max-error, least-error (Fig. 2a, Table 1, Fig. 5)
 #   sets           entropy over anchors / models / scales against random (Fig. 2a)
 #   schedules      entropy and random with the paper's three fine-tuning schedules scaled by 1/150 (Fig. 2b):
@@ -103,6 +103,24 @@ experiment() {
 }
 
 SHARED=(--m0-from "$RUNS/power_recipe" --m0-arm entropy --config "$RECIPE")
+# shared_m0s: the M0 of power_recipe's entropy run of every seed the analyses run, trained (step 0 only, into
+# $RUNS/power_recipe, JOBS at a time) where it is missing, e.g. when the power runs were made in another checkout:
+# the same config, data and seed train the same M0 that power_recipe's runs resume from.
+shared_m0s() {
+    local seed todo=()
+    for seed in ${SEEDS:-0 1 2}; do
+        [ -f "$RUNS/power_recipe/entropy_seed$seed/step_000/metrics.json" ] || todo+=("$seed")
+    done
+    [ "${#todo[@]}" -eq 0 ] && return 0
+    echo "plan: the analyses' M0s of seeds ${todo[*]} are missing; training them into $RUNS/power_recipe"
+    mkdir -p "$RUNS/power_recipe/logs"
+    printf '%s\n' "${todo[@]}" | xargs -P "$JOBS" -I{} sh -c '"$@" >"$0/logs/m0_seed{}.log" 2>&1 || {
+        echo "plan: the M0 of seed {} failed; the end of its log:" >&2; tail -n 5 "$0/logs/m0_seed{}.log" >&2; exit 1; }' \
+        "$RUNS/power_recipe" "$PYTHON" bench/bench_label_efficiency.py --seeds {} --strategies entropy --steps 0 \
+        --out "$RUNS/power_recipe" --record "$RUNS/power_recipe/logs/m0_seed{}.json" --config "$RECIPE" \
+        -- "${DATA_ARGS[@]}" "${EXTRA_ARGS[@]}"
+}
+case "$EXPERIMENT" in strategies|schedules|long_loop|afis) shared_m0s ;; esac
 schedule_arms() {  # iterations lr steps: one entropy and one random arm at that fine-tuning schedule
     echo --arm "entropy-$1" selection.metric=entropy "loop.finetune_iters=$1" "loop.finetune_lr=$2" "loop.finetune_steps=$3"
     echo --arm "random-$1" selection.metric=random "loop.finetune_iters=$1" "loop.finetune_lr=$2" "loop.finetune_steps=$3"
