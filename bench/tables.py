@@ -317,6 +317,20 @@ def test_time_table(rows: list[dict], slowest: int = 3) -> str:
                      "load before", f"slowest {slowest}"], lines, "rrrrrrlrl")
 
 
+def demo_time_table(rows: list[dict]) -> str:
+    """One line per timed ``apis demo``: wall time against the 10-minute target, CPU, memory, the load before it
+    and the demo's closing numbers (the exported masks' mean IoU against filling each box)."""
+    def number(value, digits=3):
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    lines = [[str(r["repeat"] + 1), r["demo_args"] or "(none)", f"{r['wall_s'] / 60:.1f}",
+              "met" if r["target_met"] else "not met", f"{r['cpu_s'] / 60:.1f}", str(r["peak_rss_mib"]),
+              f"{r['load_1min_before']:.2f}", number(r["masks_miou"]), number(r["box_fill_miou"]),
+              str(r["returncode"])] for r in rows]
+    return markdown(["run", "demo arguments", "wall (min)", "10 min target", "CPU (min)", "peak RSS (MiB)",
+                     "load before", "masks mIoU", "box fill mIoU", "exit"], lines, "rlrlrrrrrr")
+
+
 def supervision(records: list[dict]) -> str:
     """The supervision table (apis.report.supervision): mask AP per row, share of full masks, per seed."""
     from apis.active.compare import markdown as compare_markdown
@@ -399,6 +413,7 @@ TABLES: dict[str, Table] = {
                       "python bench/bench_sharding.py --config condinst_r18_cpu_dsb.yaml --images 64 --procs 1,2 "
                       "data.min_size_test=256 data.max_size=512 selection.scales=[256]"),
     "test_time": Table(("results/test_time.json",), _one(test_time_table), "python bench/bench_test_time.py"),
+    "demo_time": Table(("results/demo_time.json",), _one(demo_time_table), "python bench/bench_demo_time.py"),
     "annotate": Table(("results/annotate.json",), rows_table,
                       "python bench/bench_annotate.py --questions 5000 --clients 8"),
     "supervision_synth": Table(("results/supervision_synth.json",), supervision,

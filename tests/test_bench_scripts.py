@@ -450,3 +450,26 @@ def test_test_time_bench_reads_pytests_summary_and_slowest_tests():
     assert module.parse_slowest("12.50s call     tests/a.py::test_b[x]\n0.01s setup    tests/c.py::test_d\n") == [
         {"test": "tests/a.py::test_b[x]", "phase": "call", "seconds": 12.5},
         {"test": "tests/c.py::test_d", "phase": "setup", "seconds": 0.01}]
+
+
+def test_demo_time_bench_times_the_demo_in_a_fresh_clone(tmp_path):
+    """A stand-in interpreter in place of the clone's: it prints the demo's closing line from the clone (its
+    working directory), so the bench's clone, run, parse and record are checked without minutes of demo."""
+    stand_in = tmp_path / "python"
+    stand_in.write_text("#!/bin/sh\n[ -f README.md ] && [ -d apis ] || exit 3\necho \"args: $*\"\n"
+                        "echo 'Masks to take home: runs/demo/entropy_masks.json (P3, 5 training instances): mean IoU "
+                        "with the true masks 0.700, filling each box 0.400 (+0.300)'\n")
+    stand_in.chmod(0o755)
+    _, content = _bench("bench_demo_time.py", "--python", stand_in, "--demo-args", "--quick --steps 1",
+                        record=tmp_path / "record.json")
+    (row,) = content["rows"]
+    assert row["returncode"] == 0 and row["demo_args"] == "--quick --steps 1" and row["target_met"]
+    assert (row["masks_miou"], row["box_fill_miou"]) == (0.7, 0.4) and row["wall_s"] >= 0
+
+
+def test_demo_time_bench_reads_the_demos_closing_line():
+    module = importlib.import_module("bench_demo_time")
+    line = ("Masks to take home: runs/demo/entropy_masks.json (P3, 543 training instances): mean IoU with the true "
+            "masks 0.734, filling each box 0.467 (+0.266)")
+    assert module.parse_closing(f"| table |\n{line}\n") == {"masks_miou": 0.734, "box_fill_miou": 0.467}
+    assert module.parse_closing("Traceback (most recent call last):") == {"masks_miou": None, "box_fill_miou": None}
