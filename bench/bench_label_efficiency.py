@@ -39,7 +39,6 @@ from apis.active.compare import (
 )
 from apis.config import to_dict
 from apis.config_loading import load_config, merge_overrides
-from apis.loop.run import run_active_loop
 from apis.utils.io import atomic_write_text, strict_json
 
 
@@ -97,6 +96,8 @@ def run_or_read(args: argparse.Namespace, arms: dict[str, list[str]]
             overrides = [*args.overrides, f"seed={seed}", f"loop.steps={args.steps}", *merge_overrides(shared, arm),
                          f"output_dir={run_dir}"]
             if not args.collect:
+                from apis.loop.run import run_active_loop  # here: --collect and --pieces train nothing
+
                 start = time.perf_counter()
                 run_active_loop(load_config(args.config, overrides))
                 print(f"{run_dir}: done in {time.perf_counter() - start:.0f} s", flush=True)

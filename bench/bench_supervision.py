@@ -21,8 +21,6 @@ from records import add_record_option, provenance, save
 
 from apis.active.compare import markdown
 from apis.config_loading import load_config
-from apis.engine.inference import evaluate_checkpoint
-from apis.engine.trainer import train
 from apis.report.supervision import REFERENCE, supervision_table
 from apis.utils.io import atomic_write_json
 
@@ -47,6 +45,10 @@ def row_dir(out: Path, name: str, seed: int) -> Path:
 def run_row(name: str, seed: int, config: str, out: Path, overrides: list[str], point_weight: float | None
             ) -> dict:
     """Train and evaluate one (row, seed); returns its metrics (read back when already done)."""
+    # Imported here: --report-only (and a row already done) trains nothing, and these bring in torchvision.
+    from apis.engine.inference import evaluate_checkpoint
+    from apis.engine.trainer import train
+
     folder = row_dir(out, name, seed)
     done = folder / "eval.json"
     if done.exists():

@@ -166,12 +166,15 @@ case "$EXPERIMENT" in
         experiment departures analyses_synth_departures "0 1 2" --config "$PAPER" --baseline paper \
             --arm recipe "loop.initial_run=" selection.metric=entropy loss.box=1.0 loss.point_normalisation=instance \
                 model.dynamic_activation=leaky_relu model.dynamic_init=fan_in solver.clip_grad_norm=5.0 \
-                loop.finetune.points=0.1 \
+                loop.finetune.points=0.1 model.mask_feature_stride=4 model.mask_head_window=true \
+                model.refinement.method=colour_crf \
             --arm paper "loop.initial_run=" selection.metric=entropy \
             --arm box-terms "loop.initial_run=" selection.metric=entropy loss.box=1.0 \
             --arm instance-norm "loop.initial_run=" selection.metric=entropy loss.point_normalisation=instance \
             --arm leaky-relu "loop.initial_run=" selection.metric=entropy model.dynamic_activation=leaky_relu \
             --arm fan-in-init "loop.initial_run=" selection.metric=entropy model.dynamic_init=fan_in \
             --arm clip "loop.initial_run=" selection.metric=entropy solver.clip_grad_norm=5.0 \
-            --arm finetune-weight "loop.initial_run=" selection.metric=entropy loop.finetune.points=0.1 ;;
+            --arm finetune-weight "loop.initial_run=" selection.metric=entropy loop.finetune.points=0.1 \
+            --arm sharp-masks "loop.initial_run=" selection.metric=entropy model.mask_feature_stride=4 \
+                model.mask_head_window=true model.refinement.method=colour_crf ;;
 esac

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from apis.active.strategies import available_metrics, get_metric
 from apis.config import ExperimentConfig
 from apis.config_loading import load_run_config
 from apis.evaluation.paired import PairedComparison, paired_comparison, sample_sd
@@ -64,6 +63,9 @@ def read_run(run_dir: str | Path) -> list[dict]:
 def run_label(rows: list[dict]) -> str:
     """``metric (prediction sets)``, or the strategy alone when it ignores predictions (random) or names no
     prediction sets (AFIS)."""
+    # Imported here: the metrics are torch code, and reading and comparing finished runs needs no torch.
+    from apis.active.strategies import available_metrics, get_metric
+
     first = rows[0]
     strategy = first["strategy"]
     if (strategy in available_metrics() and not get_metric(strategy).uses_predictions) or not first.get(
