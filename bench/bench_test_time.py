@@ -8,8 +8,9 @@ required):
 
     CI=true APIS_REQUIRE_BROWSER=1 APIS_REQUIRE_LABEL_STUDIO=1 python -m pytest -n WORKERS --dist loadfile
 
-``--repeats`` runs it again in the same clone (one row each). Each row holds the wall time of pytest (interpreter
-start and collection included), pytest's own count of passed / failed / skipped tests and the time it reports,
+``--repeats`` runs it again in the same clone, ``--workers 2 3`` once per number of processes (one row each).
+Each row holds the wall time of pytest (interpreter start and collection included), pytest's own count of
+passed / failed / skipped tests and the time it reports,
 the load average of the minute before it started (another job running beside the tests makes them slower; the
 table shows it), and the slowest tests. The clone is deleted afterwards. The tests' child processes that start
 outside the clone import the package through the environment's editable install, i.e. from this checkout: time a
@@ -94,8 +95,8 @@ def time_suite(checkout: Path, workers: int, tests: list[str], slowest: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="pytest-xdist processes (0: the tests in pytest's own process)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1],
+                        help="pytest-xdist processes, one run per value (0: the tests in pytest's own process)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--slowest", type=int, default=15, help="how many of the slowest tests to record")
     parser.add_argument("--tests", nargs="*", default=[], help="test files or folders (default: the whole suite)")
@@ -108,11 +109,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="apis_test_time_") as work:
         checkout = clone(Path(work) / "clone")
         for repeat in range(args.repeats):
-            rows.append({"repeat": repeat, **time_suite(checkout, args.workers, args.tests, args.slowest)})
-            row = rows[-1]
-            print(f"run {repeat + 1}/{args.repeats}: {row['passed']} passed, {row['failed']} failed, "
-                  f"{row['skipped']} skipped in {row['wall_s'] / 60:.1f} min (load {row['load_1min_before']} "
-                  "before it)", flush=True)
+            for workers in args.workers:
+                rows.append({"repeat": repeat, **time_suite(checkout, workers, args.tests, args.slowest)})
+                row = rows[-1]
+                print(f"run {len(rows)}: {workers} workers, {row['passed']} passed, {row['failed']} failed, "
+                      f"{row['skipped']} skipped in {row['wall_s'] / 60:.1f} min (load {row['load_1min_before']} "
+                      "before it)", flush=True)
     print("\n| run | workers | passed | failed | skipped | wall (min) | load before |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
