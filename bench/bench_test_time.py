@@ -16,7 +16,7 @@ table shows it), and the slowest tests. The clone is deleted afterwards. The tes
 outside the clone import the package through the environment's editable install, i.e. from this checkout: time a
 clean tree (the record's ``dirty`` says whether it was).
 
-    .venv/bin/python bench/bench_test_time.py [--workers 2] [--repeats 1]
+    .venv/bin/python bench/bench_test_time.py [--workers 3] [--repeats 1]
 
 ``--tests PATH ...`` times only those test files or folders (the script's own test does so).
 """
@@ -95,7 +95,7 @@ def time_suite(checkout: Path, workers: int, tests: list[str], slowest: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1],
+    parser.add_argument("--workers", type=int, nargs="+", default=[(os.cpu_count() or 1) + 1],  # as make test
                         help="pytest-xdist processes, one run per value (0: the tests in pytest's own process)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--slowest", type=int, default=15, help="how many of the slowest tests to record")
