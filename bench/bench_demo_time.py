@@ -22,12 +22,11 @@ import resource
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench_test_time import clone
-from records import REPO, add_record_option, provenance, save
+from bench_test_time import fresh_clone
+from records import add_record_option, provenance, save
 
 TARGET_S = 600
 CLOSING = re.compile(r"^Masks to take home: .* mean IoU with the true masks (?P<masks>[\d.]+), "
@@ -69,12 +68,9 @@ def main() -> None:
     parser.add_argument("--python", help="the interpreter to run (default: the clone's .venv/bin/python)")
     add_record_option(parser, "demo_time")
     args = parser.parse_args()
-    if not (REPO / ".venv" / "bin" / "python").exists():
-        sys.exit("bench_demo_time: no .venv in this checkout; run `make venv` first")
     started = provenance()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="apis_demo_time_") as work:
-        checkout = clone(Path(work) / "clone")
+    with fresh_clone("bench_demo_time") as checkout:
         python = args.python or str(checkout / ".venv" / "bin" / "python")
         for repeat in range(args.repeats):
             rows.append({"repeat": repeat, **time_demo(checkout, python, shlex.split(args.demo_args))})

@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from records import REPO, add_record_option, provenance, save
@@ -58,6 +60,16 @@ def parse_slowest(output: str) -> list[dict]:
     """The ``--durations`` lines: ``[{"test": nodeid, "phase": "call", "seconds": 12.3}, ...]``, slowest first."""
     return [{"test": m["test"], "phase": m["phase"], "seconds": float(m["seconds"])}
             for line in output.splitlines() if (m := SLOWEST.match(line.strip()))]
+
+
+@contextmanager
+def fresh_clone(bench: str) -> Iterator[Path]:
+    """:func:`clone` in a temporary folder, deleted afterwards; exits naming ``bench`` when this checkout has no
+    ``.venv`` to link."""
+    if not (REPO / ".venv" / "bin" / "python").exists():
+        sys.exit(f"{bench}: no .venv in this checkout; run `make venv` first")
+    with tempfile.TemporaryDirectory(prefix=f"apis_{bench}_") as work:
+        yield clone(Path(work) / "clone")
 
 
 def clone(destination: Path) -> Path:
@@ -102,12 +114,9 @@ def main() -> None:
     parser.add_argument("--tests", nargs="*", default=[], help="test files or folders (default: the whole suite)")
     add_record_option(parser, "test_time")
     args = parser.parse_args()
-    if not (REPO / ".venv" / "bin" / "python").exists():
-        sys.exit("bench_test_time: no .venv in this checkout; run `make venv` first")
     started = provenance()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="apis_test_time_") as work:
-        checkout = clone(Path(work) / "clone")
+    with fresh_clone("bench_test_time") as checkout:
         for repeat in range(args.repeats):
             for workers in args.workers:
                 rows.append({"repeat": repeat, **time_suite(checkout, workers, args.tests, args.slowest)})
