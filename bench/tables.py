@@ -320,12 +320,9 @@ def test_time_table(rows: list[dict], slowest: int = 3) -> str:
 def demo_time_table(rows: list[dict]) -> str:
     """One line per timed ``apis demo``: wall time against the 10-minute target, CPU, memory, the load before it
     and the demo's closing numbers (the exported masks' mean IoU against filling each box)."""
-    def number(value, digits=3):
-        return "–" if value is None else f"{value:.{digits}f}"
-
     lines = [[str(r["repeat"] + 1), r["demo_args"] or "(none)", f"{r['wall_s'] / 60:.1f}",
               "met" if r["target_met"] else "not met", f"{r['cpu_s'] / 60:.1f}", str(r["peak_rss_mib"]),
-              f"{r['load_1min_before']:.2f}", number(r["masks_miou"]), number(r["box_fill_miou"]),
+              f"{r['load_1min_before']:.2f}", _cell(r["masks_miou"]), _cell(r["box_fill_miou"]),
               str(r["returncode"])] for r in rows]
     return markdown(["run", "demo arguments", "wall (min)", "10 min target", "CPU (min)", "peak RSS (MiB)",
                      "load before", "masks mIoU", "box fill mIoU", "exit"], lines, "rlrlrrrrrr")
