@@ -43,6 +43,23 @@ def test_one_update_on_three_pixels_matches_a_hand_computation():
     assert expected[1] > 0  # the black pixel the model left out joins its black neighbour; the white one stays out
 
 
+def test_the_affinities_match_a_loop_over_each_pixels_window():
+    """On a 4 x 5 grid with radius 2 (windows that cross every edge), each pixel's affinity with each neighbour,
+    in the window's row-by-row order without its centre, equals the formula written out pixel by pixel."""
+    crf = ColourCRF(weight=3.0, radius=2, colour_sigma=0.7)
+    scaled = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(0)) * 2
+    affinity = crf.affinities(scaled)
+    assert affinity.shape == (24, 4, 5)
+    for y in range(4):
+        for x in range(5):
+            offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) != (0, 0)]
+            inside = [0 <= y + dy < 4 and 0 <= x + dx < 5 for dy, dx in offsets]
+            expected = [3.0 / sum(inside) * math.exp(-((scaled[:, y, x] - scaled[:, y + dy, x + dx]) ** 2).sum().item()
+                                                      / (2 * 0.7 ** 2)) if ok else 0.0
+                        for (dy, dx), ok in zip(offsets, inside)]
+            assert affinity[:, y, x].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
 def test_the_colour_model_matches_a_hand_computation():
     """Two black pixels that are object, two white ones that are not. The 12 colour values (0 or 255) have sd
     127.5 sqrt(12 / 11), so black and white lie d^2 = 4 * 11 / 12 apart per channel; each Gaussian has the floor
