@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -57,14 +58,21 @@ def machine() -> dict:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    gpu = None
-    try:
-        import torch
+    return {"cpu": cpu, "nproc": os.cpu_count(), "gpu": _gpu_name()}
 
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        pass
-    return {"cpu": cpu, "nproc": os.cpu_count(), "gpu": gpu}
+
+def _gpu_name() -> str | None:
+    """The first CUDA device's name: from torch where the benchmark has imported it, else from ``nvidia-smi``, so
+    that a script that only reads records (``--report-only``, ``--collect``) need not import torch (seconds)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    if shutil.which("nvidia-smi") is None:
+        return None
+    listed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                            text=True)
+    names = listed.stdout.strip().splitlines() if listed.returncode == 0 else []
+    return names[0].strip() if names else None
 
 
 def _git(*args: str) -> str:

@@ -92,3 +92,24 @@ def test_every_committed_record_follows_the_schema():
 
 def test_validation_accepts_exactly_what_record_writes():
     assert validate_record(json.loads(json.dumps(_record(), allow_nan=True)))["bench"] == "x"
+
+
+def test_the_gpu_is_named_by_torch_when_imported_else_by_nvidia_smi(tmp_path, monkeypatch):
+    """A report-only script has not imported torch: the GPU's name comes from nvidia-smi (here a stand-in that
+    prints two cards: the first is named), and none without it; with torch imported, torch names it."""
+    import records
+    import torch
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$1" = --query-gpu=name ] && printf "NVIDIA H200\\nNVIDIA H100\\n"\n')
+    smi.chmod(0o755)
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert records.machine()["gpu"] == "NVIDIA H200"
+    assert "torch" not in sys.modules  # asking did not import it
+    smi.unlink()
+    assert records.machine()["gpu"] is None
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"card {index}")
+    assert records.machine()["gpu"] == "card 0"

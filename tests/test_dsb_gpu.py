@@ -70,8 +70,17 @@ def test_a_failing_job_fails_the_script_and_shows_its_error(synth_dir, tmp_path)
 
 
 def test_the_deadline_stops_the_runs_and_keeps_the_report(synth_dir, tmp_path):
-    completed = _run(synth_dir, tmp_path / "runs", 1)
+    """Every job hangs (a stand-in interpreter that sleeps, but runs the script's config check and its report for
+    real): at the deadline the script stops them all, process group by process group, and still writes the
+    report."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\n[ "$1" = - ] && exec {sys.executable} "$@"\n'
+                      f'case " $* " in *" --report-only "*) exec {sys.executable} "$@";; esac\nexec sleep 600\n')
+    python.chmod(0o755)
+    completed = _run(synth_dir, tmp_path / "runs", 1, python=python)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "deadline of 1 s reached" in completed.stdout
     assert not (tmp_path / "runs" / "label_efficiency" / "entropy_seed0" / "step_003" / "metrics.json").exists()
     assert "| supervision |" in (tmp_path / "runs" / "supervision.md").read_text()
+    hanging = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True).stdout.split()
+    assert not hanging, "a job outlived the deadline"
