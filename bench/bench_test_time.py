@@ -39,6 +39,7 @@ from records import REPO, add_record_option, provenance, save
 ENVIRONMENTS = (".venv", ".venv-label-studio")
 SUMMARY = re.compile(r"=* ?(?P<counts>(?:\d+ \w+(?:, )?)+) in (?P<seconds>[\d.]+)s")
 SLOWEST = re.compile(r"^(?P<seconds>[\d.]+)s (?P<phase>call|setup|teardown)\s+(?P<test>\S+)$")
+FAILURE = re.compile(r"^(?:FAILED|ERROR) (?P<test>\S+)")
 
 
 def parse_summary(output: str) -> dict:
@@ -60,6 +61,11 @@ def parse_slowest(output: str) -> list[dict]:
     """The ``--durations`` lines: ``[{"test": nodeid, "phase": "call", "seconds": 12.3}, ...]``, slowest first."""
     return [{"test": m["test"], "phase": m["phase"], "seconds": float(m["seconds"])}
             for line in output.splitlines() if (m := SLOWEST.match(line.strip()))]
+
+
+def parse_failures(output: str) -> list[str]:
+    """The node ids of pytest's short summary (``FAILED tests/x.py::test_y - ...``, ``ERROR ...``), in its order."""
+    return [m["test"] for line in output.splitlines() if (m := FAILURE.match(line.strip()))]
 
 
 @contextmanager
@@ -101,7 +107,7 @@ def time_suite(checkout: Path, workers: int, tests: list[str], slowest: int) -> 
         sys.exit(f"bench_test_time: pytest ended with {completed.returncode} and no summary:\n{output[-3000:]}")
     return {"workers": workers, "tests": " ".join(tests) or "all", "wall_s": round(wall, 1), **summary,
             "returncode": completed.returncode, "ruff_clean": lint.returncode == 0,
-            "load_1min_before": round(load, 2),
+            "load_1min_before": round(load, 2), "failures": parse_failures(output),
             "slowest": parse_slowest(output)}
 
 
@@ -124,6 +130,8 @@ def main() -> None:
                 print(f"run {len(rows)}: {workers} workers, {row['passed']} passed, {row['failed']} failed, "
                       f"{row['skipped']} skipped in {row['wall_s'] / 60:.1f} min (load {row['load_1min_before']} "
                       "before it)", flush=True)
+                for test in row["failures"]:
+                    print(f"  failed: {test}", flush=True)
     print("\n| run | workers | passed | failed | skipped | wall (min) | load before |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:

@@ -435,6 +435,7 @@ def test_test_time_bench_times_a_fresh_clone_and_records_pytests_counts(tmp_path
                                 record=tmp_path / "record.json")  # -n 0: the tests in pytest's own process
     (row,) = content["rows"]
     assert row["returncode"] == 0 and row["failed"] == 0 and row["passed"] > 0 and row["ruff_clean"]
+    assert row["failures"] == []
     assert row["wall_s"] >= row["pytest_s"] > 0 and row["tests"] == "tests/test_structures.py"
     assert "| 1 | 0 |" in completed.stdout
 
@@ -450,6 +451,10 @@ def test_test_time_bench_reads_pytests_summary_and_slowest_tests():
     assert module.parse_slowest("12.50s call     tests/a.py::test_b[x]\n0.01s setup    tests/c.py::test_d\n") == [
         {"test": "tests/a.py::test_b[x]", "phase": "call", "seconds": 12.5},
         {"test": "tests/c.py::test_d", "phase": "setup", "seconds": 0.01}]
+    short_summary = ("=== short test summary info ===\nFAILED tests/a.py::test_b[x] - AssertionError: 1\n"
+                     "ERROR tests/c.py::test_d - RuntimeError\n=== 1 failed, 1 error in 2.00s ===\n")
+    assert module.parse_failures(short_summary) == ["tests/a.py::test_b[x]", "tests/c.py::test_d"]
+    assert module.parse_failures("870 passed in 512.30s\n") == []
 
 
 def test_demo_time_bench_times_the_demo_in_a_fresh_clone(tmp_path):
