@@ -51,8 +51,8 @@ $(LS_DATABASE): $(LS_STAMP) $(STAMP)
 
 # One test process per core and one more: every test runs on one thread (tests/conftest.py), and many wait on
 # processes they start (servers, a browser, torchrun ranks), so a third process keeps 2 cores busier (on the
-# 2-core Xeon, 7.6 min against 8.5 min with two, back to back: results/test_time.json). The tests of one file
-# stay in one process (their module fixtures are built once).
+# 2-core Xeon, 7.6 min against 8.5 min with two, back to back: `git show 9ce65ba:results/test_time.json`). The
+# tests of one file stay in one process (their module fixtures are built once).
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 
 test: $(STAMP) browser label-studio $(LS_DATABASE)

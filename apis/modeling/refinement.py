@@ -100,8 +100,8 @@ class ColourCRF:
         ``(2 radius + 1)^2`` window without its centre, row by row), 0 outside the grid."""
         channels, height, width = maps.shape
         size = 2 * self.radius + 1
-        # A strided view of the zero-padded maps instead of F.unfold: the same values (bit for bit), 2-3 times
-        # faster on the small grids of one box, and this runs once per mean-field pass.
+        # A strided view of the zero-padded maps instead of F.unfold: the same values bit for bit, while F.unfold's
+        # im2col on the small grid of one box was most of an evaluation's time (this runs once per mean-field pass).
         padded = F.pad(maps, (self.radius,) * 4)
         stride_c, stride_y, stride_x = padded.stride()
         windows = padded.as_strided((channels, size, size, height, width),
