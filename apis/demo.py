@@ -17,6 +17,7 @@ Every piece resumes: interrupt it and run it again.
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 
 from apis.config_loading import load_config, merge_overrides
@@ -50,22 +51,31 @@ def run_demo(out_dir: Path, quick: bool = False, steps: int = 3) -> str:
               f"loop.steps={steps}"]
     for overrides in (entropy, random):  # a bad --steps is named before anything is written
         load_config(CONFIG, overrides)
+    started = time.monotonic()
     summary = make_synthetic_dataset(DATA_DIR, num_images=200, size=128, seed=0)
     print(summary.format(), flush=True)
     print(f"\n== M0 from boxes + 1 random point per instance, then {steps} active steps of entropy and of "
           "random, side by side ==", flush=True)
     run_active_loop(load_config(CONFIG, [*entropy_m0, "loop.steps=0"]))
+    print(f"M0 done, {_minutes_since(started)} into the demo", flush=True)
     _run_side_by_side({"entropy": entropy, "random": random})
+    print(f"both strategies' steps done, {_minutes_since(started)} into the demo", flush=True)
     table = compare_runs([entropy_dir, random_dir], out_dir)
     print("\n" + table)
     # One image per strategy: the pictures cost a few seconds, within the demo's budget.
     report = write_report([entropy_dir, random_dir], out_dir / "report.html", gallery_images=1)
     print(f"Table: {out_dir / 'comparison.md'}  (curves: {out_dir / 'curves.png'})")
     print(f"Report: {report}  (one self-contained HTML file: open it in a browser)")
+    print(f"report written, {_minutes_since(started)} into the demo", flush=True)
     print(export_masks(entropy_dir, out_dir / "entropy_masks.json"))
+    print(f"Demo done in {_minutes_since(started)}", flush=True)  # the phases' times: where a slow demo spends it
     if quick:
         print("(--quick: a smoke-test schedule; the numbers say nothing about the method)")
     return table
+
+
+def _minutes_since(start: float) -> str:
+    return f"{(time.monotonic() - start) / 60:.1f} min"
 
 
 def export_masks(run_dir: Path, out: Path) -> str:

@@ -10,6 +10,9 @@ of the exported masks with the true masks and that of filling each box. The clon
 
     .venv/bin/python bench/bench_demo_time.py [--repeats 1] [--demo-args "--steps 3"]
 
+The row also holds the minutes into the demo at which M0, both strategies' steps and the report were done (the
+demo prints them), to show where a slow demo spends its time.
+
 ``--python`` runs another interpreter in place of the clone's (the script's test gives a stand-in).
 """
 
@@ -42,6 +45,19 @@ def parse_closing(output: str) -> dict:
     return {"masks_miou": float(found[-1]["masks"]), "box_fill_miou": float(found[-1]["box_fill"])}
 
 
+PHASE = re.compile(r"^(?P<phase>M0 done|both strategies' steps done|report written), (?P<minutes>[\d.]+) min into the "
+                   r"demo$")
+PHASE_KEYS = {"M0 done": "m0_min", "both strategies' steps done": "steps_min", "report written": "report_min"}
+
+
+def parse_phases(output: str) -> dict:
+    """The minutes into the demo at which its phases ended, ``{"m0_min": 5.2, "steps_min": 8.9, "report_min":
+    9.6}`` (cumulative, as the demo prints them); ``None`` for a phase the demo did not reach."""
+    found = {PHASE_KEYS[m["phase"]]: float(m["minutes"]) for line in output.splitlines()
+             if (m := PHASE.match(line.strip()))}
+    return {key: found.get(key) for key in PHASE_KEYS.values()}
+
+
 def time_demo(checkout: Path, python: str, demo_args: list[str]) -> dict:
     """One ``apis demo`` in ``checkout``: the row of the record."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
@@ -58,7 +74,8 @@ def time_demo(checkout: Path, python: str, demo_args: list[str]) -> dict:
         print(f"bench_demo_time: the demo ended with {completed.returncode}:\n{output[-3000:]}", file=sys.stderr)
     return {"demo_args": " ".join(demo_args), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
             "target_met": wall <= TARGET_S, "peak_rss_mib": round(after.ru_maxrss / 1024),
-            "load_1min_before": round(load, 2), "returncode": completed.returncode, **parse_closing(output)}
+            "load_1min_before": round(load, 2), "returncode": completed.returncode, **parse_closing(output),
+            **parse_phases(output)}
 
 
 def main() -> None:

@@ -318,14 +318,21 @@ def test_time_table(rows: list[dict], slowest: int = 3) -> str:
 
 
 def demo_time_table(rows: list[dict]) -> str:
-    """One line per timed ``apis demo``: wall time against the 10-minute target, CPU, memory, the load before it
-    and the demo's closing numbers (the exported masks' mean IoU against filling each box)."""
+    """One line per timed ``apis demo``: wall time against the 10-minute target, the minutes into the demo at which
+    M0, the strategies' steps and the report were done ("–" in records made before the demo printed them), CPU,
+    memory, the load before it and the demo's closing numbers (the exported masks' mean IoU against filling each
+    box)."""
+    def phases(r: dict) -> str:
+        return " / ".join("–" if r.get(key) is None else f"{r[key]:.1f}" for key in ("m0_min", "steps_min",
+                                                                                   "report_min"))
+
     lines = [[str(r["repeat"] + 1), r["demo_args"] or "(none)", f"{r['wall_s'] / 60:.1f}",
-              "met" if r["target_met"] else "not met", f"{r['cpu_s'] / 60:.1f}", str(r["peak_rss_mib"]),
+              "met" if r["target_met"] else "not met", phases(r), f"{r['cpu_s'] / 60:.1f}", str(r["peak_rss_mib"]),
               f"{r['load_1min_before']:.2f}", _cell(r["masks_miou"]), _cell(r["box_fill_miou"]),
               str(r["returncode"])] for r in rows]
-    return markdown(["run", "demo arguments", "wall (min)", "10 min target", "CPU (min)", "peak RSS (MiB)",
-                     "load before", "masks mIoU", "box fill mIoU", "exit"], lines, "rlrlrrrrrr")
+    return markdown(["run", "demo arguments", "wall (min)", "10 min target", "M0 / steps / report done (min)",
+                     "CPU (min)", "peak RSS (MiB)", "load before", "masks mIoU", "box fill mIoU", "exit"], lines,
+                    "rlrlrrrrrrr")
 
 
 def supervision(records: list[dict]) -> str:

@@ -478,3 +478,8 @@ def test_demo_time_bench_reads_the_demos_closing_line():
             "masks 0.734, filling each box 0.467 (+0.266)")
     assert module.parse_closing(f"| table |\n{line}\n") == {"masks_miou": 0.734, "box_fill_miou": 0.467}
     assert module.parse_closing("Traceback (most recent call last):") == {"masks_miou": None, "box_fill_miou": None}
+    printed = ("M0 done, 5.2 min into the demo\n| table |\nboth strategies' steps done, 8.9 min into the demo\n"
+               "Report: runs/demo/report.html\nreport written, 9.6 min into the demo\nDemo done in 10.1 min\n")
+    assert module.parse_phases(printed) == {"m0_min": 5.2, "steps_min": 8.9, "report_min": 9.6}
+    assert module.parse_phases("M0 done, 5.2 min into the demo\nTraceback") == {"m0_min": 5.2, "steps_min": None,
+                                                                                  "report_min": None}

@@ -115,13 +115,14 @@ def test_the_test_time_table_sets_each_run_against_six_minutes():
 
 def test_the_demo_time_table_sets_each_run_against_ten_minutes():
     rows = [{"repeat": 0, "demo_args": "", "wall_s": 599.0, "target_met": True, "cpu_s": 960.0, "peak_rss_mib": 1125,
-             "load_1min_before": 0.05, "returncode": 0, "masks_miou": 0.734, "box_fill_miou": 0.467},
+             "load_1min_before": 0.05, "returncode": 0, "masks_miou": 0.734, "box_fill_miou": 0.467,
+             "m0_min": 5.2, "steps_min": 8.9, "report_min": 9.61},
             {"repeat": 1, "demo_args": "--steps 1", "wall_s": 677.3, "target_met": False, "cpu_s": 1045.1,
              "peak_rss_mib": 1126, "load_1min_before": 1.2, "returncode": 1, "masks_miou": None,
              "box_fill_miou": None}]
     lines = tables.demo_time_table(rows).splitlines()
-    assert lines[2] == "| 1 | (none) | 10.0 | met | 16.0 | 1125 | 0.05 | 0.734 | 0.467 | 0 |"
-    assert lines[3] == "| 2 | --steps 1 | 11.3 | not met | 17.4 | 1126 | 1.20 | – | – | 1 |"
+    assert lines[2] == "| 1 | (none) | 10.0 | met | 5.2 / 8.9 / 9.6 | 16.0 | 1125 | 0.05 | 0.734 | 0.467 | 0 |"
+    assert lines[3] == "| 2 | --steps 1 | 11.3 | not met | – / – / – | 17.4 | 1126 | 1.20 | – | – | 1 |"
 
 
 def test_a_record_combined_from_pieces_says_where_its_runs_were_made():

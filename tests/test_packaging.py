@@ -93,3 +93,7 @@ def test_the_demo_runs_from_the_installed_package(installed):
     assert "| random | P1 |" in out
     assert (work / "runs" / "demo" / "comparison.md").is_file() and (work / "data" / "synth").is_dir()
     assert f"Report: {Path('runs/demo/report.html')}" in out and (work / "runs" / "demo" / "report.html").is_file()
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_demo_time import parse_phases
+
+    assert None not in parse_phases(out).values() and "Demo done in " in out  # what bench_demo_time records
