@@ -9,7 +9,9 @@ required):
     CI=true APIS_REQUIRE_BROWSER=1 APIS_REQUIRE_LABEL_STUDIO=1 python -m pytest -n WORKERS --dist loadfile
 
 ``--repeats`` runs it again in the same clone, ``--workers 2 3`` once per number of processes (one row each).
-Each row holds the wall time of pytest (interpreter start and collection included), pytest's own count of
+Each row holds the wall time of pytest (interpreter start and collection included), its CPU time and that of the
+processes it waited for (the same suite needs about the same CPU: more of it for the same tests says the machine was
+slower), pytest's own count of
 passed / failed / skipped tests and the time it reports,
 the load average of the minute before it started (another job running beside the tests makes them slower; the
 table shows it), and the slowest tests. The clone is deleted afterwards. The tests' child processes that start
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -97,15 +100,21 @@ def time_suite(checkout: Path, workers: int, tests: list[str], slowest: int) -> 
     lint = subprocess.run([str(checkout / ".venv" / "bin" / "ruff"), "check", "."], cwd=checkout, capture_output=True,
                           text=True)
     load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     completed = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of pytest and every process it waited for: the same suite needs about the same CPU, so a wall
+    # time with more CPU than another run's says the machine was slower, not the code.
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     output = completed.stdout + completed.stderr
     try:
         summary = parse_summary(output)
     except ValueError:
         sys.exit(f"bench_test_time: pytest ended with {completed.returncode} and no summary:\n{output[-3000:]}")
-    return {"workers": workers, "tests": " ".join(tests) or "all", "wall_s": round(wall, 1), **summary,
+    return {"workers": workers, "tests": " ".join(tests) or "all", "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            **summary,
             "returncode": completed.returncode, "ruff_clean": lint.returncode == 0,
             "load_1min_before": round(load, 2), "failures": parse_failures(output),
             "slowest": parse_slowest(output)}

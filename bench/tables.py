@@ -307,14 +307,15 @@ def rows_table(records: list[dict]) -> str:
 
 
 def test_time_table(rows: list[dict], slowest: int = 3) -> str:
-    """One line per timed run of the suite: its counts, wall time against the 6-minute target, the load before it
-    and its slowest tests."""
+    """One line per timed run of the suite: its counts, wall time against the 6-minute target, its CPU time ("–" in
+    records made before it was kept), the load before it and its slowest tests."""
     lines = [[str(r["repeat"] + 1), str(r["workers"]), str(r["passed"]), str(r["failed"]), str(r["skipped"]),
-              f"{r['wall_s'] / 60:.1f}", "met" if r["wall_s"] <= 360 else "not met", f"{r['load_1min_before']:.2f}",
+              f"{r['wall_s'] / 60:.1f}", "met" if r["wall_s"] <= 360 else "not met",
+              "–" if r.get("cpu_s") is None else f"{r['cpu_s'] / 60:.1f}", f"{r['load_1min_before']:.2f}",
               "; ".join(f"{t['test'].split('::')[-1]} {t['seconds']:.0f} s" for t in r["slowest"][:slowest])]
              for r in rows]
-    return markdown(["run", "workers", "passed", "failed", "skipped", "wall (min)", "6 min target",
-                     "load before", f"slowest {slowest}"], lines, "rrrrrrlrl")
+    return markdown(["run", "workers", "passed", "failed", "skipped", "wall (min)", "6 min target", "CPU (min)",
+                     "load before", f"slowest {slowest}"], lines, "rrrrrrlrrl")
 
 
 def demo_time_table(rows: list[dict]) -> str:

@@ -435,7 +435,7 @@ def test_test_time_bench_times_a_fresh_clone_and_records_pytests_counts(tmp_path
                                 record=tmp_path / "record.json")  # -n 0: the tests in pytest's own process
     (row,) = content["rows"]
     assert row["returncode"] == 0 and row["failed"] == 0 and row["passed"] > 0 and row["ruff_clean"]
-    assert row["failures"] == []
+    assert row["failures"] == [] and row["cpu_s"] > 0
     assert row["wall_s"] >= row["pytest_s"] > 0 and row["tests"] == "tests/test_structures.py"
     assert "| 1 | 0 |" in completed.stdout
 

@@ -104,13 +104,13 @@ def test_the_equal_points_table_pairs_each_arms_last_step():
 def test_the_test_time_table_sets_each_run_against_six_minutes():
     slowest = [{"test": "tests/a.py::test_slow", "phase": "call", "seconds": 61.4},
                {"test": "tests/b.py::test_less", "phase": "call", "seconds": 30.0}]
-    rows = [{"repeat": 0, "workers": 2, "passed": 870, "failed": 0, "skipped": 4, "wall_s": 359.0,
+    rows = [{"repeat": 0, "workers": 2, "passed": 870, "failed": 0, "skipped": 4, "wall_s": 359.0, "cpu_s": 630.0,
              "load_1min_before": 0.04, "slowest": slowest},
             {"repeat": 1, "workers": 2, "passed": 869, "failed": 1, "skipped": 4, "wall_s": 361.0,
              "load_1min_before": 1.5, "slowest": slowest[1:]}]
     lines = tables.test_time_table(rows).splitlines()
-    assert lines[2] == "| 1 | 2 | 870 | 0 | 4 | 6.0 | met | 0.04 | test_slow 61 s; test_less 30 s |"
-    assert lines[3] == "| 2 | 2 | 869 | 1 | 4 | 6.0 | not met | 1.50 | test_less 30 s |"
+    assert lines[2] == "| 1 | 2 | 870 | 0 | 4 | 6.0 | met | 10.5 | 0.04 | test_slow 61 s; test_less 30 s |"
+    assert lines[3] == "| 2 | 2 | 869 | 1 | 4 | 6.0 | not met | – | 1.50 | test_less 30 s |"
 
 
 def test_the_demo_time_table_sets_each_run_against_ten_minutes():
