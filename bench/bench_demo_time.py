@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_test_time import fresh_clone
+from bench_test_time import children_cpu_since, fresh_clone
 from records import add_record_option, provenance, save
 
 TARGET_S = 600
@@ -67,8 +67,8 @@ def time_demo(checkout: Path, python: str, demo_args: list[str]) -> dict:
     completed = subprocess.run([python, "-m", "apis.cli", "demo", *demo_args], cwd=checkout, env=env,
                                capture_output=True, text=True)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = children_cpu_since(before)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # for the peak memory
     output = completed.stdout + completed.stderr
     if completed.returncode != 0:
         print(f"bench_demo_time: the demo ended with {completed.returncode}:\n{output[-3000:]}", file=sys.stderr)

@@ -11,10 +11,9 @@ required):
 ``--repeats`` runs it again in the same clone, ``--workers 2 3`` once per number of processes (one row each).
 Each row holds the wall time of pytest (interpreter start and collection included), its CPU time and that of the
 processes it waited for (the same suite needs about the same CPU: more of it for the same tests says the machine was
-slower), pytest's own count of
-passed / failed / skipped tests and the time it reports,
-the load average of the minute before it started (another job running beside the tests makes them slower; the
-table shows it), and the slowest tests. The clone is deleted afterwards. The tests' child processes that start
+slower), pytest's own count of passed / failed / skipped tests and the time it reports, the load average of the
+minute before it started (another job running beside the tests makes them slower; the table shows it), and the
+slowest tests. The clone is deleted afterwards. The tests' child processes that start
 outside the clone import the package through the environment's editable install, i.e. from this checkout: time a
 clean tree (the record's ``dirty`` says whether it was).
 
@@ -90,6 +89,12 @@ def clone(destination: Path) -> Path:
     return destination
 
 
+def children_cpu_since(before: resource.struct_rusage) -> float:
+    """User + system seconds of the child processes waited for since ``before`` (``RUSAGE_CHILDREN``)."""
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def time_suite(checkout: Path, workers: int, tests: list[str], slowest: int) -> dict:
     """One run of the suite in ``checkout``: the row of the record."""
     python = checkout / ".venv" / "bin" / "python"
@@ -104,10 +109,9 @@ def time_suite(checkout: Path, workers: int, tests: list[str], slowest: int) -> 
     start = time.perf_counter()
     completed = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU seconds of pytest and every process it waited for: the same suite needs about the same CPU, so a wall
     # time with more CPU than another run's says the machine was slower, not the code.
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = children_cpu_since(before)
     output = completed.stdout + completed.stderr
     try:
         summary = parse_summary(output)
